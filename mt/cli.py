@@ -1,0 +1,254 @@
+"""Console entry points: mt-train, mt-translate, mt-evaluate, mt-align. Thin wrappers.
+
+A user mistake (:class:`~mt.errors.MtError`, or a bad value caught by argparse) prints one line
+``PROG: error: …`` on stderr and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from mt.errors import MtError
+
+log = logging.getLogger(__name__)
+
+
+def _fail(prog: str, message: str) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _run(prog: str, body: Callable[[], None]) -> None:
+    try:
+        body()
+    except MtError as error:
+        _fail(prog, str(error))
+
+
+# ----------------------------------------------------------------------------------- mt-train
+# An absolute path: Hydra would resolve a relative one as a Python package ("pkg://configs").
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def _train_app(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from mt.config import from_hydra
+    from mt.train import train
+
+    def body() -> None:
+        config = from_hydra(cfg)  # validation happens here, before any data work
+        train(config, HydraConfig.get().runtime.output_dir)
+
+    _run("mt-train", body)
+
+
+def train_main() -> None:
+    """``mt-train [HYDRA OVERRIDES]``: train with the config composed from ``configs/train.yaml``."""
+    _train_app()
+
+
+# ------------------------------------------------------------------------ shared CLI pieces
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint file, or a run dir (uses checkpoints/best.pt)")
+    parser.add_argument("--beam-size", type=_positive_int, help="beam size (default: the checkpoint's decoding.beam_size)")
+    parser.add_argument("--length-penalty", type=float, help="GNMT length-penalty alpha (default: the checkpoint's)")
+    parser.add_argument("--batch-size", type=_positive_int, help="sentences per batch (default: the checkpoint's)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+
+
+def _load(args: argparse.Namespace):
+    import torch
+
+    from mt.checkpoint import load_for_inference
+    from mt.config import check_device
+
+    check_device(args.device, "--device")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise MtError(f"--device {args.device}: CUDA is not available on this machine")
+    model, tokenizer, info = load_for_inference(args.checkpoint, args.device)
+    decoding = info["decoding"]
+    for name in ("beam_size", "length_penalty", "batch_size"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(decoding, name))
+    return model, tokenizer, info
+
+
+def _translate(model, tokenizer, info, args, sentences: Sequence[str], progress: bool = False) -> list[str]:
+    from mt.evaluate import translate
+
+    decoding = info["decoding"]
+    return translate(
+        model,
+        tokenizer,
+        sentences,
+        beam_size=args.beam_size,
+        length_penalty=args.length_penalty,
+        max_len_a=decoding.max_len_a,
+        max_len_b=decoding.max_len_b,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=progress,
+    )
+
+
+def _read_text(path: str) -> list[str]:
+    from mt.data import read_lines
+
+    file = Path(path)
+    if not file.is_file():
+        raise MtError(f"{path}: no such file")
+    return read_lines(file)
+
+
+def _read_stdin() -> list[str]:
+    raw = sys.stdin.buffer.read()
+    return raw.decode("utf-8", errors="replace").splitlines()
+
+
+# ------------------------------------------------------------------------------ mt-translate
+def translate_main(argv: Sequence[str] | None = None) -> None:
+    """``mt-translate CHECKPOINT [SENTENCE ...]``: one translation per sentence (or per stdin line)."""
+    parser = argparse.ArgumentParser(
+        prog="mt-translate",
+        description="Translate sentences given as arguments, or stdin line by line (a blank line gives a blank line).",
+    )
+    _add_inference_options(parser)
+    parser.add_argument("sentences", nargs="*", help="sentences to translate; none = read stdin")
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        model, tokenizer, info = _load(args)
+        sentences = args.sentences if args.sentences else _read_stdin()
+        for line in _translate(model, tokenizer, info, args, sentences):
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    _run("mt-translate", body)
+
+
+# ------------------------------------------------------------------------------- mt-evaluate
+def evaluate_main(argv: Sequence[str] | None = None) -> None:
+    """``mt-evaluate CHECKPOINT [--split S | --src FILE --ref FILE]``: sacreBLEU BLEU and chrF with signatures."""
+    parser = argparse.ArgumentParser(prog="mt-evaluate", description="Translate a split or a file and score it with sacreBLEU.")
+    _add_inference_options(parser)
+    parser.add_argument("--split", help="Multi30k split to score (default: test_2016_flickr)")
+    parser.add_argument("--src", help="source file, one sentence per line (with --ref)")
+    parser.add_argument("--ref", help="reference file, one sentence per line (with --src)")
+    parser.add_argument("--output", help="also write the hypotheses to this file")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of score lines")
+    parser.add_argument("--data-dir", default="data", help="corpus cache folder (default: data)")
+    parser.add_argument("--mirror", help="local Multi30k mirror folder (default: $MT_DATA_MIRROR)")
+    args = parser.parse_args(argv)
+    if (args.src is None) != (args.ref is None):
+        parser.error("--src and --ref go together")
+    if args.split and args.src:
+        parser.error("give either --split or --src/--ref, not both")
+
+    def body() -> None:
+        import os
+
+        from mt.data import load_split
+        from mt.evaluate import score
+
+        model, tokenizer, info = _load(args)
+        if args.src:
+            sources, references = _read_text(args.src), _read_text(args.ref)
+            if len(sources) != len(references):
+                raise MtError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
+        else:
+            mirror = args.mirror or os.environ.get("MT_DATA_MIRROR") or None
+            split = load_split(args.split or "test_2016_flickr", info["src_lang"], info["tgt_lang"], args.data_dir, mirror)
+            sources, references = split["src"], split["tgt"]
+        hypotheses = _translate(model, tokenizer, info, args, sources, progress=True)
+        if args.output:
+            Path(args.output).write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+        scores = score(hypotheses, references)
+        if args.json:
+            keys = ("bleu", "chrf", "bleu_signature", "chrf_signature", "n_sentences")
+            print(json.dumps({key: scores[key] for key in keys}))
+        else:
+            print(scores["bleu_line"])
+            print(scores["chrf_line"])
+            print(f"BLEU signature: {scores['bleu_signature']}")
+            print(f"chrF signature: {scores['chrf_signature']}")
+
+    _run("mt-evaluate", body)
+
+
+# ---------------------------------------------------------------------------------- mt-align
+def _heads(text: str) -> list[int]:
+    try:
+        return [int(h) for h in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated head indices, got {text!r}") from None
+
+
+def align_main(argv: Sequence[str] | None = None) -> None:
+    """``mt-align CHECKPOINT --src FILE [--tgt FILE] --out DIR [--plot]`` or ``mt-align CHECKPOINT SRC [TGT]``."""
+    parser = argparse.ArgumentParser(
+        prog="mt-align",
+        description="Teacher-force the model on sentence pairs and export its cross-attention as alignments. "
+        "Without a target, the source is translated first and aligned to its own translation.",
+    )
+    _add_inference_options(parser)
+    parser.add_argument("pair", nargs="*", metavar="SENTENCE", help="one inline pair: SOURCE [TARGET]")
+    parser.add_argument("--src", help="source file, one sentence per line")
+    parser.add_argument("--tgt", help="target file aligned line by line with --src")
+    parser.add_argument("--out", help="output folder (required with --src)")
+    parser.add_argument("--plot", action="store_true", help="also write DIR/plots/k.png heatmaps")
+    parser.add_argument("--layer", type=int, help="decoder layer, 0-based (default: the penultimate)")
+    parser.add_argument("--heads", type=_heads, help="comma-separated heads to average (default: all)")
+    args = parser.parse_args(argv)
+    if args.pair and args.src:
+        parser.error("give either an inline pair or --src, not both")
+    if not args.pair and not args.src:
+        parser.error("give a sentence pair or --src FILE")
+    if len(args.pair) > 2:
+        parser.error(f"an inline pair is SOURCE [TARGET], got {len(args.pair)} sentences")
+    if args.src and not args.out:
+        parser.error("--src needs --out DIR")
+    if args.tgt and not args.src:
+        parser.error("--tgt goes with --src")
+
+    def body() -> None:
+        from mt.align import align, format_pharaoh, format_table, write_alignments
+
+        model, tokenizer, info = _load(args)
+        if args.pair:
+            sources, targets = [args.pair[0]], args.pair[1:] or None
+        else:
+            sources = _read_text(args.src)
+            targets = _read_text(args.tgt) if args.tgt else None
+            if targets is not None and len(targets) != len(sources):
+                raise MtError(f"{args.src} has {len(sources)} lines but {args.tgt} has {len(targets)}")
+        if targets is None:
+            targets = _translate(model, tokenizer, info, args, sources, progress=bool(args.src))
+        try:
+            alignments = align(model, tokenizer, sources, targets, args.layer, args.heads, args.batch_size, args.device)
+        except ValueError as error:
+            raise MtError(str(error)) from None
+        if args.out:
+            write_alignments(alignments, args.out, plot=args.plot)
+            print(f"wrote {len(alignments)} alignments to {args.out}", file=sys.stderr)
+        if args.pair:
+            print(format_table(alignments[0]))
+            print(format_pharaoh(alignments[0].links))
+
+    _run("mt-align", body)

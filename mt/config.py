@@ -1,0 +1,322 @@
+"""The configuration schema: one dataclass per config node.
+
+Hydra composes the YAML files under ``configs/``; :func:`from_hydra` merges the result into
+these dataclasses, which catches misspelt keys and wrong types inside YAML files (Hydra alone
+does not), then :func:`validate` checks the values that types cannot express. Everything after
+start-up receives plain dataclasses, each constructor only its own slice.
+
+This module and ``cli.py`` are the only ones that know about OmegaConf.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mt.errors import ConfigError
+
+LANGUAGES = ("de", "en", "fr", "cs")
+
+
+@dataclass
+class AttentionConfig:
+    """One attention site (encoder self-attention, decoder self-attention or cross-attention).
+
+    Attributes:
+        type: attention variant; see ``mt.attention.ATTENTION_TYPES`` for the valid names.
+        n_heads: number of heads; must divide ``model.d_model``.
+        dropout: dropout probability on the attention weights.
+        bias: whether the q/k/v/out projections have a bias.
+    """
+
+    type: str = "full"
+    n_heads: int = 4
+    dropout: float = 0.1
+    bias: bool = True
+
+
+@dataclass
+class EncoderConfig:
+    n_layers: int = 3
+    self_attention: AttentionConfig = field(default_factory=AttentionConfig)
+
+
+@dataclass
+class DecoderConfig:
+    n_layers: int = 3
+    self_attention: AttentionConfig = field(default_factory=AttentionConfig)
+    cross_attention: AttentionConfig = field(default_factory=AttentionConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Transformer dimensions (Vaswani et al. 2017), pre-norm residual blocks.
+
+    Attributes:
+        d_model: width of embeddings and residual stream.
+        ffn_dim: inner width of the position-wise feed-forward blocks.
+        dropout: dropout on embeddings and sublayer outputs (residual dropout).
+        ffn_dropout: dropout on the feed-forward activation (fairseq's activation_dropout);
+            off by default: on CPU the random masks cost more than they bring on small models.
+        activation: ``relu`` or ``gelu``.
+        max_positions: longest sequence (in subword tokens, EOS included) the model accepts.
+        share_embeddings: one embedding matrix for source and target (needs a joint vocabulary).
+        tie_output: output projection shares the target embedding matrix (Press & Wolf 2017).
+    """
+
+    d_model: int = 256
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    ffn_dropout: float = 0.0
+    activation: str = "relu"
+    max_positions: int = 256
+    share_embeddings: bool = True
+    tie_output: bool = True
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+
+@dataclass
+class DataConfig:
+    """Which corpus and which slice of it.
+
+    Attributes:
+        name: corpus name; only ``multi30k`` for now.
+        src_lang, tgt_lang: two of de/en/fr/cs.
+        data_dir: where corpus files and caches are kept (relative to the working directory).
+        mirror: local folder holding the raw ``{split}.{lang}.gz`` files; defaults to the
+            ``MT_DATA_MIRROR`` environment variable. Used before any download.
+        train_split, valid_split, test_split: split names of the corpus.
+        max_train_sentences, max_valid_sentences, max_test_sentences: keep only the first N
+            lines of a split (0 = all); for smoke runs and quick experiments.
+        max_len: training pairs with more subword tokens than this on either side are dropped.
+    """
+
+    name: str = "multi30k"
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    data_dir: str = "data"
+    mirror: str | None = None
+    train_split: str = "train"
+    valid_split: str = "val"
+    test_split: str = "test_2016_flickr"
+    max_train_sentences: int = 0
+    max_valid_sentences: int = 0
+    max_test_sentences: int = 0
+    max_len: int = 128
+
+
+@dataclass
+class TokenizerConfig:
+    """sentencepiece settings (Kudo & Richardson 2018), trained on the training split only.
+
+    Attributes:
+        model_type: ``unigram`` or ``bpe``.
+        vocab_size: pieces in the (joint) vocabulary, special tokens included.
+        joint: one vocabulary for both languages; ``false`` trains one model per side.
+        character_coverage: share of characters covered by the vocabulary.
+    """
+
+    model_type: str = "unigram"
+    vocab_size: int = 8000
+    joint: bool = True
+    character_coverage: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and schedule.
+
+    Attributes:
+        seed: seeds Python, NumPy and torch, and the batch order.
+        device: ``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32`` or ``bf16`` (autocast; weights and optimizer stay fp32).
+        batch_tokens: token budget of one batch: sentences x longest side (padded), in tokens.
+        max_steps: stop after this many updates (0 = no limit).
+        max_epochs: stop after this many passes over the data (0 = no limit).
+        max_minutes: stop after this much training wall-clock, in minutes (0 = no limit).
+        lr: peak learning rate, reached after ``warmup_steps``; then decays as 1/sqrt(step).
+        warmup_steps: linear warm-up length in updates.
+        betas, weight_decay: AdamW settings (Loshchilov & Hutter 2019).
+        label_smoothing: label-smoothing epsilon (Szegedy et al. 2016).
+        clip_norm: gradient-norm clipping threshold (0 = off).
+        valid_every: validate every N updates (and at the end of training).
+        valid_beam_size: beam size of the validation BLEU decode (1 = greedy).
+        patience: stop after this many validations without a better val BLEU (0 = never).
+        log_every: refresh the progress bar statistics every N updates.
+        num_threads: intra-op CPU threads (0 = torch's default).
+    """
+
+    seed: int = 1
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_tokens: int = 4096
+    max_steps: int = 0
+    max_epochs: int = 0
+    max_minutes: float = 0.0
+    lr: float = 1e-3
+    warmup_steps: int = 1000
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    weight_decay: float = 0.0001
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0
+    valid_every: int = 500
+    valid_beam_size: int = 1
+    patience: int = 10
+    log_every: int = 10
+    num_threads: int = 0
+
+
+@dataclass
+class DecodingConfig:
+    """Search settings used for the test split and as defaults of ``mt-translate``.
+
+    Attributes:
+        beam_size: hypotheses kept per sentence (1 = greedy search).
+        length_penalty: alpha of the GNMT length penalty ((5 + len) / 6) ** alpha (Wu et al. 2016).
+        max_len_a, max_len_b: hypotheses stop at ``max_len_a * src_len + max_len_b`` tokens.
+        batch_size: sentences decoded together.
+    """
+
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    max_len_a: float = 1.2
+    max_len_b: int = 10
+    batch_size: int = 64
+
+
+@dataclass
+class Config:
+    """The root node composed from ``configs/train.yaml``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+
+
+def from_hydra(cfg: DictConfig) -> Config:
+    """Merge a composed Hydra config into the schema and validate it.
+
+    Raises:
+        ConfigError: one line naming the key and what is wrong (unknown key, wrong type,
+            value out of range).
+    """
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None)
+        message = str(error).splitlines()[0]
+        raise ConfigError(f"config key '{key}': {message}" if key else f"config: {message}") from None
+    if config.data.mirror is None:
+        config.data.mirror = os.environ.get("MT_DATA_MIRROR") or None
+    validate(config)
+    return config
+
+
+def _require(condition: bool, key: str, value: object, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}' = {value!r}: {allowed}")
+
+
+def validate(config: Config) -> None:
+    """Check values the types cannot express, before any data work.
+
+    Raises:
+        ConfigError: naming the first offending key, its value and what is allowed.
+    """
+    from mt.attention import ATTENTION_TYPES  # the attention module owns its variant names
+
+    model = config.model
+    _require(model.d_model > 0, "model.d_model", model.d_model, "must be > 0")
+    _require(model.ffn_dim > 0, "model.ffn_dim", model.ffn_dim, "must be > 0")
+    _require(model.activation in ("relu", "gelu"), "model.activation", model.activation, "allowed: relu, gelu")
+    _require(model.max_positions > 1, "model.max_positions", model.max_positions, "must be > 1")
+    _require(0 <= model.dropout < 1, "model.dropout", model.dropout, "must be in [0, 1)")
+    _require(0 <= model.ffn_dropout < 1, "model.ffn_dropout", model.ffn_dropout, "must be in [0, 1)")
+    for side, n_layers in (("encoder", model.encoder.n_layers), ("decoder", model.decoder.n_layers)):
+        _require(n_layers > 0, f"model.{side}.n_layers", n_layers, "must be > 0")
+    sites = {
+        "model.encoder.self_attention": model.encoder.self_attention,
+        "model.decoder.self_attention": model.decoder.self_attention,
+        "model.decoder.cross_attention": model.decoder.cross_attention,
+    }
+    for key, site in sites.items():
+        _require(site.type in ATTENTION_TYPES, f"{key}.type", site.type, "allowed: " + ", ".join(ATTENTION_TYPES))
+        _require(site.n_heads > 0, f"{key}.n_heads", site.n_heads, "must be > 0")
+        _require(
+            model.d_model % site.n_heads == 0,
+            f"{key}.n_heads",
+            site.n_heads,
+            f"must divide model.d_model = {model.d_model}",
+        )
+        _require(0 <= site.dropout < 1, f"{key}.dropout", site.dropout, "must be in [0, 1)")
+
+    data = config.data
+    _require(data.name == "multi30k", "data.name", data.name, "allowed: multi30k")
+    for key, lang in (("data.src_lang", data.src_lang), ("data.tgt_lang", data.tgt_lang)):
+        _require(lang in LANGUAGES, key, lang, "allowed: " + ", ".join(LANGUAGES))
+    _require(data.src_lang != data.tgt_lang, "data.tgt_lang", data.tgt_lang, "must differ from data.src_lang")
+    _require(data.max_len > 0, "data.max_len", data.max_len, "must be > 0")
+    _require(
+        data.max_len + 1 <= model.max_positions,
+        "data.max_len",
+        data.max_len,
+        f"must be < model.max_positions = {model.max_positions} (EOS/BOS take one position)",
+    )
+
+    tok = config.tokenizer
+    _require(tok.model_type in ("unigram", "bpe"), "tokenizer.model_type", tok.model_type, "allowed: unigram, bpe")
+    _require(tok.vocab_size >= 16, "tokenizer.vocab_size", tok.vocab_size, "must be >= 16")
+    _require(
+        tok.joint or not model.share_embeddings,
+        "model.share_embeddings",
+        model.share_embeddings,
+        "needs tokenizer.joint=true (one vocabulary for both sides)",
+    )
+
+    train = config.train
+    _require(train.precision in ("fp32", "bf16"), "train.precision", train.precision, "allowed: fp32, bf16")
+    _require(train.batch_tokens > 0, "train.batch_tokens", train.batch_tokens, "must be > 0")
+    _require(
+        train.batch_tokens >= data.max_len + 1,
+        "train.batch_tokens",
+        train.batch_tokens,
+        f"must hold one sentence of data.max_len + 1 = {data.max_len + 1} tokens",
+    )
+    _require(train.lr > 0, "train.lr", train.lr, "must be > 0")
+    _require(train.warmup_steps >= 0, "train.warmup_steps", train.warmup_steps, "must be >= 0")
+    _require(len(train.betas) == 2, "train.betas", train.betas, "must be two numbers")
+    _require(0 <= train.label_smoothing < 1, "train.label_smoothing", train.label_smoothing, "must be in [0, 1)")
+    _require(train.valid_every > 0, "train.valid_every", train.valid_every, "must be > 0")
+    _require(train.valid_beam_size > 0, "train.valid_beam_size", train.valid_beam_size, "must be > 0")
+    _require(
+        train.max_steps > 0 or train.max_epochs > 0 or train.max_minutes > 0 or train.patience > 0,
+        "train.max_steps",
+        train.max_steps,
+        "set train.max_steps, train.max_epochs, train.max_minutes or train.patience, or training never ends",
+    )
+    check_device(train.device, "train.device")
+
+    decoding = config.decoding
+    _require(decoding.beam_size > 0, "decoding.beam_size", decoding.beam_size, "must be > 0")
+    _require(decoding.batch_size > 0, "decoding.batch_size", decoding.batch_size, "must be > 0")
+    _require(decoding.max_len_a >= 0, "decoding.max_len_a", decoding.max_len_a, "must be >= 0")
+    _require(decoding.max_len_b > 0, "decoding.max_len_b", decoding.max_len_b, "must be > 0")
+
+
+def check_device(device: str, key: str) -> None:
+    """Raise ConfigError unless ``device`` is auto, cpu, cuda or cuda:N."""
+    valid = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+    _require(valid, key, device, "allowed: auto, cpu, cuda, cuda:N")
+
+
+def to_dict(node: object) -> dict:
+    """A dataclass config node as plain nested dicts (for checkpoints and JSON)."""
+    return dataclasses.asdict(node)

@@ -1,0 +1,237 @@
+"""Corpus → ``datasets.Dataset`` → token-budget batches of padded tensors.
+
+Multi30k task 1 (Elliott et al. 2016) is read from its raw ``{split}.{lang}.gz`` files, which
+are fetched once into ``data/multi30k/``: copied from a local mirror folder (``data.mirror`` or
+the ``MT_DATA_MIRROR`` environment variable) or downloaded from the upstream repository.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import random
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+
+from mt.errors import DataError
+from mt.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
+MULTI30K_LINES = {"train": 29000, "val": 1014, "test_2016_flickr": 1000, "test_2017_flickr": 1000}
+MULTI30K_MISSING = {("test_2017_flickr", "cs")}  # no Czech for the 2017 test set
+
+
+def multi30k_file(split: str, lang: str, data_dir: str | Path, mirror: str | Path | None) -> Path:
+    """Path of ``{split}.{lang}.gz`` under ``data_dir/multi30k``, fetched there on first use.
+
+    Tries the mirror folder first, then the upstream repository.
+
+    Raises:
+        DataError: unknown split or language pair, or the file is neither in the mirror nor
+            downloadable (the message says what to set).
+    """
+    if split not in MULTI30K_LINES:
+        raise DataError(f"Multi30k has no split {split!r}; splits: {', '.join(MULTI30K_LINES)}")
+    if (split, lang) in MULTI30K_MISSING:
+        raise DataError(f"Multi30k split {split!r} has no {lang!r} side; choose another split or language")
+    name = f"{split}.{lang}.gz"
+    target = Path(data_dir) / "multi30k" / name
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if mirror:
+        source = Path(mirror) / name
+        if not source.exists():
+            raise DataError(f"{source} not found in the Multi30k mirror (MT_DATA_MIRROR / data.mirror = {mirror})")
+        _atomic_copy(source, target)
+        return target
+    url = f"{MULTI30K_URL}/{name}"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            _atomic_write(target, response.read())
+    except (urllib.error.URLError, OSError) as error:
+        raise DataError(
+            f"cannot download {url} ({error}); with no network, set MT_DATA_MIRROR to a folder "
+            f"holding the Multi30k raw files {{train,val,test_2016_flickr,test_2017_flickr}}.{{de,en,fr,cs}}.gz"
+        ) from None
+    log.info("downloaded %s", url)
+    return target
+
+
+def _atomic_write(target: Path, payload: bytes) -> None:
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+        tmp.write(payload)
+    os.replace(tmp.name, target)
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp, open(source, "rb") as src:
+        shutil.copyfileobj(src, tmp)
+    os.replace(tmp.name, target)
+
+
+def read_lines(path: Path) -> list[str]:
+    """Lines of a plain or gzipped UTF-8 text file, newline stripped.
+
+    Raises:
+        DataError: the file is missing or not readable as text.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+            return [line.rstrip("\r\n") for line in f]
+    except (OSError, EOFError) as error:
+        raise DataError(f"cannot read {path}: {error}") from None
+
+
+def load_split(
+    split: str,
+    src_lang: str,
+    tgt_lang: str,
+    data_dir: str | Path = "data",
+    mirror: str | Path | None = None,
+    max_sentences: int = 0,
+) -> datasets.Dataset:
+    """One Multi30k split as a Dataset with string columns ``src`` and ``tgt``.
+
+    Args:
+        max_sentences: keep only the first N pairs (0 = all).
+
+    Raises:
+        DataError: a file is missing, or the two sides (or the expected count) differ in lines.
+    """
+    src_path = multi30k_file(split, src_lang, data_dir, mirror)
+    tgt_path = multi30k_file(split, tgt_lang, data_dir, mirror)
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    expected = MULTI30K_LINES[split]
+    for path, lines in ((src_path, src), (tgt_path, tgt)):
+        if len(lines) != expected:
+            raise DataError(f"{path} has {len(lines)} lines, Multi30k {split} has {expected}; delete it to fetch again")
+    if max_sentences:
+        src, tgt = src[:max_sentences], tgt[:max_sentences]
+    return datasets.Dataset.from_dict({"src": src, "tgt": tgt})
+
+
+def tokenize(dataset: datasets.Dataset, tokenizer: Tokenizer, cache_dir: str | Path | None = None) -> datasets.Dataset:
+    """Add columns ``src_ids`` and ``tgt_ids`` (piece ids, no specials).
+
+    With ``cache_dir`` the result is saved under a hash of the texts and the tokenizer models
+    and loaded from there by the next run with the same inputs.
+    """
+
+    def encode(batch: dict) -> dict:
+        return {"src_ids": tokenizer.encode_src(batch["src"]), "tgt_ids": tokenizer.encode_tgt(batch["tgt"])}
+
+    if cache_dir is None:
+        return dataset.map(encode, batched=True, batch_size=2000)
+    digest = hashlib.sha256()
+    state = tokenizer.state()
+    for part in (state["src_model"], state["tgt_model"], *dataset["src"], *dataset["tgt"]):
+        digest.update(part if isinstance(part, bytes) else part.encode() + b"\n")
+    path = Path(cache_dir) / f"tokenized-{digest.hexdigest()[:16]}"
+    if path.exists():
+        return datasets.load_from_disk(str(path))
+    tokenized = dataset.map(encode, batched=True, batch_size=2000)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tokenized.save_to_disk(str(tmp))
+    os.replace(tmp, path)
+    return datasets.load_from_disk(str(path))
+
+
+@dataclass
+class Batch:
+    """Padded tensors of one batch.
+
+    Attributes:
+        src_ids: (batch, src_len) long, source pieces + EOS, right-padded.
+        tgt_in: (batch, tgt_len) long, BOS + target pieces, right-padded (decoder input).
+        tgt_out: (batch, tgt_len) long, target pieces + EOS, right-padded (labels).
+        indices: (batch,) positions of the pairs in the dataset.
+    """
+
+    src_ids: torch.Tensor
+    tgt_in: torch.Tensor
+    tgt_out: torch.Tensor
+    indices: list[int]
+
+    @property
+    def n_tgt_tokens(self) -> int:
+        """Real (non-pad) target tokens, EOS included."""
+        return int((self.tgt_out != Tokenizer.pad_id).sum())
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.src_ids.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.indices)
+
+
+def pad(sequences: Sequence[Sequence[int]], pad_id: int = Tokenizer.pad_id) -> torch.Tensor:
+    """Right-pad id lists into a (len(sequences), longest) long tensor."""
+    longest = max(len(s) for s in sequences)
+    out = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        out[row, : len(sequence)] = torch.as_tensor(sequence, dtype=torch.long)
+    return out
+
+
+def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], indices: list[int]) -> Batch:
+    """Piece ids without specials → a :class:`Batch` (EOS appended, BOS prepended)."""
+    bos, eos = Tokenizer.bos_id, Tokenizer.eos_id
+    return Batch(
+        src_ids=pad([[*s, eos] for s in src]),
+        tgt_in=pad([[bos, *t] for t in tgt]),
+        tgt_out=pad([[*t, eos] for t in tgt]),
+        indices=indices,
+    )
+
+
+def token_batches(
+    src_lens: Sequence[int],
+    tgt_lens: Sequence[int],
+    batch_tokens: int,
+    shuffle: bool,
+    seed: int = 0,
+) -> list[list[int]]:
+    """Group pair indices into batches of similar length under a token budget.
+
+    Pairs are sorted by (source length, target length) — with a seeded random tie-break when
+    shuffling — and cut greedily so that sentences × longest side (padding included, +1 for
+    EOS/BOS) stays within ``batch_tokens``; the batch order is then shuffled (fairseq's
+    ``batch_by_size``).
+
+    Args:
+        src_lens, tgt_lens: lengths in pieces, without specials.
+        batch_tokens: budget in tokens; a single pair longer than it gets a batch of its own.
+        shuffle: randomise tie order and batch order with ``seed`` (training).
+
+    Returns:
+        batches of dataset indices; every index appears exactly once.
+    """
+    rng = random.Random(seed)
+    keys = [rng.random() if shuffle else 0.0 for _ in src_lens]
+    order = sorted(range(len(src_lens)), key=lambda i: (src_lens[i], tgt_lens[i], keys[i]))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        length = max(src_lens[i], tgt_lens[i]) + 1
+        if current and max(longest, length) * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, length)
+    if current:
+        batches.append(current)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches

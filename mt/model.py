@@ -1,0 +1,163 @@
+"""The encoder-decoder Transformer: embed → encode() → decode() → logits(). No loss, no search."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mt.attention import Cache
+from mt.config import ModelConfig
+from mt.layers import DecoderLayer, EncoderLayer, sinusoidal_positions
+
+DecoderCache = list[dict[str, Cache]]
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer (Vaswani et al. 2017) with pre-norm layers.
+
+    Args:
+        cfg: the ``model`` config node.
+        src_vocab_size, tgt_vocab_size: vocabulary sizes in pieces (equal when the
+            embeddings are shared).
+        pad_id: padding id of both vocabularies; its embedding is zero and never updated.
+
+    Raises:
+        ValueError: ``share_embeddings`` with different vocabulary sizes.
+    """
+
+    def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int):
+        super().__init__()
+        if cfg.share_embeddings and src_vocab_size != tgt_vocab_size:
+            raise ValueError(f"share_embeddings needs one vocabulary, got {src_vocab_size} and {tgt_vocab_size}")
+        self.cfg = cfg
+        self.pad_id = pad_id
+        self.src_embedding = nn.Embedding(src_vocab_size, cfg.d_model, padding_idx=pad_id)
+        self.tgt_embedding = (
+            self.src_embedding if cfg.share_embeddings else nn.Embedding(tgt_vocab_size, cfg.d_model, padding_idx=pad_id)
+        )
+        self.register_buffer("positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False)
+        self.embedding_dropout = nn.Dropout(cfg.dropout)
+        self.encoder_layers = nn.ModuleList(
+            EncoderLayer(
+                cfg.d_model, cfg.ffn_dim, cfg.dropout, cfg.ffn_dropout, cfg.activation, cfg.encoder.self_attention
+            )
+            for _ in range(cfg.encoder.n_layers)
+        )
+        self.encoder_norm = nn.LayerNorm(cfg.d_model)
+        self.decoder_layers = nn.ModuleList(
+            DecoderLayer(
+                cfg.d_model,
+                cfg.ffn_dim,
+                cfg.dropout,
+                cfg.ffn_dropout,
+                cfg.activation,
+                cfg.decoder.self_attention,
+                cfg.decoder.cross_attention,
+            )
+            for _ in range(cfg.decoder.n_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(cfg.d_model)
+        self.output_proj = nn.Linear(cfg.d_model, tgt_vocab_size, bias=False)
+        self._init_parameters()
+        if cfg.tie_output:
+            self.output_proj.weight = self.tgt_embedding.weight  # (Press & Wolf 2017)
+
+    def _init_parameters(self) -> None:
+        for name, parameter in self.named_parameters():
+            if parameter.dim() > 1 and "embedding" not in name:
+                nn.init.xavier_uniform_(parameter)
+        for embedding in {self.src_embedding, self.tgt_embedding}:
+            # N(0, d_model^-1/2) so that the sqrt(d_model) scaling gives unit variance (fairseq)
+            nn.init.normal_(embedding.weight, mean=0.0, std=self.cfg.d_model**-0.5)
+            nn.init.zeros_(embedding.weight[self.pad_id])
+
+    def _embed(self, embedding: nn.Embedding, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """ids: (batch, len) → (batch, len, d_model), positions start at ``offset``."""
+        length = ids.size(1)
+        if offset + length > self.cfg.max_positions:
+            raise ValueError(f"sequence of {offset + length} tokens exceeds model.max_positions={self.cfg.max_positions}")
+        # scale embeddings by sqrt(d_model) (Vaswani et al. 2017, §3.4)
+        x = embedding(ids) * math.sqrt(self.cfg.d_model) + self.positions[offset : offset + length]
+        return self.embedding_dropout(x)
+
+    def encode(self, src_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the encoder.
+
+        Args:
+            src_ids: (batch, src_len) long, right-padded with ``pad_id``, each row ending in EOS.
+
+        Returns:
+            memory: (batch, src_len, d_model) encoder output (final layer norm applied).
+            src_mask: (batch, src_len) bool, True = real source token.
+        """
+        src_mask = src_ids != self.pad_id  # (batch, src_len)
+        x = self._embed(self.src_embedding, src_ids)
+        for layer in self.encoder_layers:
+            x = layer(x, src_mask)
+        return self.encoder_norm(x), src_mask
+
+    def new_cache(self) -> DecoderCache:
+        """An empty incremental-decoding cache: one dict per decoder layer and attention site."""
+        return [{"self_attention": {}, "cross_attention": {}} for _ in self.decoder_layers]
+
+    def decode(
+        self,
+        tgt_in: torch.Tensor,
+        memory: torch.Tensor,
+        src_mask: torch.Tensor,
+        cache: DecoderCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the decoder over target inputs (BOS + target tokens, teacher forcing).
+
+        Args:
+            tgt_in: (batch, tgt_len) long decoder inputs. With a cache, only the new positions
+                (usually tgt_len = 1); positions continue after those already cached.
+            memory: (batch, src_len, d_model) from :meth:`encode`.
+            src_mask: (batch, src_len) bool from :meth:`encode`.
+            cache: from :meth:`new_cache`, updated in place; None = no incremental state.
+            need_weights: also return each layer's cross-attention weights.
+
+        Returns:
+            hidden: (batch, tgt_len, d_model) final decoder states (layer norm applied).
+            cross_weights: per decoder layer (batch, n_heads, tgt_len, src_len), rows sum to 1
+                over real source positions; empty unless ``need_weights``.
+        """
+        offset = 0
+        if cache is not None and "k" in cache[0]["self_attention"]:
+            offset = cache[0]["self_attention"]["k"].size(2)
+        x = self._embed(self.tgt_embedding, tgt_in, offset)
+        cross_weights = []
+        for i, layer in enumerate(self.decoder_layers):
+            x, weights = layer(x, memory, src_mask, cache[i] if cache is not None else None, need_weights)
+            if need_weights:
+                cross_weights.append(weights)
+        return self.decoder_norm(x), cross_weights
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: (..., d_model) → (..., tgt_vocab) unnormalised scores."""
+        return self.output_proj(hidden)
+
+    def forward(self, src_ids: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits: (batch, src_len), (batch, tgt_len) → (batch, tgt_len, tgt_vocab)."""
+        memory, src_mask = self.encode(src_ids)
+        hidden, _ = self.decode(tgt_in, memory, src_mask)
+        return self.logits(hidden)
+
+
+def reorder_cache(cache: DecoderCache, order: torch.Tensor, cross_attention: bool = True) -> None:
+    """Select/reorder the batch rows of every cached tensor in place (beam search).
+
+    Args:
+        cache: from :meth:`Transformer.new_cache`.
+        order: (new_batch,) long, row indices into the current batch.
+        cross_attention: also reorder the cross-attention keys/values; pass False when rows
+            only move between beams of the same sentence, whose source keys are identical.
+    """
+    for layer_cache in cache:
+        sites = ("self_attention", "cross_attention") if cross_attention else ("self_attention",)
+        for site in sites:
+            for name, tensor in layer_cache[site].items():
+                layer_cache[site][name] = tensor.index_select(0, order)
