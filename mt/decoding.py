@@ -44,6 +44,16 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
+def force_eos(log_probs: torch.Tensor, rows: torch.Tensor) -> None:
+    """In place: rows that reached their length limit may only emit EOS, at its real log-prob.
+
+    log_probs: (n, tgt_vocab); rows: (n,) bool.
+    """
+    eos = log_probs[:, Tokenizer.eos_id].clone()
+    log_probs[rows] = float("-inf")
+    log_probs[:, Tokenizer.eos_id] = torch.where(rows, eos, log_probs[:, Tokenizer.eos_id])
+
+
 @torch.inference_mode()
 def greedy_search(
     model: Transformer,
@@ -73,10 +83,7 @@ def greedy_search(
         log_probs = model.logits(hidden[:, -1]).float().log_softmax(dim=-1)  # (batch, tgt_vocab)
         log_probs[:, Tokenizer.pad_id] = float("-inf")
         log_probs[:, Tokenizer.bos_id] = float("-inf")
-        at_limit = limits <= step + 1
-        log_probs[at_limit] = torch.where(
-            torch.arange(log_probs.size(1), device=device) == Tokenizer.eos_id, 0.0, float("-inf")
-        )
+        force_eos(log_probs, limits <= step + 1)
         token_log_prob, token = log_probs.max(dim=-1)  # (batch,)
         token = token.masked_fill(finished, Tokenizer.pad_id)
         log_prob += token_log_prob.masked_fill(finished, 0.0)
@@ -137,10 +144,7 @@ def beam_search(
         vocab = log_probs.size(1)
         log_probs[:, Tokenizer.pad_id] = float("-inf")
         log_probs[:, Tokenizer.bos_id] = float("-inf")
-        at_limit = (limits <= step + 1).repeat_interleave(beam)
-        log_probs[at_limit] = torch.where(
-            torch.arange(vocab, device=device) == Tokenizer.eos_id, 0.0, float("-inf")
-        )
+        force_eos(log_probs, (limits <= step + 1).repeat_interleave(beam))
         candidates = (scores.view(-1, 1) + log_probs).view(batch, beam * vocab)
         top_scores, top_index = candidates.topk(2 * beam, dim=1)  # (batch, 2 * beam)
         top_beam, top_token = top_index // vocab, top_index % vocab

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny models on random weights, and where to find the Multi30k files."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from mt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
+from mt.model import Transformer
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_MIRROR = REPO.parent / "shared" / "corpora" / "multi30k"
+VOCAB = 40
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    """A 2+2-layer model of width 32 with dropout off, so two passes can be compared exactly."""
+
+    def site(n_heads: int = 4) -> AttentionConfig:
+        return AttentionConfig(n_heads=n_heads, dropout=0.0)
+
+    cfg = ModelConfig(
+        d_model=32,
+        ffn_dim=64,
+        dropout=0.0,
+        max_positions=64,
+        encoder=EncoderConfig(n_layers=2, self_attention=site()),
+        decoder=DecoderConfig(n_layers=2, self_attention=site(), cross_attention=site(2)),
+    )
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+@pytest.fixture
+def tiny_model() -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(tiny_config(), VOCAB, VOCAB, pad_id=0).eval()
+
+
+def _network_reachable() -> bool:
+    try:
+        socket.create_connection(("raw.githubusercontent.com", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def multi30k_mirror() -> str | None:
+    """The Multi30k mirror folder (MT_DATA_MIRROR, else ../shared/corpora/multi30k), or None to
+    download; skips when there is neither a mirror nor a network."""
+    mirror = os.environ.get("MT_DATA_MIRROR")
+    if mirror and Path(mirror).is_dir():
+        return mirror
+    if SHARED_MIRROR.is_dir():
+        return str(SHARED_MIRROR)
+    if _network_reachable():
+        return None
+    pytest.skip("no Multi30k mirror (set MT_DATA_MIRROR) and no network to download it")

@@ -1,0 +1,86 @@
+"""Every config file composes and fits the schema; bad values stop at start-up with one line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mt.config import Config, from_hydra
+from mt.errors import ConfigError
+from mt.model import Transformer
+
+from conftest import REPO
+
+CONFIG_DIR = str(REPO / "configs")
+GROUP_FILES = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "configs")
+
+
+def compose_config(overrides=()):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_config_file_composes_into_the_schema_and_builds_a_model(path):
+    group = str(path.parent.relative_to(REPO / "configs"))
+    config = from_hydra(compose_config([f"{group}={path.stem}"]))
+    assert isinstance(config, Config)
+    model = Transformer(config.model, 100, 100, pad_id=0)
+    assert len(model.encoder_layers) == config.model.encoder.n_layers
+
+
+def test_overrides_reach_each_attention_site():
+    config = from_hydra(
+        compose_config(
+            [
+                "model.d_model=64",
+                "model.encoder.n_layers=1",
+                "model.decoder.cross_attention.n_heads=2",
+                "model.encoder.self_attention.n_heads=8",
+                "data.src_lang=en",
+                "data.tgt_lang=de",
+            ]
+        )
+    )
+    assert config.model.decoder.cross_attention.n_heads == 2
+    assert config.model.encoder.self_attention.n_heads == 8
+    assert config.model.decoder.self_attention.n_heads == 4
+    model = Transformer(config.model, 100, 100, pad_id=0)
+    assert model.decoder_layers[0].cross_attention.n_heads == 2
+    assert model.encoder_layers[0].self_attention.head_dim == 8
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["model.decoder.cross_attention.n_heads=3"], "model.decoder.cross_attention.n_heads"),
+        (["model.encoder.self_attention.type=sparse"], "model.encoder.self_attention.type"),
+        (["data.src_lang=xx"], "data.src_lang"),
+        (["data.tgt_lang=de"], "data.tgt_lang"),
+        (["train.precision=fp8"], "train.precision"),
+        (["model.dropout=1.5"], "model.dropout"),
+        (["train.lr=abc"], "train.lr"),
+    ],
+)
+def test_invalid_values_name_their_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as error:
+        from_hydra(compose_config(overrides))
+    assert "\n" not in str(error.value)
+
+
+def test_mt_train_reports_bad_config_in_one_line_before_data_work(tmp_path):
+    mt_train = Path(sys.executable).parent / "mt-train"
+    result = subprocess.run(
+        [str(mt_train), "model.d_model=250", f"hydra.run.dir={tmp_path / 'run'}", f"data.data_dir={tmp_path / 'data'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mt-train: error: config key 'model.")
+    assert "must divide model.d_model = 250" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()  # stopped before fetching any data

@@ -1,0 +1,84 @@
+"""sentencepiece round trip, checkpoints that travel with their tokenizer and refuse code."""
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from mt.checkpoint import load_checkpoint, load_for_inference, save_checkpoint
+from mt.config import TokenizerConfig, to_dict
+from mt.errors import CheckpointError
+from mt.model import Transformer
+from mt.tokenizer import Tokenizer
+
+from conftest import tiny_config
+
+TEXTS = ["Ein Hund rennt im Park.", "Zwei Männer spielen Fußball.", "Eine Frau liest ein Buch."] * 30
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_tokenizer_round_trip_and_state(joint):
+    tokenizer = Tokenizer.train(TEXTS, [t.upper() for t in TEXTS], TokenizerConfig(vocab_size=50, joint=joint))
+    ids = tokenizer.encode_tgt(["EIN HUND RENNT."])
+    assert tokenizer.decode_tgt(ids) == ["EIN HUND RENNT."]
+    assert all(i not in (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id) for i in ids[0])
+    again = Tokenizer.from_state(tokenizer.state())
+    assert again.encode_src(["Ein Hund"]) == tokenizer.encode_src(["Ein Hund"])
+    assert again.joint == joint
+
+
+def _checkpoint_state():
+    tokenizer = Tokenizer.train(TEXTS, TEXTS, TokenizerConfig(vocab_size=50))
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = Transformer(cfg, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id)
+    return model, {
+        "model_config": to_dict(cfg),
+        "model": model.state_dict(),
+        "tokenizer": tokenizer.state(),
+        "data": {"src_lang": "de", "tgt_lang": "en"},
+        "decoding": {"beam_size": 3},
+        "step": 7,
+    }
+
+
+def test_checkpoint_round_trip_restores_the_same_model(tmp_path):
+    model, state = _checkpoint_state()
+    save_checkpoint(state, tmp_path / "checkpoints" / "best.pt")
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["best.pt"]  # no temporary left
+    loaded, tokenizer, info = load_for_inference(tmp_path)  # a run dir resolves to its best.pt
+    assert info["decoding"].beam_size == 3 and info["src_lang"] == "de" and info["step"] == 7
+    src = torch.tensor([[5, 6, 7, 3]])
+    tgt = torch.tensor([[2, 8, 9]])
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(src, tgt), loaded(src, tgt))
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "mt-checkpoint", "payload": _RunsCode()}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", pickle.dumps({"a": 1})])
+def test_corrupt_or_foreign_checkpoints_give_one_line_errors(tmp_path, content):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="bad.pt") as error:
+        load_checkpoint(path)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match="nothing.pt"):
+        load_checkpoint(tmp_path / "nothing.pt")
