@@ -77,13 +77,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: refused, it holds more than tensors and plain data ({first})") from None
+        reason = _first_line(error)
+        raise CheckpointError(f"{path}: refused, it holds more than tensors and plain data ({reason})") from None
     except (OSError, RuntimeError, EOFError, ValueError) as error:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({str(error).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(error)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mt checkpoint")
     return state
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _model_config(data: dict) -> ModelConfig:

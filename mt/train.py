@@ -94,10 +94,6 @@ def load_tokenizer(cfg: TokenizerConfig, train_set, cache_dir: Path) -> Tokenize
     return tokenizer
 
 
-def _lengths(dataset) -> tuple[list[int], list[int]]:
-    return [len(ids) for ids in dataset["src_ids"]], [len(ids) for ids in dataset["tgt_ids"]]
-
-
 @torch.inference_mode()
 def validation_loss(model: Transformer, batches: list[corpus.Batch], device: torch.device, precision: str) -> float:
     """Plain (unsmoothed) cross-entropy per target token over the validation batches, in nats."""
@@ -153,19 +149,25 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         (out_dir / f"sentencepiece.{data_cfg.tgt_lang}.model").write_bytes(tokenizer.state()["tgt_model"])
     train_set = corpus.tokenize(splits["train"], tokenizer, cache_dir)
     valid_set = corpus.tokenize(splits["valid"], tokenizer)
+    # plain lists: the training loop indexes them every step (a datasets Column re-reads Arrow)
+    train_src, train_tgt = list(train_set["src_ids"]), list(train_set["tgt_ids"])
     keep = [
         i
-        for i, (s, t) in enumerate(zip(train_set["src_ids"], train_set["tgt_ids"]))
+        for i, (s, t) in enumerate(zip(train_src, train_tgt))
         if 0 < len(s) <= data_cfg.max_len and 0 < len(t) <= data_cfg.max_len
     ]
-    if len(keep) < len(train_set):
-        log.info("dropped %d training pairs longer than data.max_len=%d or empty", len(train_set) - len(keep), data_cfg.max_len)
-        train_set = train_set.select(keep)
-    train_src, train_tgt = train_set["src_ids"], train_set["tgt_ids"]
-    src_lens, tgt_lens = _lengths(train_set)
+    if len(keep) < len(train_src):
+        dropped = len(train_src) - len(keep)
+        log.info("dropped %d training pairs longer than data.max_len=%d or empty", dropped, data_cfg.max_len)
+        train_src, train_tgt = [train_src[i] for i in keep], [train_tgt[i] for i in keep]
+    src_lens, tgt_lens = [len(s) for s in train_src], [len(t) for t in train_tgt]
+    valid_src = [ids[: data_cfg.max_len] for ids in valid_set["src_ids"]]
+    valid_tgt = [ids[: data_cfg.max_len] for ids in valid_set["tgt_ids"]]
     valid_batches = [
-        corpus.collate([valid_set["src_ids"][i][: data_cfg.max_len] for i in b], [valid_set["tgt_ids"][i][: data_cfg.max_len] for i in b], b)
-        for b in corpus.token_batches(*_lengths(valid_set), cfg.train.batch_tokens, shuffle=False)
+        corpus.collate([valid_src[i] for i in b], [valid_tgt[i] for i in b], b)
+        for b in corpus.token_batches(
+            [len(s) for s in valid_src], [len(t) for t in valid_tgt], cfg.train.batch_tokens, shuffle=False
+        )
     ]
 
     # model and optimisation
