@@ -74,6 +74,9 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
+    """Model, tokenizer, checkpoint info, and decoding settings: the checkpoint's, overridden by the flags."""
+    import dataclasses
+
     import torch
 
     from mt.checkpoint import load_for_inference
@@ -83,29 +86,9 @@ def _load(args: argparse.Namespace):
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise MtError(f"--device {args.device}: CUDA is not available on this machine")
     model, tokenizer, info = load_for_inference(args.checkpoint, args.device)
-    decoding = info["decoding"]
-    for name in ("beam_size", "length_penalty", "batch_size"):
-        if getattr(args, name) is None:
-            setattr(args, name, getattr(decoding, name))
-    return model, tokenizer, info
-
-
-def _translate(model, tokenizer, info, args, sentences: Sequence[str], progress: bool = False) -> list[str]:
-    from mt.evaluate import translate
-
-    decoding = info["decoding"]
-    return translate(
-        model,
-        tokenizer,
-        sentences,
-        beam_size=args.beam_size,
-        length_penalty=args.length_penalty,
-        max_len_a=decoding.max_len_a,
-        max_len_b=decoding.max_len_b,
-        batch_size=args.batch_size,
-        device=args.device,
-        progress=progress,
-    )
+    flags = {name: getattr(args, name) for name in ("beam_size", "length_penalty", "batch_size")}
+    decoding = dataclasses.replace(info["decoding"], **{k: v for k, v in flags.items() if v is not None})
+    return model, tokenizer, info, decoding
 
 
 def _read_text(path: str) -> list[str]:
@@ -134,9 +117,11 @@ def translate_main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def body() -> None:
-        model, tokenizer, info = _load(args)
+        from mt.evaluate import translate
+
+        model, tokenizer, _, decoding = _load(args)
         sentences = args.sentences if args.sentences else _read_stdin()
-        for line in _translate(model, tokenizer, info, args, sentences):
+        for line in translate(model, tokenizer, sentences, decoding, args.device):
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
@@ -165,9 +150,9 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
         import os
 
         from mt.data import load_split
-        from mt.evaluate import score
+        from mt.evaluate import score, translate
 
-        model, tokenizer, info = _load(args)
+        model, tokenizer, info, decoding = _load(args)
         if args.src:
             sources, references = _read_text(args.src), _read_text(args.ref)
             if len(sources) != len(references):
@@ -176,7 +161,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
             mirror = args.mirror or os.environ.get("MT_DATA_MIRROR") or None
             split = load_split(args.split or "test_2016_flickr", info["src_lang"], info["tgt_lang"], args.data_dir, mirror)
             sources, references = split["src"], split["tgt"]
-        hypotheses = _translate(model, tokenizer, info, args, sources, progress=True)
+        hypotheses = translate(model, tokenizer, sources, decoding, args.device, progress=True)
         if args.output:
             Path(args.output).write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
         scores = score(hypotheses, references)
@@ -229,8 +214,9 @@ def align_main(argv: Sequence[str] | None = None) -> None:
 
     def body() -> None:
         from mt.align import align, format_pharaoh, format_table, write_alignments
+        from mt.evaluate import translate
 
-        model, tokenizer, info = _load(args)
+        model, tokenizer, _, decoding = _load(args)
         if args.pair:
             sources, targets = [args.pair[0]], args.pair[1:] or None
         else:
@@ -239,9 +225,11 @@ def align_main(argv: Sequence[str] | None = None) -> None:
             if targets is not None and len(targets) != len(sources):
                 raise MtError(f"{args.src} has {len(sources)} lines but {args.tgt} has {len(targets)}")
         if targets is None:
-            targets = _translate(model, tokenizer, info, args, sources, progress=bool(args.src))
+            targets = translate(model, tokenizer, sources, decoding, args.device, progress=bool(args.src))
         try:
-            alignments = align(model, tokenizer, sources, targets, args.layer, args.heads, args.batch_size, args.device)
+            alignments = align(
+                model, tokenizer, sources, targets, args.layer, args.heads, decoding.batch_size, args.device
+            )
         except ValueError as error:
             raise MtError(str(error)) from None
         if args.out:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import sacrebleu
 import torch
 
+from mt.config import DecodingConfig
 from mt.data import pad
 from mt.decoding import beam_search, greedy_search
 from mt.model import Transformer
@@ -17,25 +18,20 @@ def translate(
     model: Transformer,
     tokenizer: Tokenizer,
     sentences: Sequence[str],
-    beam_size: int = 5,
-    length_penalty: float = 1.0,
-    max_len_a: float = 1.2,
-    max_len_b: int = 10,
-    batch_size: int = 64,
+    decoding: DecodingConfig,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> list[str]:
     """Translate ``sentences``; the output list is aligned with the input.
 
-    Sentences are decoded in batches of similar length (less padding), then put back in
-    input order. A blank (whitespace-only) sentence translates to an empty string without
-    reaching the model. Sources longer than ``model.cfg.max_positions - 1`` pieces are
-    truncated to fit.
+    Sentences are decoded in batches of ``decoding.batch_size`` sentences of similar length
+    (less padding), then put back in input order. A blank (whitespace-only) sentence
+    translates to an empty string without reaching the model. Sources longer than
+    ``model.cfg.max_positions - 1`` pieces are truncated to fit.
 
     Args:
-        beam_size: 1 = greedy search, else beam search.
-        batch_size: sentences per batch.
-        progress: show a tqdm bar over batches.
+        decoding: search settings; ``beam_size`` 1 = greedy search, else beam search.
+        progress: show a tqdm bar over batches (only on a terminal).
     """
     from tqdm.auto import tqdm
 
@@ -47,14 +43,17 @@ def translate(
     limit = model.cfg.max_positions - 1
     ids = {i: [*pieces[:limit], tokenizer.eos_id] for i, pieces in zip(todo, encoded)}
     todo.sort(key=lambda i: len(ids[i]))
-    batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    size = decoding.batch_size
+    batches = [todo[start : start + size] for start in range(0, len(todo), size)]
     model.eval()
     for batch in tqdm(batches, desc="translate", unit="batch", disable=None if progress else True, leave=False):
         src_ids = pad([ids[i] for i in batch]).to(device)
-        if beam_size == 1:
-            best = greedy_search(model, src_ids, max_len_a, max_len_b)
+        if decoding.beam_size == 1:
+            best = greedy_search(model, src_ids, decoding.max_len_a, decoding.max_len_b)
         else:
-            nbest = beam_search(model, src_ids, beam_size, length_penalty, max_len_a, max_len_b)
+            nbest = beam_search(
+                model, src_ids, decoding.beam_size, decoding.length_penalty, decoding.max_len_a, decoding.max_len_b
+            )
             best = [hyps[0] for hyps in nbest]
         for i, text in zip(batch, tokenizer.decode_tgt([h.tokens for h in best])):
             outputs[i] = text

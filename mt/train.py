@@ -14,6 +14,7 @@ Everything a run produces goes into ``out_dir``:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -208,18 +209,9 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         nonlocal best_bleu, bad_validations, interval_tokens, interval_loss_sum, interval_start
         train_seconds = time.perf_counter() - interval_start
         val_loss = validation_loss(model, valid_batches, device, cfg.train.precision)
+        valid_decoding = dataclasses.replace(cfg.decoding, beam_size=cfg.train.valid_beam_size)
         with autocast(device, cfg.train.precision):
-            hypotheses = translate(
-                model,
-                tokenizer,
-                splits["valid"]["src"],
-                beam_size=cfg.train.valid_beam_size,
-                length_penalty=cfg.decoding.length_penalty,
-                max_len_a=cfg.decoding.max_len_a,
-                max_len_b=cfg.decoding.max_len_b,
-                batch_size=cfg.decoding.batch_size,
-                device=device,
-            )
+            hypotheses = translate(model, tokenizer, splits["valid"]["src"], valid_decoding, device)
         val_bleu = score(hypotheses, splits["valid"]["tgt"])["bleu"]
         record = {
             "step": step,
@@ -311,17 +303,7 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
     model.eval()
     test = splits["test"]
     with autocast(device, cfg.train.precision):
-        hypotheses = translate(
-            model,
-            tokenizer,
-            test["src"],
-            beam_size=cfg.decoding.beam_size,
-            length_penalty=cfg.decoding.length_penalty,
-            max_len_a=cfg.decoding.max_len_a,
-            max_len_b=cfg.decoding.max_len_b,
-            batch_size=cfg.decoding.batch_size,
-            device=device,
-        )
+        hypotheses = translate(model, tokenizer, test["src"], cfg.decoding, device)
     hyp_path = out_dir / f"{data_cfg.test_split}.hyp.{data_cfg.tgt_lang}"
     hyp_path.write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
     scores = score(hypotheses, test["tgt"])
