@@ -6,14 +6,18 @@ head_dim = d_model / n_heads.
 Mask convention everywhere: bool, True = may attend (as ``scaled_dot_product_attention``).
 
 A variant is a *kernel*: a function ``(q, k, v, mask, causal, dropout_p, need_weights) ->
-(out, weights)`` that sees only already-projected heads. The projections, head splitting and
-the incremental cache live in :class:`MultiHeadAttention`, so a new variant touches one
-function and one entry of :data:`ATTENTION_TYPES`.
+(out, weights)`` that sees only already-projected heads; its own knobs (``window``,
+``top_k``) are bound from the site's config by :data:`ATTENTION_TYPES`, the one dispatch
+point. The projections, grouped key/value heads, rotary positions and the incremental cache
+live in :class:`MultiHeadAttention`, so a new variant touches one function and one entry of
+:data:`ATTENTION_TYPES`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -81,44 +85,211 @@ def full_attention(
     return out, weights
 
 
-# The one dispatch point for attention variants: name -> kernel.
-ATTENTION_TYPES = {
-    "full": full_attention,
+def _with_fallback_rows(mask: torch.Tensor) -> torch.Tensor:
+    """Let query rows that may attend to nothing attend everywhere instead.
+
+    Such rows only occur at padded query positions (e.g. a local window lying wholly in the
+    padding); their outputs are never used, but a fully masked softmax would put NaN into
+    the residual stream, and 0 × NaN is NaN once they become masked keys in the next layer.
+    """
+    return mask | ~mask.any(dim=-1, keepdim=True)
+
+
+def band_mask(tgt_len: int, src_len: int, window: int, causal: bool, device: torch.device | None = None) -> torch.Tensor:
+    """Sliding-window mask: query i may attend to keys at most ``window`` positions away.
+
+    Queries are aligned to the *last* keys, as in :func:`causal_mask`; with ``causal`` only
+    keys at or before the query's own position are allowed.
+
+    Returns: (tgt_len, src_len) bool.
+    """
+    query_position = torch.arange(tgt_len, device=device)[:, None] + (src_len - tgt_len)
+    distance = torch.arange(src_len, device=device)[None, :] - query_position  # key - query
+    allowed = distance.abs() <= window
+    return allowed & (distance <= 0) if causal else allowed
+
+
+def local_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    dropout_p: float,
+    need_weights: bool,
+    *,
+    window: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sliding-window attention: each query sees keys within ``window`` positions
+    (Longformer's sliding window, Beltagy et al. 2020); causal at decoder self-attention.
+
+    Without ``need_weights`` and for a whole sequence (tgt_len == src_len) it runs the
+    banded kernel :func:`_sliding_chunks`, O(len · window) in time and memory. Returning
+    weights, incremental steps (tgt_len < src_len) and sequences no longer than the window
+    use a dense band mask instead (O(tgt_len · src_len); weights are a full matrix anyway).
+
+    Args: as :func:`full_attention`, plus ``window`` ≥ 1.
+    Returns: as :func:`full_attention`; weights are zero outside the window.
+    """
+    tgt_len, src_len = q.size(-2), k.size(-2)
+    key_mask = None
+    if mask is not None and mask.dim() == 4 and mask.size(1) == 1 and mask.size(2) == 1:
+        key_mask = mask[:, 0, 0, :]  # (batch, src_len): a padding mask
+    banded = not need_weights and tgt_len == src_len and src_len > 2 * window + 1
+    if banded and (mask is None or key_mask is not None):
+        return _sliding_chunks(q, k, v, key_mask, window, causal, dropout_p), None
+    allowed = band_mask(tgt_len, src_len, window, causal, q.device)
+    allowed = allowed if mask is None else mask & allowed
+    return full_attention(q, k, v, _with_fallback_rows(allowed), False, dropout_p, need_weights)
+
+
+def _sliding_chunks(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    window: int,
+    causal: bool,
+    dropout_p: float,
+) -> torch.Tensor:
+    """Banded attention in blocks of ``window`` queries, each against 3 blocks of keys.
+
+    q, k, v: (batch, n_heads, len, head_dim); key_mask: (batch, len) bool or None.
+    Returns: (batch, n_heads, len, head_dim). Memory: O(len · 3 · window) scores.
+    """
+    batch, n_heads, length, head_dim = q.shape
+    block = window
+    n_blocks = -(-length // block)
+    padded = n_blocks * block
+
+    def blocks_of_keys(x: torch.Tensor) -> torch.Tensor:
+        # pad one block before and after, then take overlapping spans of 3 blocks
+        x = F.pad(x, (0, 0, block, padded - length + block))  # (batch, n_heads, padded + 2 * block, head_dim)
+        return x.unfold(2, 3 * block, block).transpose(-2, -1)  # (batch, n_heads, n_blocks, 3 * block, head_dim)
+
+    q_blocks = F.pad(q, (0, 0, 0, padded - length)).view(batch, n_heads, n_blocks, block, head_dim)
+    k_blocks, v_blocks = blocks_of_keys(k), blocks_of_keys(v)
+    scores = q_blocks @ k_blocks.transpose(-2, -1) / math.sqrt(head_dim)  # (batch, n_heads, n_blocks, block, 3 * block)
+
+    query_position = torch.arange(padded, device=q.device).view(n_blocks, block, 1)
+    key_position = (torch.arange(n_blocks, device=q.device) * block - block).view(n_blocks, 1, 1) + torch.arange(
+        3 * block, device=q.device
+    )  # (n_blocks, 1, 3 * block)
+    distance = key_position - query_position  # (n_blocks, block, 3 * block)
+    allowed = (distance.abs() <= window) & (key_position >= 0) & (key_position < length)
+    if causal:
+        allowed &= distance <= 0
+    allowed = allowed[None, None]  # (1, 1, n_blocks, block, 3 * block)
+    if key_mask is not None:
+        keys = F.pad(key_mask, (block, padded - length + block)).unfold(1, 3 * block, block)  # (batch, n_blocks, 3 * block)
+        allowed = allowed & keys[:, None, :, None, :]
+    allowed = _with_fallback_rows(allowed)
+    weights = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+    out = F.dropout(weights, p=dropout_p) @ v_blocks  # (batch, n_heads, n_blocks, block, head_dim)
+    return out.view(batch, n_heads, padded, head_dim)[:, :, :length]
+
+
+def topk_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    dropout_p: float,
+    need_weights: bool,
+    *,
+    top_k: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Explicit sparse attention: keep the ``top_k`` largest scores per query, mask the rest
+    before the softmax (Zhao et al. 2019, "Explicit Sparse Transformer").
+
+    All scores are still computed, O(tgt_len · src_len): the point is sparser, sharper
+    weights, not speed. Ties with the k-th score are all kept.
+
+    Args: as :func:`full_attention`, plus ``top_k`` ≥ 1.
+    Returns: as :func:`full_attention`; at most ``top_k`` non-zero weights per row (barring ties).
+    """
+    tgt_len, src_len = q.size(-2), k.size(-2)
+    if causal and tgt_len > 1:
+        step_mask = causal_mask(tgt_len, src_len, device=q.device)
+        mask = step_mask if mask is None else mask & step_mask
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (batch, n_heads, tgt_len, src_len)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    if top_k < src_len:
+        kth = scores.topk(top_k, dim=-1).values[..., -1:]  # (batch, n_heads, tgt_len, 1)
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    out = F.dropout(weights, p=dropout_p) @ v
+    return out, weights if need_weights else None
+
+
+# The one dispatch point for attention variants: name -> config -> kernel.
+ATTENTION_TYPES: dict[str, Callable[[AttentionConfig], Callable]] = {
+    "full": lambda cfg: full_attention,
+    "local": lambda cfg: partial(local_attention, window=cfg.window),
+    "topk": lambda cfg: partial(topk_attention, top_k=cfg.top_k),
 }
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (Su et al. 2021, "RoFormer"), rotate-half layout.
+
+    Args:
+        x: (batch, n_heads, len, head_dim) queries or keys; head_dim even.
+        positions: (len,) absolute positions of the rows.
+
+    Returns: x rotated by position-dependent angles, so that q·k depends on positions only
+    through their difference.
+    """
+    half = x.size(-1) // 2
+    frequency = 10000.0 ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angle = positions.float()[:, None] * frequency  # (len, half)
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with q/k/v/out projections and an optional incremental cache.
 
+    Supports grouped-query attention (``cfg.n_kv_heads`` key/value heads shared by groups of
+    query heads, Ainslie et al. 2023; the cache keeps the smaller, unexpanded keys) and
+    rotary positions on self-attention (``cfg.positions == "rope"``).
+
     Args:
         d_model: model width; ``cfg.n_heads`` must divide it.
-        cfg: the site's config node (type, n_heads, dropout, bias).
+        cfg: the site's config node (type, n_heads, n_kv_heads, dropout, bias, window, top_k,
+            positions).
         causal: self-attention that may not look ahead (decoder self-attention).
 
     Raises:
-        ValueError: unknown ``cfg.type`` (the message lists the valid ones), or n_heads not
-            dividing d_model.
+        ValueError: unknown ``cfg.type`` (the message lists the valid ones), or head counts
+            that do not divide.
     """
 
     def __init__(self, d_model: int, cfg: AttentionConfig, causal: bool = False):
         super().__init__()
         if cfg.type not in ATTENTION_TYPES:
             raise ValueError(f"unknown attention type {cfg.type!r}; valid: {', '.join(ATTENTION_TYPES)}")
-        if d_model % cfg.n_heads:
-            raise ValueError(f"n_heads={cfg.n_heads} does not divide d_model={d_model}")
+        n_kv_heads = cfg.n_kv_heads or cfg.n_heads
+        if d_model % cfg.n_heads or cfg.n_heads % n_kv_heads:
+            raise ValueError(f"n_heads={cfg.n_heads} must divide d_model={d_model}, n_kv_heads={n_kv_heads} n_heads")
         self.n_heads = cfg.n_heads
+        self.n_kv_heads = n_kv_heads
         self.head_dim = d_model // cfg.n_heads
         self.dropout = cfg.dropout
         self.causal = causal
-        self.kernel = ATTENTION_TYPES[cfg.type]
+        self.rope = cfg.positions == "rope"
+        self.kernel = ATTENTION_TYPES[cfg.type](cfg)
         self.q_proj = nn.Linear(d_model, d_model, bias=cfg.bias)
-        self.k_proj = nn.Linear(d_model, d_model, bias=cfg.bias)
-        self.v_proj = nn.Linear(d_model, d_model, bias=cfg.bias)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=cfg.bias)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=cfg.bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=cfg.bias)
 
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+    def _split_heads(self, x: torch.Tensor, n_heads: int) -> torch.Tensor:
         batch, length, _ = x.shape
-        return x.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)  # (batch, n_heads, len, head_dim)
+        return x.view(batch, length, n_heads, self.head_dim).transpose(1, 2)  # (batch, n_heads, len, head_dim)
 
     def forward(
         self,
@@ -141,20 +312,28 @@ class MultiHeadAttention(nn.Module):
 
         Returns:
             out: (batch, tgt_len, d_model).
-            weights: (batch, n_heads, tgt_len, src_len) or None.
+            weights: (batch, n_heads, tgt_len, src_len) post-mask (and post-sparsification)
+                weights, or None.
         """
-        q = self._split_heads(self.q_proj(x))  # (batch, n_heads, tgt_len, head_dim)
+        q = self._split_heads(self.q_proj(x), self.n_heads)  # (batch, n_heads, tgt_len, head_dim)
         if memory is not None and cache is not None and "k" in cache:
             k, v = cache["k"], cache["v"]  # cross-attention keys/values are computed once per source
         else:
             source = x if memory is None else memory
-            k = self._split_heads(self.k_proj(source))  # (batch, n_heads, src_len, head_dim)
-            v = self._split_heads(self.v_proj(source))
+            k = self._split_heads(self.k_proj(source), self.n_kv_heads)  # (batch, n_kv_heads, src_len, head_dim)
+            v = self._split_heads(self.v_proj(source), self.n_kv_heads)
+            if self.rope:  # self-attention only: new positions continue after the cached ones
+                offset = cache["k"].size(2) if cache is not None and "k" in cache else 0
+                positions = torch.arange(offset, offset + x.size(1), device=x.device)
+                q, k = rotary(q, positions), rotary(k, positions)
             if cache is not None:
                 if memory is None and "k" in cache:
                     k = torch.cat([cache["k"], k], dim=2)
                     v = torch.cat([cache["v"], v], dim=2)
                 cache["k"], cache["v"] = k, v
+        if self.n_kv_heads != self.n_heads:  # each key/value head serves a group of query heads
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)  # (batch, n_heads, src_len, head_dim)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
         dropout_p = self.dropout if self.training else 0.0
         out, weights = self.kernel(q, k, v, mask, self.causal, dropout_p, need_weights)
         batch, _, tgt_len, _ = out.shape

@@ -20,6 +20,8 @@ from omegaconf.errors import OmegaConfBaseException
 from mt.errors import ConfigError
 
 LANGUAGES = ("de", "en", "fr", "cs")
+POSITIONAL_EMBEDDINGS = ("sinusoidal", "learned", "none")
+POSITION_TYPES = ("absolute", "rope")
 
 
 @dataclass
@@ -27,16 +29,27 @@ class AttentionConfig:
     """One attention site (encoder self-attention, decoder self-attention or cross-attention).
 
     Attributes:
-        type: attention variant; see ``mt.attention.ATTENTION_TYPES`` for the valid names.
-        n_heads: number of heads; must divide ``model.d_model``.
+        type: attention variant, one of ``mt.attention.ATTENTION_TYPES``: ``full``, ``local``
+            (sliding window, self-attention sites only), ``topk`` (explicit sparse attention).
+        n_heads: number of query heads; must divide ``model.d_model``.
+        n_kv_heads: number of key/value heads (grouped-query attention, Ainslie et al. 2023);
+            must divide ``n_heads``; 1 = multi-query attention; None = ``n_heads``.
         dropout: dropout probability on the attention weights.
         bias: whether the q/k/v/out projections have a bias.
+        window: ``local`` only: each query sees keys at most ``window`` positions away.
+        top_k: ``topk`` only: keys kept per query (the largest scores).
+        positions: ``absolute`` (only the model's absolute embeddings) or ``rope`` (rotary
+            position embeddings on queries and keys, Su et al. 2021; self-attention sites only).
     """
 
     type: str = "full"
     n_heads: int = 4
+    n_kv_heads: int | None = None
     dropout: float = 0.1
     bias: bool = True
+    window: int = 16
+    top_k: int = 8
+    positions: str = "absolute"
 
 
 @dataclass
@@ -58,6 +71,9 @@ class ModelConfig:
 
     Attributes:
         d_model: width of embeddings and residual stream.
+        positional_embedding: absolute positions added to the embeddings: ``sinusoidal``
+            (Vaswani et al. 2017), ``learned`` or ``none`` (e.g. with rope at every
+            self-attention site).
         ffn_dim: inner width of the position-wise feed-forward blocks.
         dropout: dropout on embeddings and sublayer outputs (residual dropout).
         ffn_dropout: dropout on the feed-forward activation (fairseq's activation_dropout);
@@ -70,6 +86,7 @@ class ModelConfig:
 
     d_model: int = 256
     ffn_dim: int = 1024
+    positional_embedding: str = "sinusoidal"
     dropout: float = 0.1
     ffn_dropout: float = 0.0
     activation: str = "relu"
@@ -242,13 +259,27 @@ def validate(config: Config) -> None:
     _require(0 <= model.ffn_dropout < 1, "model.ffn_dropout", model.ffn_dropout, "must be in [0, 1)")
     for side, n_layers in (("encoder", model.encoder.n_layers), ("decoder", model.decoder.n_layers)):
         _require(n_layers > 0, f"model.{side}.n_layers", n_layers, "must be > 0")
+    _require(
+        model.positional_embedding in POSITIONAL_EMBEDDINGS,
+        "model.positional_embedding",
+        model.positional_embedding,
+        "allowed: " + ", ".join(POSITIONAL_EMBEDDINGS),
+    )
     sites = {
         "model.encoder.self_attention": model.encoder.self_attention,
         "model.decoder.self_attention": model.decoder.self_attention,
         "model.decoder.cross_attention": model.decoder.cross_attention,
     }
     for key, site in sites.items():
+        cross = key.endswith("cross_attention")
         _require(site.type in ATTENTION_TYPES, f"{key}.type", site.type, "allowed: " + ", ".join(ATTENTION_TYPES))
+        _require(
+            not (cross and site.type == "local"),
+            f"{key}.type",
+            site.type,
+            "local is for self-attention sites; allowed here: "
+            + ", ".join(t for t in ATTENTION_TYPES if t != "local"),
+        )
         _require(site.n_heads > 0, f"{key}.n_heads", site.n_heads, "must be > 0")
         _require(
             model.d_model % site.n_heads == 0,
@@ -256,7 +287,26 @@ def validate(config: Config) -> None:
             site.n_heads,
             f"must divide model.d_model = {model.d_model}",
         )
+        if site.n_kv_heads is not None:
+            _require(
+                1 <= site.n_kv_heads <= site.n_heads and site.n_heads % site.n_kv_heads == 0,
+                f"{key}.n_kv_heads",
+                site.n_kv_heads,
+                f"must be between 1 and n_heads = {site.n_heads} and divide it",
+            )
         _require(0 <= site.dropout < 1, f"{key}.dropout", site.dropout, "must be in [0, 1)")
+        _require(site.window >= 1, f"{key}.window", site.window, "must be >= 1")
+        _require(site.top_k >= 1, f"{key}.top_k", site.top_k, "must be >= 1")
+        allowed_positions = ("absolute",) if cross else POSITION_TYPES
+        _require(
+            site.positions in allowed_positions,
+            f"{key}.positions",
+            site.positions,
+            "allowed: " + ", ".join(allowed_positions) + (" (rope is for self-attention sites)" if cross else ""),
+        )
+        if site.positions == "rope":
+            head_dim = model.d_model // site.n_heads
+            _require(head_dim % 2 == 0, f"{key}.n_heads", site.n_heads, f"rope needs an even head_dim, got {head_dim}")
 
     data = config.data
     _require(data.name == "multi30k", "data.name", data.name, "allowed: multi30k")

@@ -37,7 +37,12 @@ class Transformer(nn.Module):
         self.tgt_embedding = (
             self.src_embedding if cfg.share_embeddings else nn.Embedding(tgt_vocab_size, cfg.d_model, padding_idx=pad_id)
         )
-        self.register_buffer("positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False)
+        # absolute positions added to the embeddings; rope (per attention site) adds relative ones
+        self.learned_positions = None
+        if cfg.positional_embedding == "learned":
+            self.learned_positions = nn.Embedding(cfg.max_positions, cfg.d_model)
+        elif cfg.positional_embedding == "sinusoidal":
+            self.register_buffer("positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False)
         self.embedding_dropout = nn.Dropout(cfg.dropout)
         self.encoder_layers = nn.ModuleList(
             EncoderLayer(
@@ -66,12 +71,14 @@ class Transformer(nn.Module):
 
     def _init_parameters(self) -> None:
         for name, parameter in self.named_parameters():
-            if parameter.dim() > 1 and "embedding" not in name:
+            if parameter.dim() > 1 and "embedding" not in name and "positions" not in name:
                 nn.init.xavier_uniform_(parameter)
         for embedding in {self.src_embedding, self.tgt_embedding}:
             # N(0, d_model^-1/2) so that the sqrt(d_model) scaling gives unit variance (fairseq)
             nn.init.normal_(embedding.weight, mean=0.0, std=self.cfg.d_model**-0.5)
             nn.init.zeros_(embedding.weight[self.pad_id])
+        if self.learned_positions is not None:
+            nn.init.normal_(self.learned_positions.weight, mean=0.0, std=self.cfg.d_model**-0.5)  # (fairseq)
 
     def _embed(self, embedding: nn.Embedding, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """ids: (batch, len) → (batch, len, d_model), positions start at ``offset``."""
@@ -79,7 +86,11 @@ class Transformer(nn.Module):
         if offset + length > self.cfg.max_positions:
             raise ValueError(f"sequence of {offset + length} tokens exceeds model.max_positions={self.cfg.max_positions}")
         # scale embeddings by sqrt(d_model) (Vaswani et al. 2017, §3.4)
-        x = embedding(ids) * math.sqrt(self.cfg.d_model) + self.positions[offset : offset + length]
+        x = embedding(ids) * math.sqrt(self.cfg.d_model)
+        if self.learned_positions is not None:
+            x = x + self.learned_positions.weight[offset : offset + length]
+        elif self.cfg.positional_embedding == "sinusoidal":
+            x = x + self.positions[offset : offset + length]
         return self.embedding_dropout(x)
 
     def encode(self, src_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
