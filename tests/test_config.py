@@ -46,7 +46,7 @@ def test_every_config_file_composes_into_the_schema_builds_a_model_and_trains(pa
         optimizer.zero_grad()
         (loss / n_tokens).backward()
         optimizer.step()
-        losses.append(float(loss) / n_tokens)
+        losses.append(float(loss.detach()) / n_tokens)
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
 
 
