@@ -97,12 +97,16 @@ def _read_text(path: str) -> list[str]:
     file = Path(path)
     if not file.is_file():
         raise MtError(f"{path}: no such file")
-    return read_lines(file)
+    lines = read_lines(file)
+    if not lines:
+        raise MtError(f"{path} is empty")
+    return lines
 
 
 def _read_stdin() -> list[str]:
-    raw = sys.stdin.buffer.read()
-    return raw.decode("utf-8", errors="replace").splitlines()
+    from mt.data import split_lines
+
+    return split_lines(sys.stdin.buffer.read(), "stdin")
 
 
 # ------------------------------------------------------------------------------ mt-translate

@@ -82,16 +82,34 @@ def _atomic_copy(source: Path, target: Path) -> None:
     os.replace(tmp.name, target)
 
 
+def split_lines(raw: bytes, source: str) -> list[str]:
+    """Decode UTF-8 bytes into lines, splitting on ``\n`` only.
+
+    ``str.splitlines`` would also split on form feeds, U+2028 and other separators inside a
+    line, breaking the one-line-in, one-line-out contract. A trailing ``\r`` is dropped from
+    each line; invalid UTF-8 is replaced by U+FFFD with one warning naming ``source``.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        log.warning("%s: invalid UTF-8 (first at byte %d) replaced by U+FFFD", source, error.start)
+        text = raw.decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it does not start a new one
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def read_lines(path: Path) -> list[str]:
-    """Lines of a plain or gzipped UTF-8 text file, newline stripped.
+    """Lines of a plain or gzipped UTF-8 text file (see :func:`split_lines`).
 
     Raises:
-        DataError: the file is missing or not readable as text.
+        DataError: the file is missing or not readable.
     """
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-            return [line.rstrip("\r\n") for line in f]
+        with opener(path, "rb") as f:
+            return split_lines(f.read(), str(path))
     except (OSError, EOFError) as error:
         raise DataError(f"cannot read {path}: {error}") from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import sacrebleu
@@ -12,6 +13,8 @@ from mt.data import pad
 from mt.decoding import beam_search, greedy_search
 from mt.model import Transformer
 from mt.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 
 def translate(
@@ -41,6 +44,9 @@ def translate(
         return outputs
     encoded = tokenizer.encode_src([sentences[i] for i in todo])
     limit = model.cfg.max_positions - 1
+    too_long = sum(len(pieces) > limit for pieces in encoded)
+    if too_long:
+        log.warning("%d sentences longer than %d pieces were truncated to fit model.max_positions", too_long, limit)
     ids = {i: [*pieces[:limit], tokenizer.eos_id] for i, pieces in zip(todo, encoded)}
     todo.sort(key=lambda i: len(ids[i]))
     size = decoding.batch_size
@@ -56,7 +62,7 @@ def translate(
             )
             best = [hyps[0] for hyps in nbest]
         for i, text in zip(batch, tokenizer.decode_tgt([h.tokens for h in best])):
-            outputs[i] = text
+            outputs[i] = text.replace("\n", " ")  # one output line per input line, always
     return outputs
 
 

@@ -29,6 +29,10 @@ def alignment_heatmap(
     import matplotlib.pyplot as plt
 
     n_tgt, n_src = word_matrix.shape
+    if n_tgt == 0 or n_src == 0:  # a blank line on either side: an empty picture, not a crash
+        word_matrix = np.zeros((max(n_tgt, 1), max(n_src, 1)))
+        src_words, tgt_words = list(src_words) or [""], list(tgt_words) or [""]
+        n_tgt, n_src = word_matrix.shape
     fig, ax = plt.subplots(figsize=(max(3.0, 0.5 * n_src + 1.5), max(2.5, 0.4 * n_tgt + 1.5)))
     image = ax.imshow(word_matrix, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(n_src), labels=list(src_words), rotation=60, ha="right")
