@@ -1,7 +1,8 @@
 """Console entry points: mt-train, mt-translate, mt-evaluate, mt-align. Thin wrappers.
 
 A user mistake (:class:`~mt.errors.MtError`, or a bad value caught by argparse) prints one line
-``PROG: error: …`` on stderr and exits with status 2, without a traceback.
+``PROG: error: …`` on stderr and exits with status 2 (128 + signal number for an interrupted
+training run), without a traceback; ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,16 +23,14 @@ from mt.errors import MtError
 log = logging.getLogger(__name__)
 
 
-def _fail(prog: str, message: str) -> None:
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def _run(prog: str, body: Callable[[], None]) -> None:
     try:
         body()
     except MtError as error:
-        _fail(prog, str(error))
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the switch that shows tracebacks
+            raise
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        sys.exit(getattr(error, "exit_code", 2))
 
 
 # ----------------------------------------------------------------------------------- mt-train
@@ -151,8 +151,6 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
         parser.error("give either --split or --src/--ref, not both")
 
     def body() -> None:
-        import os
-
         from mt.data import load_split
         from mt.evaluate import score, translate
 

@@ -166,6 +166,11 @@ class TrainConfig:
         patience: stop after this many validations without a better val BLEU (0 = never).
         log_every: refresh the progress bar statistics every N updates.
         num_threads: intra-op CPU threads (0 = torch's default).
+        resume: ``auto`` continues the run dir's ``checkpoints/last.pt`` (pass the old
+            ``hydra.run.dir``); a path continues that checkpoint; None starts afresh. Restores
+            model, optimizer, schedule, RNG states, data position, step, epoch, best score and
+            early-stopping counter.
+        max_nonfinite: stop after this many non-finite losses in a row (each skips its update).
     """
 
     seed: int = 1
@@ -186,6 +191,8 @@ class TrainConfig:
     patience: int = 10
     log_every: int = 10
     num_threads: int = 0
+    resume: str | None = None
+    max_nonfinite: int = 10
 
 
 @dataclass
@@ -353,6 +360,7 @@ def validate(config: Config) -> None:
         "set train.max_steps, train.max_epochs, train.max_minutes or train.patience, or training never ends",
     )
     check_device(train.device, "train.device")
+    _require(train.max_nonfinite >= 1, "train.max_nonfinite", train.max_nonfinite, "must be >= 1")
 
     decoding = config.decoding
     _require(decoding.beam_size > 0, "decoding.beam_size", decoding.beam_size, "must be > 0")

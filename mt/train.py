@@ -7,7 +7,8 @@ Everything a run produces goes into ``out_dir``:
 - ``metrics.jsonl``: one JSON object per validation with step, epoch, train_loss (label
   smoothed, per target token), val_loss (plain cross-entropy per target token), val_bleu,
   lr, tokens_per_s (target tokens per second of training since the previous validation)
-  and elapsed_s (wall-clock since training started, validations included);
+  elapsed_s (wall-clock since training started, validations included) and nonfinite_steps
+  (updates skipped for a non-finite loss or gradient, in total);
 - ``{test_split}.hyp.{tgt_lang}`` and ``test_scores.json`` (BLEU, chrF, signatures).
 """
 
@@ -20,6 +21,9 @@ import json
 import logging
 import math
 import random
+import shutil
+import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,11 +36,99 @@ from tqdm.auto import tqdm
 from mt import data as corpus
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import Config, TokenizerConfig, to_dict
+from mt.errors import ConfigError, DataError, MtError
 from mt.evaluate import score, translate
 from mt.model import Transformer
 from mt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(MtError):
+    """SIGINT/SIGTERM during training: the step finished and ``last.pt`` was written."""
+
+    def __init__(self, signum: int, step: int, out_dir: Path):
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"stopped by {name} after step {step}; {out_dir / 'checkpoints' / 'last.pt'} written. "
+            f"Resume with the same overrides plus: train.resume=auto hydra.run.dir={out_dir}"
+        )
+        self.exit_code = 128 + signum
+
+
+class TrainingFailed(MtError):
+    """Training cannot go on (e.g. too many non-finite losses in a row)."""
+
+
+class StopSignal:
+    """Context manager: SIGINT/SIGTERM only set ``received`` (the signal number), so the loop can
+    finish its step and save; the previous handlers come back on exit."""
+
+    def __init__(self):
+        self.received = 0
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __enter__(self) -> StopSignal:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch (CPU and CUDA) random states as checkpoint-safe data."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy_key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+        "numpy_pos": int(numpy_state["state"]["pos"]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Inverse of :func:`rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(("MT19937", state["numpy_key"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and prove a file can be written there.
+
+    Raises:
+        DataError: naming the folder, before any training work is done.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise DataError(f"output folder {folder} is not writable: {error.strerror or error}") from None
+
+
+def check_free_space(folder: Path, model: torch.nn.Module) -> None:
+    """Refuse to start when the disk cannot hold two checkpoints (one plus its temporary copy).
+
+    A checkpoint holds the parameters and AdamW's two moments: about 3 x parameter bytes.
+
+    Raises:
+        DataError: with the bytes needed and free.
+    """
+    needed = 2 * 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise DataError(f"{folder}: {free / 2**20:.0f} MiB free, checkpoints need about {needed / 2**20:.0f} MiB")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,7 +212,17 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         DataError: corpus files missing or inconsistent.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir = out_dir / "checkpoints"
+    check_writable(checkpoint_dir)
+    resume_path, resume_state = None, None
+    if cfg.train.resume:
+        resume_path = checkpoint_dir / "last.pt" if cfg.train.resume == "auto" else Path(cfg.train.resume)
+        if not resume_path.is_file():
+            raise ConfigError(
+                f"config key 'train.resume' = {cfg.train.resume!r}: {resume_path} not found"
+                + (" (auto continues hydra.run.dir=<the run dir>)" if cfg.train.resume == "auto" else "")
+            )
+        resume_state = load_checkpoint(resume_path)
     datasets.disable_progress_bars()  # our own tqdm bar is the one to watch
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
@@ -142,7 +244,10 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         )
     cache_dir = Path(data_cfg.data_dir) / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(cfg.tokenizer, splits["train"], cache_dir)
+    if resume_state is not None:  # the subwords the model was trained with, whatever the cache holds
+        tokenizer = Tokenizer.from_state(resume_state["tokenizer"])
+    else:
+        tokenizer = load_tokenizer(cfg.tokenizer, splits["train"], cache_dir)
     if tokenizer.joint:
         (out_dir / "sentencepiece.model").write_bytes(tokenizer.state()["src_model"])
     else:
@@ -185,9 +290,10 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(cfg.train.warmup_steps))
 
-    checkpoint_dir = out_dir / "checkpoints"
+    check_free_space(checkpoint_dir, model)
     metrics_path = out_dir / "metrics.jsonl"
-    metrics_path.write_text("")
+    if resume_state is None:
+        metrics_path.write_text("")
     static_state = {
         "model_config": to_dict(cfg.model),
         "tokenizer": tokenizer.state(),
@@ -196,13 +302,42 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         "config": to_dict(cfg),
     }
 
-    step, epoch = 0, 0
-    best_bleu, bad_validations = float("-inf"), 0
-    start = time.perf_counter()
+    step, epoch, batches_done = 0, 1, 0  # batches_done: of the current epoch
+    best_bleu, bad_validations, nonfinite_total, nonfinite_in_a_row = float("-inf"), 0, 0, 0
+    elapsed_before = 0.0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        step, epoch, batches_done = resume_state["step"], resume_state["epoch"], resume_state["batches_done"]
+        best_bleu, bad_validations = resume_state["best_bleu"], resume_state["bad_validations"]
+        nonfinite_total, elapsed_before = resume_state["nonfinite_steps"], resume_state["elapsed_s"]
+        set_rng_state(resume_state["rng"])
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_path, step, epoch, batches_done)
+    start = time.perf_counter() - elapsed_before
     window_tokens, window_loss, window_start = 0, 0.0, time.perf_counter()
     interval_tokens, interval_loss_sum, interval_start = 0, 0.0, time.perf_counter()
     stop_reason = None
-    progress = tqdm(total=cfg.train.max_steps or None, desc="train", unit="step", disable=None, dynamic_ncols=True)
+    progress = tqdm(
+        initial=step, total=cfg.train.max_steps or None, desc="train", unit="step", disable=None, dynamic_ncols=True
+    )
+
+    def training_state() -> dict:
+        """Everything needed to continue exactly from here (plain data and tensors only)."""
+        return {
+            **static_state,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "batches_done": batches_done,
+            "best_bleu": best_bleu,
+            "bad_validations": bad_validations,
+            "nonfinite_steps": nonfinite_total,
+            "elapsed_s": time.perf_counter() - start,
+            "rng": rng_state(),
+        }
 
     def validate() -> bool:
         """Validate, log, checkpoint; return True when early stopping says stop."""
@@ -222,6 +357,7 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
             "lr": scheduler.get_last_lr()[0],
             "tokens_per_s": interval_tokens / max(train_seconds, 1e-9),
             "elapsed_s": time.perf_counter() - start,
+            "nonfinite_steps": nonfinite_total,
         }
         with metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -230,17 +366,7 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
             best_bleu, bad_validations = val_bleu, 0
         else:
             bad_validations += 1
-        state = {
-            **static_state,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "step": step,
-            "epoch": epoch,
-            "best_bleu": best_bleu,
-            "bad_validations": bad_validations,
-            "val_bleu": val_bleu,
-        }
+        state = {**training_state(), "val_bleu": val_bleu}
         save_checkpoint(state, checkpoint_dir / "last.pt")
         if improved:
             save_checkpoint(state, checkpoint_dir / "best.pt")
@@ -253,46 +379,73 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         interval_tokens, interval_loss_sum, interval_start = 0, 0.0, time.perf_counter()
         return cfg.train.patience > 0 and bad_validations >= cfg.train.patience
 
+    if cfg.train.max_steps and step >= cfg.train.max_steps:  # resumed a run that had already finished training
+        stop_reason = f"reached train.max_steps={cfg.train.max_steps}"
     model.train()
-    while stop_reason is None:
-        epoch += 1
-        for indices in corpus.token_batches(src_lens, tgt_lens, cfg.train.batch_tokens, True, cfg.train.seed + epoch):
-            batch = corpus.collate([train_src[i] for i in indices], [train_tgt[i] for i in indices], indices).to(device)
-            with autocast(device, cfg.train.precision):
-                loss_sum, n_tokens = sequence_loss(model, batch, cfg.train.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            (loss_sum / n_tokens).backward()
-            if cfg.train.clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            loss_value = float(loss_sum.detach())
-            window_tokens, window_loss = window_tokens + n_tokens, window_loss + loss_value
-            interval_tokens, interval_loss_sum = interval_tokens + n_tokens, interval_loss_sum + loss_value
-            progress.update(1)
-            if step % cfg.train.log_every == 0:
-                now = time.perf_counter()
-                progress.set_postfix(
-                    loss=f"{window_loss / window_tokens:.3f}",
-                    lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                    tok_s=f"{window_tokens / (now - window_start):.0f}",
-                    epoch=epoch,
-                )
-                window_tokens, window_loss, window_start = 0, 0.0, now
-            if cfg.train.max_steps and step >= cfg.train.max_steps:
-                stop_reason = f"reached train.max_steps={cfg.train.max_steps}"
-            elif cfg.train.max_minutes and time.perf_counter() - start >= cfg.train.max_minutes * 60:
-                stop_reason = f"reached train.max_minutes={cfg.train.max_minutes}"
-            if step % cfg.train.valid_every == 0 or stop_reason:
-                if validate() and stop_reason is None:
-                    stop_reason = f"no better val BLEU in {cfg.train.patience} validations (train.patience)"
-            if stop_reason:
-                break
-        if stop_reason is None and cfg.train.max_epochs and epoch >= cfg.train.max_epochs:
-            if step % cfg.train.valid_every:
-                validate()
-            stop_reason = f"reached train.max_epochs={cfg.train.max_epochs}"
+    stop_signal = StopSignal()
+    with stop_signal:
+        while stop_reason is None:
+            batches = corpus.token_batches(src_lens, tgt_lens, cfg.train.batch_tokens, True, cfg.train.seed + epoch)
+            for indices in batches[batches_done:]:
+                batch = corpus.collate([train_src[i] for i in indices], [train_tgt[i] for i in indices], indices)
+                batch = batch.to(device)
+                with autocast(device, cfg.train.precision):
+                    loss_sum, n_tokens = sequence_loss(model, batch, cfg.train.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                finite = bool(torch.isfinite(loss_sum))
+                if finite:
+                    (loss_sum / n_tokens).backward()
+                    if cfg.train.clip_norm > 0:
+                        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm)
+                        finite = bool(torch.isfinite(norm))
+                batches_done += 1
+                if not finite:  # skip the update: one bad batch must not poison the weights
+                    nonfinite_total, nonfinite_in_a_row = nonfinite_total + 1, nonfinite_in_a_row + 1
+                    log.warning("non-finite loss or gradient at step %d: update skipped", step + 1)
+                    if nonfinite_in_a_row >= cfg.train.max_nonfinite:
+                        raise TrainingFailed(
+                            f"{nonfinite_in_a_row} non-finite losses in a row (train.max_nonfinite) at step {step}; "
+                            f"stopped without saving, {checkpoint_dir / 'last.pt'} holds the last good state "
+                            "(try a lower train.lr)"
+                        )
+                    continue
+                nonfinite_in_a_row = 0
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                loss_value = float(loss_sum.detach())
+                window_tokens, window_loss = window_tokens + n_tokens, window_loss + loss_value
+                interval_tokens, interval_loss_sum = interval_tokens + n_tokens, interval_loss_sum + loss_value
+                progress.update(1)
+                if step % cfg.train.log_every == 0:
+                    now = time.perf_counter()
+                    progress.set_postfix(
+                        loss=f"{window_loss / window_tokens:.3f}",
+                        lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                        tok_s=f"{window_tokens / (now - window_start):.0f}",
+                        epoch=epoch,
+                    )
+                    window_tokens, window_loss, window_start = 0, 0.0, now
+                if cfg.train.max_steps and step >= cfg.train.max_steps:
+                    stop_reason = f"reached train.max_steps={cfg.train.max_steps}"
+                elif cfg.train.max_minutes and time.perf_counter() - start >= cfg.train.max_minutes * 60:
+                    stop_reason = f"reached train.max_minutes={cfg.train.max_minutes}"
+                if step % cfg.train.valid_every == 0 or stop_reason:
+                    if validate() and stop_reason is None:
+                        stop_reason = f"no better val BLEU in {cfg.train.patience} validations (train.patience)"
+                if stop_signal.received:
+                    save_checkpoint(training_state(), checkpoint_dir / "last.pt")
+                    progress.close()
+                    raise TrainingInterrupted(stop_signal.received, step, out_dir)
+                if stop_reason:
+                    break
+            if stop_reason is None:  # the epoch is complete
+                if cfg.train.max_epochs and epoch >= cfg.train.max_epochs:
+                    if step % cfg.train.valid_every:
+                        validate()
+                    stop_reason = f"reached train.max_epochs={cfg.train.max_epochs}"
+                else:
+                    epoch, batches_done = epoch + 1, 0
     progress.close()
     training_seconds = time.perf_counter() - start
     log.info("stopped after %d steps, %.1f min: %s", step, training_seconds / 60, stop_reason)

@@ -82,3 +82,31 @@ def test_corrupt_or_foreign_checkpoints_give_one_line_errors(tmp_path, content):
 def test_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="nothing.pt"):
         load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_a_save_that_dies_midway_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1, "model": {"w": torch.ones(3)}}, path)
+
+    def dies_midway(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"step": 2, "model": {"w": torch.zeros(3)}}, path)
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_hydra_full_error_shows_the_traceback(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "mt-translate"), str(tmp_path / "missing.pt"), "x"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode != 0 and "Traceback" in result.stderr and "CheckpointError" in result.stderr
