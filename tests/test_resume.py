@@ -13,6 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from mt import guards
 from mt import train as train_module
 from mt.checkpoint import load_checkpoint
 from mt.config import from_hydra
@@ -121,7 +122,7 @@ def test_too_many_nonfinite_losses_in_a_row_stop_the_run(tmp_path, multi30k_mirr
 
     monkeypatch.setattr(train_module, "sequence_loss", nan_after_ten)
     config = _smoke_config(tmp_path, multi30k_mirror, "train.max_steps=100", "train.max_nonfinite=3")
-    with pytest.raises(train_module.TrainingFailed, match="3 non-finite losses in a row"):
+    with pytest.raises(guards.TrainingFailed, match="3 non-finite losses in a row"):
         train_module.train(config, tmp_path / "run")
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 10  # the last good state
 
@@ -129,8 +130,8 @@ def test_too_many_nonfinite_losses_in_a_row_stop_the_run(tmp_path, multi30k_mirr
 def test_unwritable_output_folder_and_full_disk_are_caught_before_training(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(DataError, match="not writable"):
-        train_module.check_writable(tmp_path / "file" / "checkpoints")
+        guards.check_writable(tmp_path / "file" / "checkpoints")
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100, 99, 1))
     with pytest.raises(DataError, match="MiB free"):
-        train_module.check_free_space(tmp_path, torch.nn.Linear(100, 100))
+        guards.check_free_space(tmp_path, torch.nn.Linear(100, 100))
