@@ -12,6 +12,7 @@ to the word its character span overlaps (pieces without a surface go with their 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ import torch
 from mt.data import pad
 from mt.model import Transformer
 from mt.tokenizer import Piece, Tokenizer
+
+log = logging.getLogger(__name__)
 
 NO_WORD = -1
 
@@ -206,8 +209,13 @@ def align(
     if not heads or any(not 0 <= h < n_heads for h in heads):
         raise ValueError(f"--heads {heads} out of range: cross-attention has {n_heads} heads (0..{n_heads - 1})")
     limit = model.cfg.max_positions - 1
-    src_pieces = [tokenizer.src_pieces(text)[:limit] for text in src_texts]
-    tgt_pieces = [tokenizer.tgt_pieces(text)[:limit] for text in tgt_texts]
+    src_pieces = [tokenizer.src_pieces(text) for text in src_texts]
+    tgt_pieces = [tokenizer.tgt_pieces(text) for text in tgt_texts]
+    too_long = sum(len(pieces) > limit for pieces in (*src_pieces, *tgt_pieces))
+    if too_long:  # words past the limit get no attention: zero rows/columns, no links
+        log.warning("%d sentences longer than %d pieces were truncated to fit model.max_positions", too_long, limit)
+        src_pieces = [pieces[:limit] for pieces in src_pieces]
+        tgt_pieces = [pieces[:limit] for pieces in tgt_pieces]
     attention = teacher_forced_attention(
         model, [[p.id for p in ps] for ps in src_pieces], [[p.id for p in ps] for ps in tgt_pieces], batch_size, device
     )

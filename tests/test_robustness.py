@@ -120,6 +120,7 @@ def test_console_scripts_survive_messy_input(tmp_path, model, tokenizer):
         capture_output=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr.decode()
+    assert "truncated" in result.stderr.decode()
     assert len((tmp_path / "align" / "alignments.txt").read_text().split("\n")) == len(lines) + 2
     assert len(list((tmp_path / "align" / "plots").glob("*.png"))) == len(lines) + 1
 
