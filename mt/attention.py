@@ -39,6 +39,18 @@ def causal_mask(tgt_len: int, src_len: int | None = None, device: torch.device |
     return torch.ones(tgt_len, src_len, dtype=torch.bool, device=device).tril(diagonal=offset)
 
 
+def _with_causal(mask: torch.Tensor | None, tgt_len: int, src_len: int, device: torch.device) -> torch.Tensor:
+    """``mask`` (or no mask) combined with :func:`causal_mask`."""
+    step_mask = causal_mask(tgt_len, src_len, device=device)
+    return step_mask if mask is None else mask & step_mask
+
+
+def _masked_scores(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """q kᵀ / √head_dim with forbidden keys at -inf: (batch, n_heads, tgt_len, src_len)."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+    return scores if mask is None else scores.masked_fill(~mask, float("-inf"))
+
+
 def full_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -71,16 +83,11 @@ def full_attention(
         causal = False  # one incremental step: the newest query may see every cached key
     if causal and (need_weights or mask is not None or tgt_len != src_len):
         # SDPA's is_causal aligns to the first key and cannot be combined with a mask
-        step_mask = causal_mask(tgt_len, src_len, device=q.device)
-        mask = step_mask if mask is None else mask & step_mask
-        causal = False
+        mask, causal = _with_causal(mask, tgt_len, src_len, q.device), False
     if not need_weights:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
         return out, None
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (batch, n_heads, tgt_len, src_len)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = scores.softmax(dim=-1)
+    weights = _masked_scores(q, k, mask).softmax(dim=-1)  # (batch, n_heads, tgt_len, src_len)
     out = F.dropout(weights, p=dropout_p) @ v  # (batch, n_heads, tgt_len, head_dim)
     return out, weights
 
@@ -211,11 +218,8 @@ def topk_attention(
     """
     tgt_len, src_len = q.size(-2), k.size(-2)
     if causal and tgt_len > 1:
-        step_mask = causal_mask(tgt_len, src_len, device=q.device)
-        mask = step_mask if mask is None else mask & step_mask
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (batch, n_heads, tgt_len, src_len)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        mask = _with_causal(mask, tgt_len, src_len, q.device)
+    scores = _masked_scores(q, k, mask)  # (batch, n_heads, tgt_len, src_len)
     if top_k < src_len:
         kth = scores.topk(top_k, dim=-1).values[..., -1:]  # (batch, n_heads, tgt_len, 1)
         scores = scores.masked_fill(scores < kth, float("-inf"))
