@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from mt.align import parse_pharaoh
+from mt.aer import parse_pharaoh
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent

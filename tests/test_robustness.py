@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mt.align import format_pharaoh, parse_pharaoh
+from mt.aer import format_pharaoh, parse_pharaoh
 from mt.checkpoint import save_checkpoint
 from mt.config import DecodingConfig, TokenizerConfig, to_dict
 from mt.data import split_lines
