@@ -1,19 +1,26 @@
 """Cross-attention → soft matrices → word pooling → hard links → files.
 
-Teacher-forced over a (source, target) pair, the decoder's cross-attention at target row t is
-the attention paid while *predicting* target token t (its input is BOS + tokens < t). Both axes
-include EOS: the source EOS column and the target EOS row are kept in the soft matrices and
-dropped when pooling into words, so special tokens never appear in word links.
+Teacher-forced over a (source, target) pair with target pieces y_1..y_n, decoder row t
+(t = 0..n) has input y_t (y_0 = BOS) and predicts y_{t+1} (y_{n+1} = EOS). Two ways to read
+word alignments off the cross-attention of one layer (:data:`METHODS`):
 
-Words are whitespace-separated tokens of the given text; each sentencepiece piece is assigned
-to the word its character span overlaps (pieces without a surface go with their neighbour).
+- ``attention``: piece y_i takes the row that *predicts* it (row i - 1): attention while
+  choosing the word, which tends to look one source word ahead;
+- ``shift``: Shift-Att (Chen et al. 2020, "Accurate Word Alignment Induction from Neural
+  Machine Translation", EMNLP): piece y_i takes the row where it is the decoder *input*
+  (row i), i.e. the step that predicts y_{i+1}.
+
+The source EOS soaks up much of the attention mass (fairseq issue 4446): its column is
+dropped and each row renormalised over real source words, so special tokens never appear in
+word links. How pieces become whitespace words is :mod:`mt.words`; gold sets and AER are
+:mod:`mt.aer`; symmetrization is :mod:`mt.symmetrize`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,80 +28,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mt.aer import AlignmentScores, GoldAlignment, format_pharaoh, score_alignments
 from mt.data import pad
 from mt.model import Transformer
-from mt.tokenizer import Piece, Tokenizer
+from mt.symmetrize import symmetrize
+from mt.tokenizer import Tokenizer
+from mt.words import Segmentation, segment
 
 log = logging.getLogger(__name__)
-
-NO_WORD = -1
 
 
 def default_layer(n_layers: int) -> int:
     """The penultimate decoder layer (0-based): its cross-attention aligns best in 6-layer
     models (Garg et al. 2019, "Jointly Learning to Align and Translate with Transformer Models")."""
     return max(n_layers - 2, 0)
-
-
-def words_of(text: str) -> tuple[list[str], list[tuple[int, int]]]:
-    """Whitespace words of ``text`` and their character spans [begin, end)."""
-    matches = list(re.finditer(r"\S+", text))
-    return [m.group() for m in matches], [m.span() for m in matches]
-
-
-def piece_words(pieces: Sequence[Piece], spans: Sequence[tuple[int, int]]) -> list[int]:
-    """Word index of each piece: the word its character span overlaps most.
-
-    A piece that overlaps no word (a lone ``▁``, zero-width) takes the word of the next piece
-    that has one, else of the previous; :data:`NO_WORD` when the text has no words.
-
-    Returns: one word index per piece.
-    """
-    owners = []
-    for piece in pieces:
-        best, best_overlap = NO_WORD, 0
-        for j, (begin, end) in enumerate(spans):
-            overlap = min(end, piece.end) - max(begin, piece.begin)
-            if overlap > best_overlap:
-                best, best_overlap = j, overlap
-        owners.append(best)
-    for i in range(len(owners)):  # zero-width pieces: borrow a neighbour's word
-        if owners[i] == NO_WORD:
-            after = [w for w in owners[i + 1 :] if w != NO_WORD]
-            before = [w for w in owners[:i] if w != NO_WORD]
-            owners[i] = after[0] if after else (before[-1] if before else NO_WORD)
-    return owners
-
-
-def pool_to_words(
-    matrix: np.ndarray, tgt_owner: Sequence[int], src_owner: Sequence[int], n_tgt_words: int, n_src_words: int
-) -> np.ndarray:
-    """Pool a piece-level attention matrix into a word-level one.
-
-    Source pieces of one word add up their attention mass; target pieces of one word average
-    their rows; each row is then renormalised over the source words (mass on EOS and
-    unowned pieces is dropped). A target word that received no mass keeps a zero row.
-
-    Args:
-        matrix: (tgt_len, src_len) attention over pieces.
-        tgt_owner: (tgt_len,) word index of each target row, or NO_WORD (EOS).
-        src_owner: (src_len,) word index of each source column, or NO_WORD (EOS).
-
-    Returns: (n_tgt_words, n_src_words) float32, rows sum to 1 (or 0).
-    """
-    to_src = np.zeros((len(src_owner), n_src_words), dtype=np.float64)
-    for i, w in enumerate(src_owner):
-        if w != NO_WORD:
-            to_src[i, w] = 1.0
-    from_tgt = np.zeros((n_tgt_words, len(tgt_owner)), dtype=np.float64)
-    for t, w in enumerate(tgt_owner):
-        if w != NO_WORD:
-            from_tgt[w, t] = 1.0
-    counts = from_tgt.sum(axis=1, keepdims=True)
-    from_tgt = np.divide(from_tgt, counts, out=np.zeros_like(from_tgt), where=counts > 0)
-    words = from_tgt @ matrix.astype(np.float64) @ to_src  # (n_tgt_words, n_src_words)
-    totals = words.sum(axis=1, keepdims=True)
-    return np.divide(words, totals, out=np.zeros_like(words), where=totals > 0).astype(np.float32)
 
 
 def argmax_links(word_matrix: np.ndarray) -> list[tuple[int, int]]:
@@ -107,24 +54,42 @@ def argmax_links(word_matrix: np.ndarray) -> list[tuple[int, int]]:
     return sorted(links)
 
 
-def format_pharaoh(links: Sequence[tuple[int, int]]) -> str:
-    """``[(0, 0), (2, 1)]`` → ``"0-0 2-1"`` (source index first, 0-based)."""
-    return " ".join(f"{i}-{j}" for i, j in links)
+METHODS = ("attention", "shift")
+DEFAULT_METHOD = "attention"
 
 
-def parse_pharaoh(line: str) -> list[tuple[int, int]]:
-    """``"0-0 2-1"`` → ``[(0, 0), (2, 1)]``.
+def method_rows(attention: np.ndarray, method: str) -> np.ndarray:
+    """The attention row of each target piece under ``method`` (see the module docstring).
+
+    Args:
+        attention: (..., tgt_len + 1, src_len + 1): rows 0..tgt_len of the teacher-forced pass.
+
+    Returns: (..., tgt_len, src_len + 1), row i for target piece i.
 
     Raises:
-        ValueError: a token that is not ``i-j`` with non-negative integers.
+        ValueError: an unknown method.
     """
-    links = []
-    for token in line.split():
-        i, sep, j = token.partition("-")
-        if not (sep and i.isdigit() and j.isdigit()):
-            raise ValueError(f"not a Pharaoh link: {token!r}")
-        links.append((int(i), int(j)))
-    return links
+    if method == "attention":
+        return attention[..., :-1, :]  # rows predicting y_1..y_n; the EOS-predicting row goes
+    if method == "shift":
+        return attention[..., 1:, :]  # rows whose input is y_1..y_n; the BOS-input row goes
+    raise ValueError(f"unknown alignment method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def links_of(word_matrix: np.ndarray, threshold: float | None = None) -> list[tuple[int, int]]:
+    """Hard links from a word matrix: each target word's argmax, or every cell ≥ ``threshold``.
+
+    Args:
+        word_matrix: (n_tgt_words, n_src_words), rows sum to 1 (or 0: no link).
+        threshold: None = argmax (one link per target word); else many-to-many links where
+            the probability is at least this.
+
+    Returns: sorted ``(src_word, tgt_word)`` pairs, 0-based.
+    """
+    if threshold is None:
+        return argmax_links(word_matrix)
+    tgt, src = np.nonzero(word_matrix >= threshold)
+    return sorted(zip(src.tolist(), tgt.tolist()))
 
 
 @dataclass
@@ -132,12 +97,15 @@ class PairAlignment:
     """The cross-attention alignment of one (source, target) pair.
 
     Attributes:
-        attention: (n_layers, n_heads, tgt_len, src_len) float32 over pieces, EOS row/column
+        attention: (n_layers, n_heads, tgt_len + 1, src_len + 1) float32 over pieces, the
+            teacher-forced rows BOS..last piece (see the module docstring), EOS column
             included; rows sum to 1.
         src_tokens, tgt_tokens: the pieces of each axis, ``</s>`` last.
         src_words, tgt_words: whitespace words.
-        word_matrix: (n_tgt_words, n_src_words) float32 from the chosen layer and heads.
-        links: ``(src_word, tgt_word)`` pairs.
+        word_matrix: (n_tgt_words, n_src_words) float32 from the chosen method, layer and heads.
+        links: ``(src_word, tgt_word)`` pairs (symmetrized when a reverse model was given).
+        forward_links, reverse_links: the two directional alignments behind symmetrized
+            ``links`` (reverse already flipped to source-first); None otherwise.
     """
 
     attention: np.ndarray
@@ -147,6 +115,8 @@ class PairAlignment:
     tgt_words: list[str]
     word_matrix: np.ndarray
     links: list[tuple[int, int]]
+    forward_links: list[tuple[int, int]] | None = None
+    reverse_links: list[tuple[int, int]] | None = None
 
 
 @torch.inference_mode()
@@ -156,19 +126,25 @@ def teacher_forced_attention(
     tgt_ids: Sequence[Sequence[int]],
     batch_size: int = 32,
     device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> list[np.ndarray]:
     """Cross-attention of every decoder layer and head, teacher-forced, in length-sorted batches.
 
     Args:
         src_ids, tgt_ids: piece ids without specials (EOS/BOS are added here).
+        progress: show a tqdm bar over batches.
 
-    Returns: per pair, (n_layers, n_heads, len(tgt) + 1, len(src) + 1) float32.
+    Returns: per pair, (n_layers, n_heads, len(tgt) + 1, len(src) + 1) float32: rows are the
+        decoder inputs BOS, y_1..y_n; columns the source pieces and EOS.
     """
+    from tqdm.auto import tqdm
+
     model.eval()
     bos, eos = Tokenizer.bos_id, Tokenizer.eos_id
     order = sorted(range(len(src_ids)), key=lambda k: (len(src_ids[k]), len(tgt_ids[k])))
     out: list[np.ndarray] = [np.zeros(0)] * len(src_ids)
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="align", unit="batch", disable=None if progress else True, leave=False):
         batch = order[start : start + batch_size]
         src = pad([[*src_ids[k], eos] for k in batch]).to(device)
         tgt_in = pad([[bos, *tgt_ids[k]] for k in batch]).to(device)
@@ -180,26 +156,9 @@ def teacher_forced_attention(
     return out
 
 
-def align(
-    model: Transformer,
-    tokenizer: Tokenizer,
-    src_texts: Sequence[str],
-    tgt_texts: Sequence[str],
-    layer: int | None = None,
-    heads: Sequence[int] | None = None,
-    batch_size: int = 32,
-    device: str | torch.device = "cpu",
-) -> list[PairAlignment]:
-    """Align each (source, target) pair from the model's cross-attention.
-
-    The word matrix averages the heads ``heads`` (default: all) of decoder layer ``layer``
-    (default: :func:`default_layer`); links are its row-wise argmax.
-
-    Raises:
-        ValueError: ``layer`` or a head index out of range, or unequal numbers of texts.
-    """
-    if len(src_texts) != len(tgt_texts):
-        raise ValueError(f"{len(src_texts)} source but {len(tgt_texts)} target sentences")
+def _check_choice(model: Transformer, method: str, layer: int | None, heads: Sequence[int] | None) -> tuple[int, list[int]]:
+    if method not in METHODS:
+        raise ValueError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     n_layers = len(model.decoder_layers)
     n_heads = model.decoder_layers[0].cross_attention.n_heads
     layer = default_layer(n_layers) if layer is None else layer
@@ -208,44 +167,190 @@ def align(
     heads = list(range(n_heads)) if heads is None else list(heads)
     if not heads or any(not 0 <= h < n_heads for h in heads):
         raise ValueError(f"--heads {heads} out of range: cross-attention has {n_heads} heads (0..{n_heads - 1})")
-    limit = model.cfg.max_positions - 1
-    src_pieces = [tokenizer.src_pieces(text) for text in src_texts]
-    tgt_pieces = [tokenizer.tgt_pieces(text) for text in tgt_texts]
-    too_long = sum(len(pieces) > limit for pieces in (*src_pieces, *tgt_pieces))
-    if too_long:  # words past the limit get no attention: zero rows/columns, no links
-        log.warning("%d sentences longer than %d pieces were truncated to fit model.max_positions", too_long, limit)
-        src_pieces = [pieces[:limit] for pieces in src_pieces]
-        tgt_pieces = [pieces[:limit] for pieces in tgt_pieces]
+    return layer % n_layers, heads
+
+
+def attend(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    src_texts: Sequence[str],
+    tgt_texts: Sequence[str],
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> tuple[list[Segmentation], list[np.ndarray]]:
+    """Segment the pairs and run the teacher-forced passes: the inputs of every extraction.
+
+    Returns: per pair, its :class:`Segmentation` and its (n_layers, n_heads, tgt_len + 1,
+    src_len + 1) attention (see :func:`teacher_forced_attention`).
+
+    Raises:
+        ValueError: unequal numbers of texts.
+    """
+    if len(src_texts) != len(tgt_texts):
+        raise ValueError(f"{len(src_texts)} source but {len(tgt_texts)} target sentences")
+    segmentations = segment(tokenizer, src_texts, tgt_texts, model.cfg.max_positions - 1)
     attention = teacher_forced_attention(
-        model, [[p.id for p in ps] for ps in src_pieces], [[p.id for p in ps] for ps in tgt_pieces], batch_size, device
+        model,
+        [[p.id for p in seg.src_pieces] for seg in segmentations],
+        [[p.id for p in seg.tgt_pieces] for seg in segmentations],
+        batch_size,
+        device,
+        progress,
     )
-    results = []
-    for k, matrix in enumerate(attention):
-        src_words, src_spans = words_of(src_texts[k])
-        tgt_words, tgt_spans = words_of(tgt_texts[k])
-        src_owner = [*piece_words(src_pieces[k], src_spans), NO_WORD]  # EOS column belongs to no word
-        tgt_owner = [*piece_words(tgt_pieces[k], tgt_spans), NO_WORD]  # EOS row belongs to no word
-        soft = matrix[layer, heads].mean(axis=0)  # (tgt_len, src_len)
-        word_matrix = pool_to_words(soft, tgt_owner, src_owner, len(tgt_words), len(src_words))
-        results.append(
-            PairAlignment(
-                attention=matrix,
-                src_tokens=[p.piece for p in src_pieces[k]] + ["</s>"],
-                tgt_tokens=[p.piece for p in tgt_pieces[k]] + ["</s>"],
-                src_words=src_words,
-                tgt_words=tgt_words,
-                word_matrix=word_matrix,
-                links=argmax_links(word_matrix),
-            )
+    return segmentations, attention
+
+
+def word_links(
+    segmentations: Sequence[Segmentation],
+    attention: Sequence[np.ndarray],
+    method: str,
+    layer: int,
+    heads: Sequence[int],
+    threshold: float | None = None,
+) -> tuple[list[np.ndarray], list[list[tuple[int, int]]]]:
+    """Word matrices (n_tgt_words, n_src_words) and links of each pair from one layer's head average."""
+    matrices, links = [], []
+    for seg, matrix in zip(segmentations, attention):
+        rows = method_rows(matrix[layer, heads].mean(axis=0), method)  # (tgt_len, src_len + 1)
+        words = seg.word_matrix(rows)
+        matrices.append(words)
+        links.append(links_of(words, threshold))
+    return matrices, links
+
+
+def align(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    src_texts: Sequence[str],
+    tgt_texts: Sequence[str],
+    method: str = DEFAULT_METHOD,
+    layer: int | None = None,
+    heads: Sequence[int] | None = None,
+    threshold: float | None = None,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> list[PairAlignment]:
+    """Align each (source, target) pair from the model's cross-attention.
+
+    The word matrix averages the heads ``heads`` (default: all) of decoder layer ``layer``
+    (default: :func:`default_layer`), read with ``method``; links are its row-wise argmax,
+    or all cells ≥ ``threshold``.
+
+    Raises:
+        ValueError: an unknown method, ``layer`` or a head index out of range, or unequal
+            numbers of texts.
+    """
+    layer, heads = _check_choice(model, method, layer, heads)
+    segmentations, attention = attend(model, tokenizer, src_texts, tgt_texts, batch_size, device, progress)
+    matrices, links = word_links(segmentations, attention, method, layer, heads, threshold)
+    return [
+        PairAlignment(
+            attention=matrix,
+            src_tokens=[p.piece for p in seg.src_pieces] + ["</s>"],
+            tgt_tokens=[p.piece for p in seg.tgt_pieces] + ["</s>"],
+            src_words=seg.src_words,
+            tgt_words=seg.tgt_words,
+            word_matrix=words,
+            links=pair_links,
         )
+        for seg, matrix, words, pair_links in zip(segmentations, attention, matrices, links)
+    ]
+
+
+def layer_scores(
+    segmentations: Sequence[Segmentation],
+    attention: Sequence[np.ndarray],
+    gold: GoldAlignment,
+    method: str,
+    heads: Sequence[int] | None = None,
+    threshold: float | None = None,
+) -> list[AlignmentScores]:
+    """Scores against ``gold`` of every decoder layer (same pairs, same order as ``gold``)."""
+    n_layers, n_heads = attention[0].shape[:2]
+    heads = list(range(n_heads)) if heads is None else list(heads)
+    scores = []
+    for layer in range(n_layers):
+        _, links = word_links(segmentations, attention, method, layer, heads, threshold)
+        scores.append(score_alignments(links, gold.sure, gold.possible))
+    return scores
+
+
+def select_layer(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    gold: GoldAlignment,
+    method: str = DEFAULT_METHOD,
+    heads: Sequence[int] | None = None,
+    threshold: float | None = None,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+) -> tuple[int, list[float]]:
+    """The decoder layer with the lowest AER on ``gold`` (oriented as the model translates).
+
+    Returns: (best layer, AER of each layer).
+    """
+    _check_choice(model, method, None, heads)
+    segmentations, attention = attend(model, tokenizer, gold.src, gold.tgt, batch_size, device)
+    aers = [s.aer for s in layer_scores(segmentations, attention, gold, method, heads, threshold)]
+    return int(np.argmin(aers)), aers
+
+
+def aer_report(
+    model: Transformer,
+    segmentations: Sequence[Segmentation],
+    gold: GoldAlignment,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """AER on a gold set (oriented as the model translates) for every method and layer.
+
+    Returns: ``{"aer": AER of DEFAULT_METHOD at default_layer, "aer_by_layer": {method: [AER
+    of layer 0, 1, …]}}``, rates in [0, 1].
+    """
+    attention = teacher_forced_attention(
+        model,
+        [[p.id for p in seg.src_pieces] for seg in segmentations],
+        [[p.id for p in seg.tgt_pieces] for seg in segmentations],
+        batch_size,
+        device,
+    )
+    by_layer = {
+        method: [round(s.aer, 5) for s in layer_scores(segmentations, attention, gold, method)] for method in METHODS
+    }
+    return {"aer": by_layer[DEFAULT_METHOD][default_layer(len(model.decoder_layers))], "aer_by_layer": by_layer}
+
+
+def symmetrize_alignments(
+    forward: Sequence[PairAlignment], reverse: Sequence[PairAlignment], heuristic: str
+) -> list[PairAlignment]:
+    """Combine src→tgt alignments with tgt→src ones of the same pairs (see :mod:`mt.symmetrize`).
+
+    Args:
+        reverse: alignments of the swapped pairs (the target text as source), so their links
+            are (tgt_word, src_word) and are flipped here.
+
+    Raises:
+        ValueError: an unknown heuristic, or pairs whose words differ between the two lists.
+    """
+    results = []
+    for k, (a, b) in enumerate(zip(forward, reverse, strict=True)):
+        if (a.src_words, a.tgt_words) != (b.tgt_words, b.src_words):
+            raise ValueError(f"pair {k}: the reverse alignment is of different sentences")
+        flipped = sorted((i, j) for j, i in b.links)
+        links = sorted(symmetrize(a.links, flipped, heuristic))
+        results.append(dataclasses.replace(a, links=links, forward_links=a.links, reverse_links=flipped))
     return results
 
 
 def write_alignments(alignments: Sequence[PairAlignment], out_dir: str | Path, plot: bool = False) -> None:
     """Write ``attention.npz``, ``alignments.jsonl``, ``alignments.txt`` (and ``plots/k.png``) into ``out_dir``.
 
-    ``attention.npz`` maps ``"k"`` (0-based pair index) to the (n_layers, n_heads, tgt_len,
-    src_len) float32 piece-level matrix; ``alignments.txt`` holds one Pharaoh line per pair.
+    ``attention.npz`` maps ``"k"`` (0-based pair index) to the (n_layers, n_heads, tgt_len + 1,
+    src_len + 1) float32 piece-level matrix (see :class:`PairAlignment`); ``alignments.jsonl``
+    holds per pair its pieces, words, word matrix and links (and, when symmetrized,
+    ``forward_links`` and ``reverse_links``); ``alignments.txt`` one Pharaoh line per pair.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -263,6 +368,9 @@ def write_alignments(alignments: Sequence[PairAlignment], out_dir: str | Path, p
                 "word_matrix": np.round(a.word_matrix, 6).tolist(),
                 "links": [list(link) for link in a.links],
             }
+            if a.forward_links is not None:  # symmetrized: the two directions behind "links"
+                record["forward_links"] = [list(link) for link in a.forward_links]
+                record["reverse_links"] = [list(link) for link in a.reverse_links]
             jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
             pharaoh.write(format_pharaoh(a.links) + "\n")
     if plot:

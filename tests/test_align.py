@@ -4,16 +4,20 @@ import numpy as np
 import pytest
 import torch
 
+from mt.aer import format_pharaoh, parse_pharaoh
+from mt.aer import GoldAlignment
 from mt.align import (
-    NO_WORD,
+    METHODS,
+    PairAlignment,
     align,
     argmax_links,
-    format_pharaoh,
-    parse_pharaoh,
-    piece_words,
-    pool_to_words,
-    words_of,
+    links_of,
+    method_rows,
+    select_layer,
+    symmetrize_alignments,
+    teacher_forced_attention,
 )
+from mt.words import NO_WORD, piece_words, pool_to_words, words_of
 from mt.config import TokenizerConfig
 from mt.model import Transformer
 from mt.tokenizer import Piece, Tokenizer
@@ -133,3 +137,88 @@ def test_align_rejects_bad_layer_and_heads(tokenizer):
         align(model, tokenizer, ["a"], ["b"], layer=5)
     with pytest.raises(ValueError, match="heads"):
         align(model, tokenizer, ["a"], ["b"], heads=[2])
+
+
+# ------------------------------------------------------------------------ extraction methods
+def test_method_rows_pick_the_predicting_or_the_input_row():
+    # teacher-forced rows: 0 = input BOS, 1 = input y1, 2 = input y2 (predicts EOS)
+    attention = np.arange(3)[:, None] * np.ones((3, 4))  # row t filled with t
+    assert method_rows(attention, "attention")[:, 0].tolist() == [0, 1]  # y1 ← row 0, y2 ← row 1
+    assert method_rows(attention, "shift")[:, 0].tolist() == [1, 2]  # y1 ← row 1, y2 ← row 2
+    with pytest.raises(ValueError, match="attention, shift"):
+        method_rows(attention, "prophet")
+
+
+def test_methods_match_a_step_by_step_reference(tokenizer):
+    """Each target piece's row equals the last row of a decoder run on exactly the prefix the
+    method names: y_<i (attention) or y_≤i (shift, Chen et al. 2020)."""
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(), tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id).eval()
+    src, tgt = "Zwei Männer spielen Fußball.", "Two men play soccer."
+    src_ids = torch.tensor([[*tokenizer.encode_src([src])[0], tokenizer.eos_id]])
+    tgt_ids = tokenizer.encode_tgt([tgt])[0]
+    (full,) = teacher_forced_attention(model, [src_ids[0, :-1].tolist()], [tgt_ids])
+    with torch.inference_mode():
+        memory, src_mask = model.encode(src_ids)
+        for i in range(len(tgt_ids)):
+            for method, prefix in (("attention", tgt_ids[:i]), ("shift", tgt_ids[: i + 1])):
+                tgt_in = torch.tensor([[tokenizer.bos_id, *prefix]])
+                _, weights = model.decode(tgt_in, memory, src_mask, need_weights=True)
+                for layer, layer_weights in enumerate(weights):
+                    expected = layer_weights[0, :, -1].numpy()  # (n_heads, src_len)
+                    np.testing.assert_allclose(method_rows(full[layer], method)[:, i], expected, atol=1e-5)
+
+
+def test_threshold_links_are_many_to_many():
+    words = np.array([[0.5, 0.4, 0.1], [0.2, 0.2, 0.6], [0.25, 0.25, 0.5]])
+    assert links_of(words) == [(0, 0), (2, 1), (2, 2)]
+    assert links_of(words, threshold=0.3) == [(0, 0), (1, 0), (2, 1), (2, 2)]
+    assert links_of(words, threshold=0.7) == []
+
+
+def test_words_without_pieces_split_words_and_glued_punctuation(tokenizer):
+    # "\u200b" is deleted by the normalizer: the word exists but owns no piece; "Fußball," is
+    # one whitespace word made of several pieces with its comma glued on
+    text = "Zwei \u200b Fußball, Donaudampfschiff"
+    words, spans = words_of(text)
+    pieces = tokenizer.src_pieces(text)
+    owners = piece_words(pieces, spans)
+    assert 1 not in owners
+    assert {owners[k] for k, p in enumerate(pieces) if p.piece.strip("▁") in (",",)} == {2}
+    assert owners.count(3) >= 3  # a rare word in many pieces, all on it
+    assert owners == sorted(owners)  # pieces follow the words in order
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(), tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id).eval()
+    for method in METHODS:
+        (a,) = align(model, tokenizer, [text], ["\u200b Two men ,"], method=method)
+        assert a.word_matrix.shape == (4, 4)
+        np.testing.assert_array_equal(a.word_matrix[:, 1], 0.0)  # the empty source word gets no mass
+        np.testing.assert_array_equal(a.word_matrix[0], 0.0)  # the empty target word no row
+        assert all(i != 1 and j != 0 for i, j in a.links)
+
+
+def test_symmetrize_alignments_flips_reverse_links():
+    def pair(src_words, tgt_words, links):
+        return PairAlignment(np.zeros(0), [], [], src_words, tgt_words, np.zeros(0), links)
+
+    forward = [pair(["a", "b"], ["x", "y", "z"], [(0, 0), (1, 1), (1, 2)])]
+    reverse = [pair(["x", "y", "z"], ["a", "b"], [(0, 0), (1, 1), (2, 0)])]  # (tgt, src) order
+    (union,) = symmetrize_alignments(forward, reverse, "union")
+    assert union.links == [(0, 0), (0, 2), (1, 1), (1, 2)]
+    assert union.reverse_links == [(0, 0), (0, 2), (1, 1)]
+    (intersection,) = symmetrize_alignments(forward, reverse, "intersect")
+    assert intersection.links == [(0, 0), (1, 1)] and intersection.forward_links == forward[0].links
+    with pytest.raises(ValueError, match="different sentences"):
+        symmetrize_alignments(forward, [pair(["x"], ["a", "b"], [])], "union")
+
+
+def test_select_layer_finds_the_layer_that_made_the_gold(tokenizer):
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(), tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id).eval()
+    sources = ["Ein Hund rennt im Park.", "Zwei Männer spielen Fußball."]
+    targets = ["A dog runs in the park.", "Two men play soccer."]
+    made = align(model, tokenizer, sources, targets, method="shift", layer=1)
+    links = [set(a.links) for a in made]
+    gold = GoldAlignment("de", "en", sources, targets, links, links)
+    best, aers = select_layer(model, tokenizer, gold, method="shift")
+    assert aers[1] == 0.0 and aers[best] == 0.0 and len(aers) == 2
