@@ -1,4 +1,4 @@
-"""Console entry points: mt-train, mt-translate, mt-evaluate, mt-align. Thin wrappers.
+"""Console entry points: mt-train, mt-translate, mt-evaluate, mt-align, mt-align-score. Thin wrappers.
 
 A user mistake (:class:`~mt.errors.MtError`, or a bad value caught by argparse) prints one line
 ``PROG: error: …`` on stderr and exits with status 2 (128 + signal number for an interrupted
@@ -187,8 +187,53 @@ def _heads(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated head indices, got {text!r}") from None
 
 
+def _layer(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a layer index or 'auto', got {text!r}") from None
+
+
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _oriented_gold(prefix: str, src_lang: str, tgt_lang: str, flag: str):
+    from mt.aer import load_gold
+
+    try:
+        return load_gold(prefix).oriented(src_lang, tgt_lang)
+    except ValueError as error:
+        raise MtError(f"{flag} {prefix}: {error} (the checkpoint translates {src_lang}→{tgt_lang})") from None
+
+
+def _choose_layer(model, tokenizer, layer, dev_gold, options: dict, name: str) -> int | None:
+    """``--layer``: an index, the checkpoint's default (None), or ``auto`` = lowest AER on ``--dev-gold``."""
+    from mt.align import default_layer, select_layer
+
+    if layer != "auto":
+        return layer
+    if dev_gold is None:
+        fallback = default_layer(len(model.decoder_layers))
+        print(f"mt-align: --layer auto without --dev-gold: using the default layer {fallback}", file=sys.stderr)
+        return fallback
+    best, aers = select_layer(model, tokenizer, dev_gold, **options)
+    listing = ", ".join(f"{layer}: {100 * aer:.1f}" for layer, aer in enumerate(aers))
+    print(f"mt-align: {name}--layer auto → {best} (dev AER % by layer: {listing})", file=sys.stderr)
+    return best
+
+
 def align_main(argv: Sequence[str] | None = None) -> None:
-    """``mt-align CHECKPOINT --src FILE [--tgt FILE] --out DIR [--plot]`` or ``mt-align CHECKPOINT SRC [TGT]``."""
+    """``mt-align CHECKPOINT --src FILE [--tgt FILE] --out DIR [--plot]``, ``mt-align CHECKPOINT SRC [TGT]``
+    or ``mt-align CHECKPOINT --gold PREFIX [--out DIR]``; see ``mt-align --help``."""
+    from mt.align import DEFAULT_METHOD, METHODS
+    from mt.symmetrize import HEURISTICS
+
     parser = argparse.ArgumentParser(
         prog="mt-align",
         description="Teacher-force the model on sentence pairs and export its cross-attention as alignments. "
@@ -198,29 +243,58 @@ def align_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("pair", nargs="*", metavar="SENTENCE", help="one inline pair: SOURCE [TARGET]")
     parser.add_argument("--src", help="source file, one sentence per line")
     parser.add_argument("--tgt", help="target file aligned line by line with --src")
+    parser.add_argument(
+        "--gold", help="align the pairs of a gold set PREFIX (PREFIX.src-tgt + PREFIX.talp) and print AER against it"
+    )
     parser.add_argument("--out", help="output folder (required with --src)")
     parser.add_argument("--plot", action="store_true", help="also write DIR/plots/k.png heatmaps")
-    parser.add_argument("--layer", type=int, help="decoder layer, 0-based (default: the penultimate)")
+    parser.add_argument(
+        "--method", choices=METHODS, default=DEFAULT_METHOD,
+        help=f"attention: the row predicting each target word; shift: Shift-Att, the row where it is the decoder "
+        f"input (default: {DEFAULT_METHOD})",
+    )
+    parser.add_argument(
+        "--layer", type=_layer,
+        help="decoder layer, 0-based, or 'auto' = lowest AER on --dev-gold (default: the penultimate layer)",
+    )
     parser.add_argument("--heads", type=_heads, help="comma-separated heads to average (default: all)")
+    parser.add_argument(
+        "--threshold", type=_unit_interval,
+        help="link every source word with probability >= this (many-to-many) instead of the argmax",
+    )
+    parser.add_argument("--dev-gold", help="gold set PREFIX for --layer auto")
+    parser.add_argument("--reverse-checkpoint", help="a target→source model: symmetrize both directions' links")
+    parser.add_argument(
+        "--symmetrize", choices=HEURISTICS, default="grow-diag-final-and",
+        help="how to combine the two directions (default: grow-diag-final-and)",
+    )
     args = parser.parse_args(argv)
-    if args.pair and args.src:
-        parser.error("give either an inline pair or --src, not both")
-    if not args.pair and not args.src:
-        parser.error("give a sentence pair or --src FILE")
+    inputs = sum(map(bool, (args.pair, args.src, args.gold)))
+    if inputs != 1:
+        parser.error("give one of: an inline pair, --src FILE, --gold PREFIX")
     if len(args.pair) > 2:
         parser.error(f"an inline pair is SOURCE [TARGET], got {len(args.pair)} sentences")
     if args.src and not args.out:
         parser.error("--src needs --out DIR")
     if args.tgt and not args.src:
         parser.error("--tgt goes with --src")
+    if args.dev_gold and args.layer != "auto":
+        parser.error("--dev-gold goes with --layer auto")
 
     def body() -> None:
-        from mt.align import align, format_pharaoh, format_table, write_alignments
+        from mt.aer import format_pharaoh, format_scores, score_alignments
+        from mt.align import align, format_table, symmetrize_alignments, write_alignments
+        from mt.checkpoint import load_for_inference
         from mt.evaluate import translate
 
-        model, tokenizer, _, decoding = _load(args)
+        model, tokenizer, info, decoding = _load(args)
+        src_lang, tgt_lang = info["src_lang"], info["tgt_lang"]
+        gold = _oriented_gold(args.gold, src_lang, tgt_lang, "--gold") if args.gold else None
+        dev_gold = _oriented_gold(args.dev_gold, src_lang, tgt_lang, "--dev-gold") if args.dev_gold else None
         if args.pair:
             sources, targets = [args.pair[0]], args.pair[1:] or None
+        elif gold is not None:
+            sources, targets = gold.src, gold.tgt
         else:
             sources = _read_text(args.src)
             targets = _read_text(args.tgt) if args.tgt else None
@@ -228,10 +302,29 @@ def align_main(argv: Sequence[str] | None = None) -> None:
                 raise MtError(f"{args.src} has {len(sources)} lines but {args.tgt} has {len(targets)}")
         if targets is None:
             targets = translate(model, tokenizer, sources, decoding, args.device, progress=bool(args.src))
+        options = {
+            "method": args.method, "heads": args.heads, "threshold": args.threshold,
+            "batch_size": decoding.batch_size, "device": args.device,
+        }
         try:
-            alignments = align(
-                model, tokenizer, sources, targets, args.layer, args.heads, decoding.batch_size, args.device
-            )
+            layer = _choose_layer(model, tokenizer, args.layer, dev_gold, options, "")
+            alignments = align(model, tokenizer, sources, targets, layer=layer, progress=not args.pair, **options)
+            if args.reverse_checkpoint:
+                reverse_model, reverse_tokenizer, reverse_info = load_for_inference(args.reverse_checkpoint, args.device)
+                if (reverse_info["src_lang"], reverse_info["tgt_lang"]) != (tgt_lang, src_lang):
+                    raise MtError(
+                        f"--reverse-checkpoint {args.reverse_checkpoint} translates {reverse_info['src_lang']}→"
+                        f"{reverse_info['tgt_lang']}, not {tgt_lang}→{src_lang}"
+                    )
+                reverse_dev = dev_gold.reversed() if dev_gold is not None else None
+                reverse_layer = _choose_layer(
+                    reverse_model, reverse_tokenizer, args.layer, reverse_dev, options, "reverse model: "
+                )
+                reverse = align(
+                    reverse_model, reverse_tokenizer, targets, sources, layer=reverse_layer,
+                    progress=not args.pair, **options,
+                )
+                alignments = symmetrize_alignments(alignments, reverse, args.symmetrize)
         except ValueError as error:
             raise MtError(str(error)) from None
         if args.out:
@@ -240,5 +333,38 @@ def align_main(argv: Sequence[str] | None = None) -> None:
         if args.pair:
             print(format_table(alignments[0]))
             print(format_pharaoh(alignments[0].links))
+        if gold is not None:
+            print(format_scores(score_alignments([a.links for a in alignments], gold.sure, gold.possible)))
 
     _run("mt-align", body)
+
+
+# ---------------------------------------------------------------------------- mt-align-score
+def align_score_main(argv: Sequence[str] | None = None) -> None:
+    """``mt-align-score GOLD PRED [--one-based-gold] [--reverse-gold] [--json]``: precision, recall, F1, AER."""
+    parser = argparse.ArgumentParser(
+        prog="mt-align-score",
+        description="Score word alignments against gold links (Och & Ney 2003): precision, recall, F1 and AER.",
+    )
+    parser.add_argument("gold", metavar="GOLD", help="gold links, one line per pair: i-j sure, i?j or ipj possible")
+    parser.add_argument("pred", metavar="PRED", help="predicted links in Pharaoh format (i-j, 0-based)")
+    parser.add_argument("--one-based-gold", action="store_true", help="GOLD positions count from 1 (.talp files)")
+    parser.add_argument("--reverse-gold", action="store_true", help="swap GOLD's sides (its target side first)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (rates in [0, 1])")
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        import dataclasses
+
+        from mt.aer import format_scores, read_links, read_pharaoh, score_alignments
+
+        gold = read_links(args.gold, args.one_based_gold, args.reverse_gold)
+        predicted = read_pharaoh(args.pred)
+        if len(predicted) != len(gold):
+            raise MtError(f"{args.pred} has {len(predicted)} lines but {args.gold} has {len(gold)}")
+        if not args.one_based_gold and gold and not any(0 in link for _, possible in gold for link in possible):
+            print(f"mt-align-score: warning: {args.gold} never uses position 0; 1-based? (--one-based-gold)", file=sys.stderr)
+        scores = score_alignments(predicted, [s for s, _ in gold], [p for _, p in gold])
+        print(json.dumps(dataclasses.asdict(scores)) if args.json else format_scores(scores))
+
+    _run("mt-align-score", body)
