@@ -111,6 +111,12 @@ class DataConfig:
         max_train_sentences, max_valid_sentences, max_test_sentences: keep only the first N
             lines of a split (0 = all); for smoke runs and quick experiments.
         max_len: training pairs with more subword tokens than this on either side are dropped.
+        alignment_gold: path prefix of a gold word-alignment set (``NAME.src-tgt`` +
+            ``NAME.talp``, see :mod:`mt.aer`) for this language pair, either side first; each
+            validation then also logs its AER to ``metrics.jsonl``. None = off.
+        alignment_gold_train_copies: add the gold set's sentence pairs, text only (never its
+            links), this many times to the training data, as unsupervised aligners train on
+            the text they align; 0 = not at all.
     """
 
     name: str = "multi30k"
@@ -125,6 +131,8 @@ class DataConfig:
     max_valid_sentences: int = 0
     max_test_sentences: int = 0
     max_len: int = 128
+    alignment_gold: str | None = None
+    alignment_gold_train_copies: int = 0
 
 
 @dataclass
@@ -327,6 +335,9 @@ def validate(config: Config) -> None:
         data.max_len,
         f"must be < model.max_positions = {model.max_positions} (EOS/BOS take one position)",
     )
+    copies = data.alignment_gold_train_copies
+    _require(copies >= 0, "data.alignment_gold_train_copies", copies, "must be >= 0")
+    _require(not copies or data.alignment_gold, "data.alignment_gold_train_copies", copies, "needs data.alignment_gold")
 
     tok = config.tokenizer
     _require(tok.model_type in ("unigram", "bpe"), "tokenizer.model_type", tok.model_type, "allowed: unigram, bpe")

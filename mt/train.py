@@ -9,7 +9,9 @@ Everything a run produces goes into ``out_dir``:
   smoothed, per target token), val_loss (plain cross-entropy per target token), val_bleu,
   lr, tokens_per_s (target tokens per second of training since the previous validation)
   elapsed_s (wall-clock since training started, validations included) and nonfinite_steps
-  (updates skipped for a non-finite loss or gradient, in total);
+  (updates skipped for a non-finite loss or gradient, in total); with ``data.alignment_gold``
+  also ``aer`` (default method and layer) and ``aer_by_layer`` ({method: [AER per decoder
+  layer]}), rates in [0, 1];
 - ``{test_split}.hyp.{tgt_lang}`` and ``test_scores.json`` (BLEU, chrF, signatures).
 """
 
@@ -32,8 +34,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mt import data as corpus
+from mt.aer import GoldAlignment, load_gold
+from mt.align import aer_report
 from mt.checkpoint import load_checkpoint, save_checkpoint
-from mt.config import Config, TokenizerConfig, to_dict
+from mt.config import Config, DataConfig, TokenizerConfig, to_dict
 from mt.errors import ConfigError
 from mt.guards import (
     StopSignal,
@@ -47,6 +51,7 @@ from mt.guards import (
 from mt.evaluate import score, translate
 from mt.model import Transformer
 from mt.tokenizer import Tokenizer
+from mt.words import segment
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +113,19 @@ def load_tokenizer(cfg: TokenizerConfig, train_set, cache_dir: Path) -> Tokenize
 
 
 @torch.inference_mode()
+def load_run_gold(data_cfg: DataConfig) -> GoldAlignment:
+    """``data.alignment_gold``, oriented src→tgt as the run translates.
+
+    Raises:
+        DataError: files missing or malformed.  ConfigError: a gold set of another language pair.
+    """
+    gold = load_gold(data_cfg.alignment_gold)
+    try:
+        return gold.oriented(data_cfg.src_lang, data_cfg.tgt_lang)
+    except ValueError as error:
+        raise ConfigError(f"config key 'data.alignment_gold' = {data_cfg.alignment_gold!r}: {error}") from None
+
+
 def validation_loss(model: Transformer, batches: list[corpus.Batch], device: torch.device, precision: str) -> float:
     """Plain (unsmoothed) cross-entropy per target token over the validation batches, in nats."""
     model.eval()
@@ -162,6 +180,15 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         splits[role] = corpus.load_split(
             split, data_cfg.src_lang, data_cfg.tgt_lang, data_cfg.data_dir, data_cfg.mirror, limit
         )
+    gold, gold_segmentations = None, None
+    if data_cfg.alignment_gold:
+        gold = load_run_gold(data_cfg)
+        if data_cfg.alignment_gold_train_copies:  # text only: the links are never trained on
+            copies = data_cfg.alignment_gold_train_copies
+            splits["train"] = datasets.concatenate_datasets(
+                [splits["train"], datasets.Dataset.from_dict({"src": gold.src * copies, "tgt": gold.tgt * copies})]
+            )
+            log.info("added %d × %d gold-set pairs (text only) to the training data", copies, len(gold))
     cache_dir = Path(data_cfg.data_dir) / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     if resume_state is not None:  # the subwords the model was trained with, whatever the cache holds
@@ -195,6 +222,9 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
             [len(s) for s in valid_src], [len(t) for t in valid_tgt], cfg.train.batch_tokens, shuffle=False
         )
     ]
+
+    if gold is not None:
+        gold_segmentations = segment(tokenizer, gold.src, gold.tgt, cfg.model.max_positions - 1)
 
     # model and optimisation
     model = Transformer(cfg.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id).to(device)
@@ -268,6 +298,10 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         with autocast(device, cfg.train.precision):
             hypotheses = translate(model, tokenizer, splits["valid"]["src"], valid_decoding, device)
         val_bleu = score(hypotheses, splits["valid"]["tgt"])["bleu"]
+        alignment = {}
+        if gold is not None:
+            with autocast(device, cfg.train.precision):
+                alignment = aer_report(model, gold_segmentations, gold, cfg.decoding.batch_size, device)
         record = {
             "step": step,
             "epoch": epoch,
@@ -278,6 +312,7 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
             "tokens_per_s": interval_tokens / max(train_seconds, 1e-9),
             "elapsed_s": time.perf_counter() - start,
             "nonfinite_steps": nonfinite_total,
+            **alignment,
         }
         with metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -291,9 +326,9 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         if improved:
             save_checkpoint(state, checkpoint_dir / "best.pt")
         log.info(
-            "step %d epoch %d | train_loss %.3f val_loss %.3f val_bleu %.2f%s | lr %.2e | %.0f tok/s",
+            "step %d epoch %d | train_loss %.3f val_loss %.3f val_bleu %.2f%s%s | lr %.2e | %.0f tok/s",
             step, epoch, record["train_loss"], val_loss, val_bleu, " (best)" if improved else "",
-            record["lr"], record["tokens_per_s"],
+            f" AER {100 * alignment['aer']:.1f}" if alignment else "", record["lr"], record["tokens_per_s"],
         )
         model.train()
         interval_tokens, interval_loss_sum, interval_start = 0, 0.0, time.perf_counter()
