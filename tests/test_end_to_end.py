@@ -125,6 +125,80 @@ def test_align_inline_pair_and_self_translation(smoke_run):
     parse_pharaoh(lines[-1])
 
 
+GOLD_PAIRS = [  # de ||| en with hand links (1-based, German first)
+    ("Ein Hund rennt .", "A dog runs .", "1-1 2-2 3-3 4-4"),
+    ("Zwei Männer spielen Fußball .", "Two men play soccer .", "1-1 2-2 3-3 4-4 5-5"),
+    ("Eine Frau mit einem Hut .", "A woman with a hat .", "1-1 2-2 3-3 4-4 5-5 6-6 1p4"),
+]
+
+
+@pytest.fixture(scope="module")
+def gold_prefix(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gold")
+    (folder / "deen.src-tgt").write_text("".join(f"{s} ||| {t}\n" for s, t, _ in GOLD_PAIRS), encoding="utf-8")
+    (folder / "deen.talp").write_text("".join(links + "\n" for _, _, links in GOLD_PAIRS))
+    return folder / "deen"
+
+
+@pytest.fixture(scope="module")
+def reverse_run(smoke_run, gold_prefix, tmp_path_factory):
+    """An en→de smoke model that logs AER on the (reversed) de-en gold set at each validation."""
+    _, mirror, data_dir = smoke_run
+    run_dir = tmp_path_factory.mktemp("reverse") / "run"
+    args = [
+        "mt-train", "experiment=smoke", "data.src_lang=en", "data.tgt_lang=de", "train.max_steps=100",
+        f"data.alignment_gold={gold_prefix}", "data.alignment_gold_train_copies=2",
+        f"hydra.run.dir={run_dir}", f"data.data_dir={data_dir}",
+    ]
+    if mirror:
+        args.append(f"data.mirror={mirror}")
+    run(*args)
+    return run_dir
+
+
+def test_training_logs_aer_on_the_gold_set(reverse_run):
+    records = [json.loads(line) for line in (reverse_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [50, 100]
+    for record in records:
+        assert 0.0 <= record["aer"] <= 1.0
+        assert set(record["aer_by_layer"]) == {"attention", "shift"}
+        assert all(len(aers) == 2 for aers in record["aer_by_layer"].values())  # smoke: 2 decoder layers
+        assert record["aer"] == record["aer_by_layer"]["attention"][0]  # default: penultimate layer
+
+
+def test_align_shift_symmetrized_on_a_gold_set(smoke_run, reverse_run, gold_prefix, tmp_path):
+    run_dir, _, _ = smoke_run
+    out = tmp_path / "sym"
+    result = run(
+        "mt-align", run_dir, "--gold", gold_prefix, "--method", "shift", "--layer", "auto", "--dev-gold", gold_prefix,
+        "--reverse-checkpoint", reverse_run, "--symmetrize", "intersect", "--out", out,
+    )
+    assert "--layer auto →" in result.stderr and "reverse model: --layer auto →" in result.stderr
+    scores = dict(line.split(": ") for line in result.stdout.splitlines() if ": " in line)
+    assert 0.0 <= float(scores["AER"].rstrip("%")) <= 100.0
+    records = [json.loads(line) for line in (out / "alignments.jsonl").read_text(encoding="utf-8").splitlines()]
+    pharaoh = [parse_pharaoh(line) for line in (out / "alignments.txt").read_text().splitlines()]
+    assert len(records) == len(pharaoh) == len(GOLD_PAIRS)
+    for record, links, (src, tgt, _) in zip(records, pharaoh, GOLD_PAIRS):
+        assert record["src_words"] == src.split() and record["tgt_words"] == tgt.split()
+        forward = {tuple(link) for link in record["forward_links"]}
+        reverse = {tuple(link) for link in record["reverse_links"]}
+        assert set(links) == forward & reverse
+        assert all(i < len(record["src_words"]) and j < len(record["tgt_words"]) for i, j in forward | reverse)
+
+    # the same links through mt-align-score on the files (gold is German first, 1-based)
+    score = run("mt-align-score", f"{gold_prefix}.talp", out / "alignments.txt", "--one-based-gold", "--json")
+    assert json.loads(score.stdout)["aer"] == pytest.approx(float(scores["AER"].rstrip("%")) / 100, abs=1e-4)
+
+    # a model of the wrong direction is refused in one line
+    wrong = subprocess.run(
+        [str(BIN / "mt-align"), run_dir, "Ein Hund.", "A dog.", "--reverse-checkpoint", run_dir],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert wrong.returncode == 2 and "translates de→en, not en→de" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+
+
 def test_user_mistakes_give_one_line_errors(smoke_run, tmp_path):
     run_dir, _, _ = smoke_run
     cases = [
