@@ -37,6 +37,9 @@ from mt.words import Segmentation, segment
 
 log = logging.getLogger(__name__)
 
+METHODS = ("attention", "shift")
+DEFAULT_METHOD = "attention"
+
 
 def default_layer(n_layers: int) -> int:
     """The penultimate decoder layer (0-based): its cross-attention aligns best in 6-layer
@@ -52,10 +55,6 @@ def argmax_links(word_matrix: np.ndarray) -> list[tuple[int, int]]:
     """
     links = [(int(row.argmax()), t) for t, row in enumerate(word_matrix) if row.sum() > 0]
     return sorted(links)
-
-
-METHODS = ("attention", "shift")
-DEFAULT_METHOD = "attention"
 
 
 def method_rows(attention: np.ndarray, method: str) -> np.ndarray:

@@ -20,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mt.aer import load_gold, score_alignments
-from mt.align import read_pharaoh
+from mt.aer import load_gold, read_pharaoh, score_alignments
 from mt.symmetrize import HEURISTICS, symmetrize
 
 
