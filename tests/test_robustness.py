@@ -143,3 +143,17 @@ def test_evaluate_file_mistakes_name_the_file(tmp_path, model, tokenizer, src, r
     )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr and "s.de" in result.stderr
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(ONE_LINE, ONE_LINE), min_size=1, max_size=4), st.sampled_from(["attention", "shift"]))
+def test_word_alignment_never_crashes_and_links_stay_on_words(model, tokenizer, pairs, method):
+    """Any text — zero-width or deleted characters, emoji, words past model.max_positions — gives
+    one alignment per pair whose links point at real whitespace words."""
+    from mt.align import align
+
+    sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
+    for a, src, tgt in zip(align(model, tokenizer, sources, targets, method=method), sources, targets):
+        assert a.src_words == src.split() and a.tgt_words == tgt.split()
+        assert all(0 <= i < len(a.src_words) and 0 <= j < len(a.tgt_words) for i, j in a.links)
+        assert len({j for _, j in a.links}) == len(a.links)  # argmax: at most one link per target word
