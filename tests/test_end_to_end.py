@@ -199,6 +199,21 @@ def test_align_shift_symmetrized_on_a_gold_set(smoke_run, reverse_run, gold_pref
     assert len(wrong.stderr.strip().splitlines()) == 1
 
 
+def test_aer_table_script_scores_every_row(smoke_run, reverse_run, gold_prefix):
+    run_dir, _, _ = smoke_run
+    script = Path(__file__).resolve().parent.parent / "scripts" / "aer_table.py"
+    result = subprocess.run(
+        [sys.executable, script, "--forward", run_dir, "--reverse", reverse_run, "--gold", gold_prefix],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads(result.stdout.splitlines()[-1])
+    # 2 models × 2 methods × 2 layers × (argmax, τ 0.3) + 2 methods × 2 layer choices × 3 heuristics
+    assert len(table) == 16 + 12
+    assert all(0.0 <= aer <= 100.0 for aer in table.values())
+    assert "de→en attention, layer 0 (default)" in table and "en→de shift, layer 1, τ 0.3" in table
+
+
 def test_user_mistakes_give_one_line_errors(smoke_run, tmp_path):
     run_dir, _, _ = smoke_run
     cases = [

@@ -1,0 +1,96 @@
+"""AER of every extraction method, layer and symmetrization of a model pair on one gold set.
+
+The README's alignment table comes from here. Each model's teacher-forced cross-attention is
+computed once (:func:`mt.align.attend`) and every row reuses it:
+
+    python scripts/aer_table.py --forward outputs/czenali-en-cs --reverse outputs/czenali-cs-en \\
+        --gold ../shared/alignments/czenali/encs
+
+Links of both models are scored in the gold set's own order (its first language first). Rows:
+each model × method × decoder layer (argmax, then each ``--thresholds`` τ); then, with
+``--reverse``, the symmetrized pair for each method at the default layers and at each model's
+lowest-AER layer (picked on this same gold set: an upper bound on ``--layer auto``).
+Prints a Markdown table (precision, recall, F1, AER in %), then one JSON object ``{row: AER}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from mt.aer import load_gold, score_alignments
+from mt.align import METHODS, attend, default_layer, word_links
+from mt.checkpoint import load_for_inference
+from mt.symmetrize import HEURISTICS, symmetrize
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--forward", required=True, help="checkpoint or run dir of one direction")
+    parser.add_argument("--reverse", help="checkpoint or run dir of the other direction (symmetrization rows)")
+    parser.add_argument("--gold", default="../shared/alignments/czenali/encs", help="gold set PREFIX")
+    parser.add_argument("--thresholds", default="0.3", help="comma-separated τ for threshold rows ('' = none)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    thresholds = [float(t) for t in args.thresholds.split(",") if t]
+    gold = load_gold(args.gold)
+
+    rows: dict[str, list[set]] = {}
+    argmax = {}  # role → method → [links of each layer]
+    defaults = {}
+    for role, path in (("forward", args.forward), ("reverse", args.reverse)):
+        if path is None:
+            continue
+        model, tokenizer, info = load_for_inference(path)
+        oriented = gold.oriented(info["src_lang"], info["tgt_lang"])
+        flip = oriented is not gold
+        start = time.perf_counter()
+        segmentations, attention = attend(model, tokenizer, oriented.src, oriented.tgt, args.batch_size, progress=True)
+        print(f"{role}: {path} ({info['src_lang']}→{info['tgt_lang']}, step {info['step']}), "
+              f"{len(gold)} pairs in {time.perf_counter() - start:.1f} s")
+        n_layers, n_heads = attention[0].shape[:2]
+        defaults[role] = default_layer(n_layers)
+        argmax[role] = {}
+        for method in METHODS:
+            argmax[role][method] = []
+            for layer in range(n_layers):
+                for threshold in [None, *thresholds]:
+                    _, links = word_links(segmentations, attention, method, layer, range(n_heads), threshold)
+                    links = [{(j, i) for i, j in pair} if flip else set(pair) for pair in links]
+                    name = f"{info['src_lang']}→{info['tgt_lang']} {method}, layer {layer}"
+                    name += f", τ {threshold}" if threshold else (" (default)" if layer == defaults[role] else "")
+                    rows[name] = links
+                    if threshold is None:
+                        argmax[role][method].append(links)
+
+    def aer(links: list[set]) -> float:
+        return score_alignments(links, gold.sure, gold.possible).aer
+
+    if len(argmax) == 2:
+        for method in METHODS:
+            for which in ("default", "best"):
+                chosen = {}
+                for role, by_layer in argmax.items():
+                    layer = defaults[role] if which == "default" else min(
+                        range(len(by_layer[method])), key=lambda k: aer(by_layer[method][k])
+                    )
+                    chosen[role] = (layer, by_layer[method][layer])
+                layers = f"layers {chosen['forward'][0]}+{chosen['reverse'][0]} ({which})"
+                for heuristic in HEURISTICS:
+                    rows[f"symmetrized {method}, {layers}, {heuristic}"] = [
+                        symmetrize(f, r, heuristic) for f, r in zip(chosen["forward"][1], chosen["reverse"][1])
+                    ]
+
+    print("\n| links | precision | recall | F1 | AER |\n|---|---|---|---|---|")
+    results = {}
+    for name, links in rows.items():
+        scores = score_alignments(links, gold.sure, gold.possible)
+        results[name] = round(100 * scores.aer, 2)
+        print(f"| {name} | {100 * scores.precision:.1f} | {100 * scores.recall:.1f} | {100 * scores.f1:.1f} | "
+              f"{100 * scores.aer:.1f} |")
+    print(json.dumps(results, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
