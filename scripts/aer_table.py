@@ -7,7 +7,7 @@ computed once (:func:`mt.align.attend`) and every row reuses it:
         --gold ../shared/alignments/czenali/encs
 
 Links of both models are scored in the gold set's own order (its first language first). Rows:
-each model × method × decoder layer (argmax, then each ``--thresholds`` τ); then, with
+a diagonal floor that needs no model; each model × method × decoder layer (argmax, then each ``--thresholds`` τ); then, with
 ``--reverse``, the symmetrized pair for each method at the default layers and at each model's
 lowest-AER layer (picked on this same gold set: an upper bound on ``--layer auto``).
 Prints a Markdown table (precision, recall, F1, AER in %), then one JSON object ``{row: AER}``.
@@ -36,7 +36,13 @@ def main() -> None:
     thresholds = [float(t) for t in args.thresholds.split(",") if t]
     gold = load_gold(args.gold)
 
-    rows: dict[str, list[set]] = {}
+    # a floor that needs no model: target word j ↔ source word round(j · n_src / n_tgt)
+    rows: dict[str, list[set]] = {"diagonal (no model)": []}
+    for src, tgt in zip(gold.src, gold.tgt):
+        n_src, n_tgt = len(src.split()), len(tgt.split())
+        rows["diagonal (no model)"].append(
+            {(min(n_src - 1, round(j * n_src / n_tgt)), j) for j in range(n_tgt)} if n_src else set()
+        )
     argmax = {}  # role → method → [links of each layer]
     defaults = {}
     for role, path in (("forward", args.forward), ("reverse", args.reverse)):

@@ -208,8 +208,8 @@ def test_aer_table_script_scores_every_row(smoke_run, reverse_run, gold_prefix):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     table = json.loads(result.stdout.splitlines()[-1])
-    # 2 models × 2 methods × 2 layers × (argmax, τ 0.3) + 2 methods × 2 layer choices × 3 heuristics
-    assert len(table) == 16 + 12
+    # diagonal + 2 models × 2 methods × 2 layers × (argmax, τ 0.3) + 2 methods × 2 layer choices × 3 heuristics
+    assert len(table) == 1 + 16 + 12
     assert all(0.0 <= aer <= 100.0 for aer in table.values())
     assert "de→en attention, layer 0 (default)" in table and "en→de shift, layer 1, τ 0.3" in table
 
