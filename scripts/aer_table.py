@@ -19,6 +19,8 @@ import argparse
 import json
 import time
 
+import numpy as np
+
 from mt.aer import load_gold, score_alignments
 from mt.align import METHODS, attend, default_layer, word_links
 from mt.checkpoint import load_for_inference
@@ -57,6 +59,9 @@ def main() -> None:
               f"{len(gold)} pairs in {time.perf_counter() - start:.1f} s")
         n_layers, n_heads = attention[0].shape[:2]
         defaults[role] = default_layer(n_layers)
+        eos_mass = [float(np.mean([a[layer, :, :-1, -1].mean() for a in attention])) for layer in range(n_layers)]
+        print(f"{role}: mean attention on the source EOS (rows predicting target pieces) by layer: "
+              + ", ".join(f"{layer}: {100 * mass:.1f}%" for layer, mass in enumerate(eos_mass)))
         argmax[role] = {}
         for method in METHODS:
             argmax[role][method] = []
