@@ -17,13 +17,15 @@ languages, first side first: ``encs``, ``deen``, ``en-cs``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from mt.errors import DataError
 
 Link = tuple[int, int]
+T = TypeVar("T")
 
 _LINK = re.compile(r"^(\d+)([-p?])(\d+)$")
 
@@ -48,23 +50,28 @@ def parse_pharaoh(line: str) -> list[tuple[int, int]]:
     return links
 
 
+def _parse_lines(path: str | Path, parse: Callable[[str], T]) -> list[T]:
+    """``parse`` applied to each line of ``path``; a ValueError becomes a DataError naming ``FILE:LINE``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    parsed = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                parsed.append(parse(line))
+            except ValueError as error:
+                raise DataError(f"{path}:{number}: {error}") from None
+    return parsed
+
+
 def read_pharaoh(path: str | Path) -> list[list[tuple[int, int]]]:
     """The links of each line of a Pharaoh file (``i-j`` pairs, 0-based).
 
     Raises:
         DataError: the file is missing, or a line does not parse (named as ``FILE:LINE``).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    lines = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            try:
-                lines.append(parse_pharaoh(line))
-            except ValueError as error:
-                raise DataError(f"{path}:{number}: {error}") from None
-    return lines
+    return _parse_lines(path, parse_pharaoh)
 
 
 def parse_links(line: str, one_based: bool = False, reverse: bool = False) -> tuple[set[Link], set[Link]]:
@@ -101,17 +108,7 @@ def read_links(path: str | Path, one_based: bool = False, reverse: bool = False)
     Raises:
         DataError: the file is missing, or a line does not parse (named as ``FILE:LINE``).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    links = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            try:
-                links.append(parse_links(line, one_based, reverse))
-            except ValueError as error:
-                raise DataError(f"{path}:{number}: {error}") from None
-    return links
+    return _parse_lines(path, lambda line: parse_links(line, one_based, reverse))
 
 
 @dataclass

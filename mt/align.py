@@ -189,7 +189,18 @@ def attend(
     if len(src_texts) != len(tgt_texts):
         raise ValueError(f"{len(src_texts)} source but {len(tgt_texts)} target sentences")
     segmentations = segment(tokenizer, src_texts, tgt_texts, model.cfg.max_positions - 1)
-    attention = teacher_forced_attention(
+    return segmentations, segmented_attention(model, segmentations, batch_size, device, progress)
+
+
+def segmented_attention(
+    model: Transformer,
+    segmentations: Sequence[Segmentation],
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> list[np.ndarray]:
+    """:func:`teacher_forced_attention` over already segmented pairs (their pieces)."""
+    return teacher_forced_attention(
         model,
         [[p.id for p in seg.src_pieces] for seg in segmentations],
         [[p.id for p in seg.tgt_pieces] for seg in segmentations],
@@ -197,7 +208,6 @@ def attend(
         device,
         progress,
     )
-    return segmentations, attention
 
 
 def word_links(
@@ -308,13 +318,7 @@ def aer_report(
     Returns: ``{"aer": AER of DEFAULT_METHOD at default_layer, "aer_by_layer": {method: [AER
     of layer 0, 1, …]}}``, rates in [0, 1].
     """
-    attention = teacher_forced_attention(
-        model,
-        [[p.id for p in seg.src_pieces] for seg in segmentations],
-        [[p.id for p in seg.tgt_pieces] for seg in segmentations],
-        batch_size,
-        device,
-    )
+    attention = segmented_attention(model, segmentations, batch_size, device)
     by_layer = {
         method: [round(s.aer, 5) for s in layer_scores(segmentations, attention, gold, method)] for method in METHODS
     }
