@@ -112,7 +112,6 @@ def load_tokenizer(cfg: TokenizerConfig, train_set, cache_dir: Path) -> Tokenize
     return tokenizer
 
 
-@torch.inference_mode()
 def load_run_gold(data_cfg: DataConfig) -> GoldAlignment:
     """``data.alignment_gold``, oriented src→tgt as the run translates.
 
@@ -126,6 +125,7 @@ def load_run_gold(data_cfg: DataConfig) -> GoldAlignment:
         raise ConfigError(f"config key 'data.alignment_gold' = {data_cfg.alignment_gold!r}: {error}") from None
 
 
+@torch.inference_mode()
 def validation_loss(model: Transformer, batches: list[corpus.Batch], device: torch.device, precision: str) -> float:
     """Plain (unsmoothed) cross-entropy per target token over the validation batches, in nats."""
     model.eval()
