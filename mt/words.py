@@ -60,7 +60,11 @@ def piece_words(pieces: Sequence[Piece], spans: Sequence[tuple[int, int]]) -> li
 def pooling_matrices(
     tgt_owner: Sequence[int], src_owner: Sequence[int], n_tgt_words: int, n_src_words: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Matrices that pool piece-level attention into words (see :func:`pool_to_words`).
+    """Matrices that pool piece-level attention into words (see :func:`pool`).
+
+    Args:
+        tgt_owner: (tgt_len,) word index of each target row, or NO_WORD.
+        src_owner: (src_len,) word index of each source column, or NO_WORD (EOS).
 
     Returns:
         tgt_pool: (n_tgt_words, tgt_len) float64, each row averages the pieces of one word.
@@ -79,29 +83,20 @@ def pooling_matrices(
 
 
 def pool(matrix: np.ndarray, tgt_pool: np.ndarray, src_pool: np.ndarray) -> np.ndarray:
-    """(tgt_len, src_len) piece attention → (n_tgt_words, n_src_words) float32, rows renormalised to 1 (or 0)."""
-    words = tgt_pool @ matrix.astype(np.float64) @ src_pool
-    totals = words.sum(axis=1, keepdims=True)
-    return np.divide(words, totals, out=np.zeros_like(words), where=totals > 0).astype(np.float32)
-
-
-def pool_to_words(
-    matrix: np.ndarray, tgt_owner: Sequence[int], src_owner: Sequence[int], n_tgt_words: int, n_src_words: int
-) -> np.ndarray:
-    """Pool a piece-level attention matrix into a word-level one.
+    """Pool a (tgt_len, src_len) piece-level attention matrix into a word-level one.
 
     Source pieces of one word add up their attention mass; target pieces of one word average
     their rows; each row is then renormalised over the source words (mass on EOS and
     unowned pieces is dropped). A target word that received no mass keeps a zero row.
 
     Args:
-        matrix: (tgt_len, src_len) attention over pieces.
-        tgt_owner: (tgt_len,) word index of each target row, or NO_WORD.
-        src_owner: (src_len,) word index of each source column, or NO_WORD (EOS).
+        tgt_pool, src_pool: from :func:`pooling_matrices`.
 
     Returns: (n_tgt_words, n_src_words) float32, rows sum to 1 (or 0).
     """
-    return pool(matrix, *pooling_matrices(tgt_owner, src_owner, n_tgt_words, n_src_words))
+    words = tgt_pool @ matrix.astype(np.float64) @ src_pool
+    totals = words.sum(axis=1, keepdims=True)
+    return np.divide(words, totals, out=np.zeros_like(words), where=totals > 0).astype(np.float32)
 
 
 @dataclass

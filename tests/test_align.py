@@ -17,7 +17,7 @@ from mt.align import (
     symmetrize_alignments,
     teacher_forced_attention,
 )
-from mt.words import NO_WORD, piece_words, pool_to_words, words_of
+from mt.words import NO_WORD, piece_words, pool, pooling_matrices, words_of
 from mt.config import TokenizerConfig
 from mt.model import Transformer
 from mt.tokenizer import Piece, Tokenizer
@@ -35,7 +35,7 @@ def test_pool_sums_source_pieces_and_averages_target_pieces():
             [0.0, 0.0, 0.0, 1.0],
         ]
     )
-    words = pool_to_words(matrix, [0, 0, 1, NO_WORD], [0, 1, 1, NO_WORD], n_tgt_words=2, n_src_words=2)
+    words = pool(matrix, *pooling_matrices([0, 0, 1, NO_WORD], [0, 1, 1, NO_WORD], n_tgt_words=2, n_src_words=2))
     # word 0 row: mean of rows 0,1 = [0.2, 0.2, 0.2, 0.4] → source words [0.2, 0.4] → renormalised [1/3, 2/3]
     # word 1 row: [0.6, 0.2] → [0.75, 0.25]
     np.testing.assert_allclose(words, [[1 / 3, 2 / 3], [0.75, 0.25]], atol=1e-6)
@@ -43,7 +43,7 @@ def test_pool_sums_source_pieces_and_averages_target_pieces():
 
 def test_pool_keeps_zero_rows_for_words_without_mass():
     matrix = np.array([[0.0, 0.0, 1.0]])  # all mass on EOS
-    words = pool_to_words(matrix, [0], [0, 1, NO_WORD], n_tgt_words=2, n_src_words=2)
+    words = pool(matrix, *pooling_matrices([0], [0, 1, NO_WORD], n_tgt_words=2, n_src_words=2))
     assert words.shape == (2, 2)
     assert np.all(words == 0)
     assert argmax_links(words) == []
