@@ -94,16 +94,21 @@ def _smoke_config(tmp_path, mirror, *overrides):
     return config
 
 
-def test_nonfinite_losses_skip_their_update_and_are_counted(tmp_path, multi30k_mirror, monkeypatch):
+def _nan_losses_on(monkeypatch, is_nan_call) -> None:
+    """Make training's loss NaN on the calls (1-based) for which ``is_nan_call(n)`` holds."""
     real = train_module.sequence_loss
     calls = {"n": 0}
 
-    def sometimes_nan(model, batch, label_smoothing):
+    def loss_or_nan(model, batch, label_smoothing):
         calls["n"] += 1
         loss, n = real(model, batch, label_smoothing)
-        return (loss * float("nan"), n) if calls["n"] in (3, 4) else (loss, n)
+        return (loss * float("nan"), n) if is_nan_call(calls["n"]) else (loss, n)
 
-    monkeypatch.setattr(train_module, "sequence_loss", sometimes_nan)
+    monkeypatch.setattr(train_module, "sequence_loss", loss_or_nan)
+
+
+def test_nonfinite_losses_skip_their_update_and_are_counted(tmp_path, multi30k_mirror, monkeypatch):
+    _nan_losses_on(monkeypatch, lambda n: n in (3, 4))
     train_module.train(_smoke_config(tmp_path, multi30k_mirror, "train.max_steps=10"), tmp_path / "run")
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["step"] == 10 and record["nonfinite_steps"] == 2
@@ -112,15 +117,7 @@ def test_nonfinite_losses_skip_their_update_and_are_counted(tmp_path, multi30k_m
 
 
 def test_too_many_nonfinite_losses_in_a_row_stop_the_run(tmp_path, multi30k_mirror, monkeypatch):
-    real = train_module.sequence_loss
-    calls = {"n": 0}
-
-    def nan_after_ten(model, batch, label_smoothing):
-        calls["n"] += 1
-        loss, n = real(model, batch, label_smoothing)
-        return (loss * float("nan"), n) if calls["n"] > 10 else (loss, n)
-
-    monkeypatch.setattr(train_module, "sequence_loss", nan_after_ten)
+    _nan_losses_on(monkeypatch, lambda n: n > 10)
     config = _smoke_config(tmp_path, multi30k_mirror, "train.max_steps=100", "train.max_nonfinite=3")
     with pytest.raises(guards.TrainingFailed, match="3 non-finite losses in a row"):
         train_module.train(config, tmp_path / "run")
