@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import sacrebleu
 import torch
@@ -36,9 +37,55 @@ def translate(
         decoding: search settings; ``beam_size`` 1 = greedy search, else beam search.
         progress: show a tqdm bar over batches (only on a terminal).
     """
+    nbest = translate_nbest(model, tokenizer, sentences, decoding, 1, device, progress)
+    return [hypotheses[0].text if hypotheses else "" for hypotheses in nbest]
+
+
+@dataclass
+class Translation:
+    """One hypothesis of :func:`translate_nbest`.
+
+    Attributes:
+        text: the detokenized translation, on one line (newlines become spaces).
+        pieces: its target pieces, then ``"</s>"``.
+        score: the total the search ranks by: ``log_prob`` divided by the GNMT length penalty
+            (:func:`mt.decoding.length_penalty`); greedy search (beam size 1) does not rank,
+            its score is ``log_prob``.
+        log_prob: log-probability of the whole translation, EOS included (natural log).
+        token_log_probs: log P(piece | source, previous pieces) of each entry of ``pieces``;
+            they sum to ``log_prob``.
+    """
+
+    text: str
+    pieces: list[str]
+    score: float
+    log_prob: float
+    token_log_probs: list[float]
+
+
+def translate_nbest(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    sentences: Sequence[str],
+    decoding: DecodingConfig,
+    n_best: int = 1,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> list[list[Translation]]:
+    """The ``n_best`` best translations of each sentence, best first, with their scores.
+
+    Batching, blank sentences and truncation as in :func:`translate`; a blank sentence has no
+    hypotheses (an empty list). A sentence gets fewer than ``n_best`` only if the search
+    finished fewer (a length limit of one token leaves only EOS).
+
+    Raises:
+        ValueError: ``n_best`` outside 1..``decoding.beam_size``.
+    """
     from tqdm.auto import tqdm
 
-    outputs = [""] * len(sentences)
+    if not 1 <= n_best <= decoding.beam_size:
+        raise ValueError(f"n_best must be between 1 and the beam size {decoding.beam_size}, got {n_best}")
+    outputs: list[list[Translation]] = [[] for _ in sentences]
     todo = [i for i, s in enumerate(sentences) if s.strip()]
     if not todo:
         return outputs
@@ -55,14 +102,24 @@ def translate(
     for batch in tqdm(batches, desc="translate", unit="batch", disable=None if progress else True, leave=False):
         src_ids = pad([ids[i] for i in batch]).to(device)
         if decoding.beam_size == 1:
-            best = greedy_search(model, src_ids, decoding.max_len_a, decoding.max_len_b)
+            nbest = [[h] for h in greedy_search(model, src_ids, decoding.max_len_a, decoding.max_len_b)]
         else:
             nbest = beam_search(
-                model, src_ids, decoding.beam_size, decoding.length_penalty, decoding.max_len_a, decoding.max_len_b
+                model, src_ids, decoding.beam_size, decoding.length_penalty, decoding.max_len_a, decoding.max_len_b,
+                n_best,
             )
-            best = [hyps[0] for hyps in nbest]
-        for i, text in zip(batch, tokenizer.decode_tgt([h.tokens for h in best])):
-            outputs[i] = text.replace("\n", " ")  # one output line per input line, always
+        for i, hypotheses in zip(batch, nbest):
+            texts = tokenizer.decode_tgt([h.tokens for h in hypotheses])
+            outputs[i] = [
+                Translation(
+                    text=text.replace("\n", " "),  # one output line per input line, always
+                    pieces=[*tokenizer.tgt.id_to_piece(h.tokens), "</s>"],
+                    score=h.score,
+                    log_prob=h.log_prob,
+                    token_log_probs=h.token_log_probs,
+                )
+                for text, h in zip(texts, hypotheses)
+            ]
     return outputs
 
 

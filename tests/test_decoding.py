@@ -92,3 +92,79 @@ def test_hypotheses_respect_the_length_limit(tiny_model):
     for hyps, n in zip(beam_search(tiny_model, src, beam_size=3, max_len_a=0.5, max_len_b=2), src_len.tolist()):
         assert all(len(h.tokens) + 1 <= int(n * 0.5 + 2) for h in hyps)
         assert all(t not in (Tokenizer.eos_id, Tokenizer.bos_id, 0) for h in hyps for t in h.tokens)
+
+
+def varied_source(seed=11):
+    """Six sources of 2..9 tokens (EOS included), right-padded: different length limits, so
+    sentences leave the batch at different steps."""
+    torch.manual_seed(seed)
+    lengths = [9, 2, 6, 4, 8, 3]
+    src = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for row, n in enumerate(lengths):
+        src[row, : n - 1] = torch.randint(4, 40, (n - 1,))
+        src[row, n - 1] = Tokenizer.eos_id
+    return src
+
+
+def alone(src_ids, row):
+    """Row ``row`` of a padded batch as a batch of one, without padding."""
+    real = src_ids[row][src_ids[row] != 0]
+    return real[None]
+
+
+@pytest.mark.parametrize("beam_size", [1, 3, 4])
+def test_batch_search_with_dropped_sentences_equals_each_sentence_alone(tiny_model, beam_size):
+    """Sentences leave the batch at different steps; each must come out exactly as when decoded
+    on its own (no padding, nothing dropped)."""
+    src = varied_source()
+    if beam_size == 1:
+        batched = [[h] for h in greedy_search(tiny_model, src, max_len_a=1.5, max_len_b=3)]
+        single = [[greedy_search(tiny_model, alone(src, row), max_len_a=1.5, max_len_b=3)[0]] for row in range(len(src))]
+    else:
+        batched = beam_search(tiny_model, src, beam_size=beam_size, max_len_a=1.5, max_len_b=3)
+        single = [beam_search(tiny_model, alone(src, row), beam_size=beam_size, max_len_a=1.5, max_len_b=3)[0]
+                  for row in range(len(src))]
+    assert len({len(hyps[0].tokens) for hyps in batched}) > 1  # sentences really ended at different steps
+    for batch_hyps, single_hyps in zip(batched, single):
+        assert [h.tokens for h in batch_hyps] == [h.tokens for h in single_hyps]
+        for b, s in zip(batch_hyps, single_hyps):
+            assert b.score == pytest.approx(s.score, abs=1e-4)
+            assert b.token_log_probs == pytest.approx(s.token_log_probs, abs=1e-4)
+
+
+def teacher_forced_token_log_probs(model, src_ids, tokens):
+    """log P(token_t | prefix) of each token then EOS, from one full (non-incremental) forward pass."""
+    tgt_in = torch.tensor([[Tokenizer.bos_id, *tokens]])
+    tgt_out = torch.tensor([[*tokens, Tokenizer.eos_id]])
+    with torch.no_grad():
+        log_probs = model(src_ids[None], tgt_in).log_softmax(-1)
+    return log_probs.gather(-1, tgt_out[..., None])[0, :, 0].tolist()
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_token_log_probs_are_teacher_forced_and_sum_to_log_prob(tiny_model, search):
+    src = varied_source(seed=13)
+    if search == "greedy":
+        nbest = [[h] for h in greedy_search(tiny_model, src, max_len_b=5)]
+    else:
+        nbest = beam_search(tiny_model, src, beam_size=4, max_len_b=5)
+    for row, hyps in enumerate(nbest):
+        real = src[row][src[row] != 0]
+        for h in hyps:
+            assert len(h.token_log_probs) == len(h.tokens) + 1
+            assert sum(h.token_log_probs) == pytest.approx(h.log_prob, abs=1e-4)
+            expected = teacher_forced_token_log_probs(tiny_model, real, h.tokens)
+            assert h.token_log_probs == pytest.approx(expected, abs=1e-4)
+
+
+def test_n_best_are_the_best_distinct_hypotheses_of_the_beam(tiny_model):
+    src = varied_source(seed=17)
+    full = beam_search(tiny_model, src, beam_size=5, max_len_b=5)
+    top2 = beam_search(tiny_model, src, beam_size=5, max_len_b=5, n_best=2)
+    for all_hyps, best in zip(full, top2):
+        assert len(best) == 2
+        assert [h.tokens for h in best] == [h.tokens for h in all_hyps[:2]]
+        assert len({tuple(h.tokens) for h in all_hyps}) == len(all_hyps)
+        assert [h.score for h in all_hyps] == sorted((h.score for h in all_hyps), reverse=True)
+    with pytest.raises(ValueError, match="n_best"):
+        beam_search(tiny_model, src, beam_size=3, n_best=4)

@@ -1,0 +1,152 @@
+"""mt-translate --n-best / --output-format jsonl / --align, and translate_nbest under it."""
+
+import io
+import json
+import sys
+
+import pytest
+import torch
+
+from mt.checkpoint import save_checkpoint
+from mt.cli import align_main, translate_main
+from mt.config import DecodingConfig, TokenizerConfig, to_dict
+from mt.evaluate import translate, translate_nbest
+from mt.model import Transformer
+from mt.tokenizer import Tokenizer
+
+from conftest import tiny_config
+
+TEXTS = ["Ein Hund rennt im Park.", "Zwei Männer spielen Fußball.", "A dog runs in the park.", "Two men play soccer."] * 20
+SOURCES = ["Ein Hund rennt im Park.", "Zwei Männer spielen.", "Fußball im Park", "Hund"]
+DECODING = DecodingConfig(beam_size=4, max_len_a=1.0, max_len_b=4, batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer.train(TEXTS, TEXTS, TokenizerConfig(vocab_size=60))
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    torch.manual_seed(0)
+    return Transformer(tiny_config(), tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id).eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model, tokenizer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("nbest") / "model.pt"
+    save_checkpoint(
+        {
+            "model_config": to_dict(model.cfg),
+            "model": model.state_dict(),
+            "tokenizer": tokenizer.state(),
+            "data": {"src_lang": "de", "tgt_lang": "en"},
+            "decoding": {"beam_size": 4, "max_len_a": 1.0, "max_len_b": 4, "batch_size": 3},
+        },
+        path,
+    )
+    return str(path)
+
+
+def run_cli(main, argv, capsys, monkeypatch, stdin=None):
+    """Run a console entry point in-process; returns (exit code, stdout, stderr)."""
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode("utf-8")), encoding="utf-8"))
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as exit:
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_n_best_is_sorted_distinct_and_led_by_the_one_best(model, tokenizer):
+    nbest = translate_nbest(model, tokenizer, SOURCES, DECODING, n_best=3)
+    assert [hyps[0].text for hyps in nbest] == translate(model, tokenizer, SOURCES, DECODING)
+    for hyps in nbest:
+        assert len(hyps) == 3
+        assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+        assert len({tuple(h.pieces) for h in hyps}) == 3
+        assert all(h.pieces[-1] == "</s>" and len(h.token_log_probs) == len(h.pieces) for h in hyps)
+    greedy = DecodingConfig(beam_size=1, max_len_a=1.0, max_len_b=4)
+    assert [h[0].text for h in translate_nbest(model, tokenizer, SOURCES, greedy)] == translate(
+        model, tokenizer, SOURCES, greedy
+    )
+    with pytest.raises(ValueError, match="n_best"):
+        translate_nbest(model, tokenizer, SOURCES, greedy, n_best=2)
+
+
+def test_token_log_probs_match_a_teacher_forced_pass(model, tokenizer):
+    nbest = translate_nbest(model, tokenizer, SOURCES, DECODING, n_best=4)
+    for source, hyps in zip(SOURCES, nbest):
+        src_ids = torch.tensor([[*tokenizer.encode_src([source])[0], Tokenizer.eos_id]])
+        for h in hyps:
+            ids = [tokenizer.tgt.piece_to_id(p) for p in h.pieces[:-1]]
+            with torch.no_grad():
+                log_probs = model(src_ids, torch.tensor([[Tokenizer.bos_id, *ids]])).log_softmax(-1)
+            expected = log_probs[0].gather(-1, torch.tensor([*ids, Tokenizer.eos_id])[:, None])[:, 0].tolist()
+            assert h.token_log_probs == pytest.approx(expected, abs=1e-4)
+            assert sum(h.token_log_probs) == pytest.approx(h.log_prob, abs=1e-4)
+            assert tokenizer.decode_tgt([ids])[0] == h.text
+
+
+def test_jsonl_has_one_line_per_input_line_and_round_trips(model, tokenizer, checkpoint, capsys, monkeypatch):
+    lines = ["Ein Hund rennt im Park.", "", "   ", "Zwei\u2028Männer spielen.", "Hund"]
+    code, out, _ = run_cli(
+        translate_main, [checkpoint, "--n-best", "2", "--output-format", "jsonl"], capsys, monkeypatch,
+        stdin="\n".join(lines) + "\n",
+    )
+    assert code == 0
+    assert out.endswith("\n") and len(out.splitlines()) == len(lines)  # splitlines also breaks on U+2028
+    records = [json.loads(line) for line in out.splitlines()]
+    expected = translate_nbest(model, tokenizer, lines, DECODING, n_best=2)
+    for index, (record, source, hyps) in enumerate(zip(records, lines, expected)):
+        assert record["index"] == index and record["source"] == source
+        assert len(record["hypotheses"]) == len(hyps) == (2 if source.strip() else 0)
+        for got, want in zip(record["hypotheses"], hyps):
+            assert got["text"] == want.text and got["pieces"] == want.pieces
+            assert got["score"] == want.score and got["log_prob"] == want.log_prob
+            assert got["token_log_probs"] == want.token_log_probs
+
+
+def test_align_links_are_those_of_mt_align_for_the_same_pair(checkpoint, capsys, monkeypatch):
+    code, out, _ = run_cli(
+        translate_main, [checkpoint, "--output-format", "jsonl", "--align", *SOURCES[:3]], capsys, monkeypatch
+    )
+    assert code == 0
+    for source, line in zip(SOURCES, out.splitlines()):
+        best, *others = json.loads(line)["hypotheses"]
+        alignment = best["alignment"]
+        assert all("alignment" not in h for h in others)
+        code, aligned, _ = run_cli(align_main, [checkpoint, "--", source, best["text"]], capsys, monkeypatch)
+        assert code == 0
+        assert alignment["pharaoh"] == aligned.splitlines()[-1]
+        assert alignment["links"] == [[int(i) for i in link.split("-")] for link in alignment["pharaoh"].split()]
+        assert alignment["src_words"] == source.split() and alignment["tgt_words"] == best["text"].split()
+        matrix = alignment["word_matrix"]
+        assert len(matrix) == len(alignment["tgt_words"]) and all(len(row) == len(alignment["src_words"]) for row in matrix)
+
+
+def test_text_n_best_lines_and_one_best_unchanged(model, tokenizer, checkpoint, capsys, monkeypatch):
+    lines = ["Ein Hund rennt im Park.", "", "Hund"]
+    stdin = "\n".join(lines) + "\n"
+    code, out, _ = run_cli(translate_main, [checkpoint, "--n-best", "3"], capsys, monkeypatch, stdin=stdin)
+    assert code == 0
+    expected = translate_nbest(model, tokenizer, lines, DECODING, n_best=3)
+    rows = [line.split(" ||| ") for line in out.splitlines()]
+    assert [(int(i), text) for i, text, _ in rows] == [(i, h.text) for i, hyps in enumerate(expected) for h in hyps]
+    assert [float(score) for _, _, score in rows] == pytest.approx([h.score for hyps in expected for h in hyps], abs=1e-6)
+
+    code, out, _ = run_cli(translate_main, [checkpoint, "--n-best", "1"], capsys, monkeypatch, stdin=stdin)
+    assert code == 0 and out == "".join(t + "\n" for t in translate(model, tokenizer, lines, DECODING))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--n-best", "5"], "--n-best 5 exceeds the beam size 4"), (["--beam-size", "2", "--n-best", "3"], "--n-best 3")],
+)
+def test_n_best_above_the_beam_is_a_one_line_error(checkpoint, capsys, monkeypatch, argv, message):
+    code, out, err = run_cli(translate_main, [checkpoint, "Hund", *argv], capsys, monkeypatch)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err and err.startswith("mt-translate: error:")
