@@ -105,6 +105,8 @@ class PairAlignment:
         links: ``(src_word, tgt_word)`` pairs (symmetrized when a reverse model was given).
         forward_links, reverse_links: the two directional alignments behind symmetrized
             ``links`` (reverse already flipped to source-first); None otherwise.
+        segmentation: how the pieces pool into words, to pool other layers and heads than
+            ``word_matrix``'s (the HTML view, :mod:`mt.html_view`); None if not kept.
     """
 
     attention: np.ndarray
@@ -116,6 +118,7 @@ class PairAlignment:
     links: list[tuple[int, int]]
     forward_links: list[tuple[int, int]] | None = None
     reverse_links: list[tuple[int, int]] | None = None
+    segmentation: Segmentation | None = None
 
 
 @torch.inference_mode()
@@ -263,6 +266,7 @@ def align(
             tgt_words=seg.tgt_words,
             word_matrix=words,
             links=pair_links,
+            segmentation=seg,
         )
         for seg, matrix, words, pair_links in zip(segmentations, attention, matrices, links)
     ]
