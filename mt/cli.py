@@ -111,25 +111,97 @@ def _read_stdin() -> list[str]:
 
 # ------------------------------------------------------------------------------ mt-translate
 def translate_main(argv: Sequence[str] | None = None) -> None:
-    """``mt-translate CHECKPOINT [SENTENCE ...]``: one translation per sentence (or per stdin line)."""
+    """``mt-translate CHECKPOINT [SENTENCE ...] [--n-best K] [--output-format text|jsonl] [--align]``:
+    one translation per sentence (or per stdin line), or its K best with scores and alignment."""
     parser = argparse.ArgumentParser(
         prog="mt-translate",
         description="Translate sentences given as arguments, or stdin line by line (a blank line gives a blank line).",
     )
     _add_inference_options(parser)
     parser.add_argument("sentences", nargs="*", help="sentences to translate; none = read stdin")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--n-best", type=_positive_int, default=1, metavar="K",
+        help="K best hypotheses per sentence, at most the beam size; as text, K > 1 prints 'i ||| hypothesis ||| "
+        "score' lines (i = 0-based input line, best first, none for a blank line) (default: 1)",
+    )
+    parser.add_argument(
+        "--output-format", choices=("text", "jsonl"), default="text",
+        help="text: translations only; jsonl: one JSON object per input line with the hypotheses, their pieces, "
+        "scores and per-token log-probs (default: text)",
+    )
+    parser.add_argument(
+        "--align", action="store_true",
+        help="jsonl: add the word alignment of each best hypothesis (as mt-align: default method and layer)",
+    )
+    args = parser.parse_intermixed_args(argv)  # sentences may come before or after the flags
+    if args.align and args.output_format != "jsonl":
+        parser.error("--align goes with --output-format jsonl")
 
     def body() -> None:
-        from mt.evaluate import translate
+        from mt.evaluate import translate_nbest
 
         model, tokenizer, _, decoding = _load(args)
+        if args.n_best > decoding.beam_size:
+            raise MtError(f"--n-best {args.n_best} exceeds the beam size {decoding.beam_size} (raise --beam-size)")
         sentences = args.sentences if args.sentences else _read_stdin()
-        for line in translate(model, tokenizer, sentences, decoding, args.device):
-            sys.stdout.write(line + "\n")
+        try:
+            nbest = translate_nbest(model, tokenizer, sentences, decoding, args.n_best, args.device)
+        except ValueError as error:  # a beam wider than half the vocabulary
+            raise MtError(f"--beam-size {decoding.beam_size}: {error}") from None
+        if args.output_format == "jsonl":
+            alignments = {}
+            if args.align:
+                alignments = _best_alignments(model, tokenizer, sentences, nbest, decoding.batch_size, args.device)
+            for index, (source, hypotheses) in enumerate(zip(sentences, nbest)):
+                record = _translation_record(index, source, hypotheses, alignments.get(index))
+                sys.stdout.write(_json_line(record) + "\n")
+        elif args.n_best == 1:
+            for hypotheses in nbest:
+                sys.stdout.write((hypotheses[0].text if hypotheses else "") + "\n")
+        else:  # the Moses n-best layout, without its feature-score field
+            for index, hypotheses in enumerate(nbest):
+                for h in hypotheses:
+                    sys.stdout.write(f"{index} ||| {h.text} ||| {h.score:.6f}\n")
         sys.stdout.flush()
 
     _run("mt-translate", body)
+
+
+def _best_alignments(model, tokenizer, sentences, nbest, batch_size: int, device: str) -> dict:
+    """``--align``: input line index → :class:`~mt.align.PairAlignment` of its best hypothesis (blank lines: none)."""
+    from mt.align import align
+
+    indices = [i for i, hypotheses in enumerate(nbest) if hypotheses]
+    sources = [sentences[i] for i in indices]
+    targets = [nbest[i][0].text for i in indices]
+    return dict(zip(indices, align(model, tokenizer, sources, targets, batch_size=batch_size, device=device)))
+
+
+def _translation_record(index: int, source: str, hypotheses, alignment) -> dict:
+    """One ``--output-format jsonl`` line; the alignment, if any, goes to the best hypothesis."""
+    import dataclasses
+
+    import numpy as np
+
+    from mt.aer import format_pharaoh
+
+    record = {"index": index, "source": source, "hypotheses": [dataclasses.asdict(h) for h in hypotheses]}
+    if alignment is not None:
+        record["hypotheses"][0]["alignment"] = {
+            "src_words": alignment.src_words,
+            "tgt_words": alignment.tgt_words,
+            "links": [list(link) for link in alignment.links],
+            "pharaoh": format_pharaoh(alignment.links),
+            "word_matrix": np.round(alignment.word_matrix.astype(np.float64), 6).tolist(),
+        }
+    return record
+
+
+def _json_line(record: dict) -> str:
+    """``record`` as one line of JSON: readable UTF-8, but the characters that ``str.splitlines``
+    also breaks on (U+0085, U+2028, U+2029; json escapes the control characters) escaped."""
+    text = json.dumps(record, ensure_ascii=False)
+    return text.replace("\x85", "\\u0085").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
 # ------------------------------------------------------------------------------- mt-evaluate
@@ -229,8 +301,8 @@ def _choose_layer(model, tokenizer, layer, dev_gold, options: dict, name: str) -
 
 
 def align_main(argv: Sequence[str] | None = None) -> None:
-    """``mt-align CHECKPOINT --src FILE [--tgt FILE] --out DIR [--plot]``, ``mt-align CHECKPOINT SRC [TGT]``
-    or ``mt-align CHECKPOINT --gold PREFIX [--out DIR]``; see ``mt-align --help``."""
+    """``mt-align CHECKPOINT --src FILE [--tgt FILE] --out DIR [--plot] [--html [FILE]]``, ``mt-align CHECKPOINT
+    SRC [TGT]`` or ``mt-align CHECKPOINT --gold PREFIX [--out DIR]``; see ``mt-align --help``."""
     from mt.align import DEFAULT_METHOD, METHODS
     from mt.symmetrize import HEURISTICS
 
@@ -248,6 +320,11 @@ def align_main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--out", help="output folder (required with --src)")
     parser.add_argument("--plot", action="store_true", help="also write DIR/plots/k.png heatmaps")
+    parser.add_argument(
+        "--html", nargs="?", const="", metavar="FILE",
+        help="also write an interactive view (one self-contained page: heatmaps by layer and head, links, gold "
+        "links) to FILE, or to DIR/alignments.html without FILE; put an inline pair before --html",
+    )
     parser.add_argument(
         "--method", choices=METHODS, default=DEFAULT_METHOD,
         help=f"attention: the row predicting each target word; shift: Shift-Att, the row where it is the decoder "
@@ -269,6 +346,8 @@ def align_main(argv: Sequence[str] | None = None) -> None:
         help="how to combine the two directions (default: grow-diag-final-and)",
     )
     args = parser.parse_args(argv)
+    if args.html and not args.html.lower().endswith((".html", ".htm")):  # first: it may be a swallowed sentence
+        parser.error(f"--html {args.html}: the file name must end in .html (an inline pair goes before --html)")
     inputs = sum(map(bool, (args.pair, args.src, args.gold)))
     if inputs != 1:
         parser.error("give one of: an inline pair, --src FILE, --gold PREFIX")
@@ -280,6 +359,8 @@ def align_main(argv: Sequence[str] | None = None) -> None:
         parser.error("--tgt goes with --src")
     if args.dev_gold and args.layer != "auto":
         parser.error("--dev-gold goes with --layer auto")
+    if args.html == "" and not args.out:
+        parser.error("--html without FILE writes DIR/alignments.html: give --out DIR, or --html FILE.html")
 
     def body() -> None:
         from mt.aer import format_pharaoh, format_scores, score_alignments
@@ -330,6 +411,8 @@ def align_main(argv: Sequence[str] | None = None) -> None:
         if args.out:
             write_alignments(alignments, args.out, plot=args.plot)
             print(f"wrote {len(alignments)} alignments to {args.out}", file=sys.stderr)
+        if args.html is not None:
+            _write_alignment_view(args, model, alignments, layer, gold)
         if args.pair:
             print(format_table(alignments[0]))
             print(format_pharaoh(alignments[0].links))
@@ -337,6 +420,21 @@ def align_main(argv: Sequence[str] | None = None) -> None:
             print(format_scores(score_alignments([a.links for a in alignments], gold.sure, gold.possible)))
 
     _run("mt-align", body)
+
+
+def _write_alignment_view(args: argparse.Namespace, model, alignments, layer: int | None, gold) -> None:
+    """``--html``: the interactive view, opened at the method, layer and heads that made the links."""
+    from mt.align import default_layer
+    from mt.html_view import write_html
+
+    path = Path(args.html or Path(args.out) / "alignments.html")
+    n_layers = len(model.decoder_layers)
+    layer = default_layer(n_layers) if layer is None else layer % n_layers
+    title = f"mt-align {Path(args.checkpoint).name}: method {args.method}, layer {layer}"
+    if args.reverse_checkpoint:
+        title += f", links symmetrized ({args.symmetrize}) with {Path(args.reverse_checkpoint).name}"
+    size = write_html(path, alignments, args.method, layer, args.heads, gold, title)
+    print(f"wrote the alignment view ({size / 1024:.0f} KiB) to {path}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- mt-align-score
@@ -368,3 +466,27 @@ def align_score_main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(dataclasses.asdict(scores)) if args.json else format_scores(scores))
 
     _run("mt-align-score", body)
+
+
+# -------------------------------------------------------------------------------- mt-average
+def average_main(argv: Sequence[str] | None = None) -> None:
+    """``mt-average RUN_DIR --last N [--out FILE]``: average the parameters of a run's last N step checkpoints."""
+    parser = argparse.ArgumentParser(
+        prog="mt-average",
+        description="Average the parameters of the last N validation checkpoints of a run "
+        "(RUN_DIR/checkpoints/step-S.pt, kept with train.keep_checkpoints=N) into one inference checkpoint.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the training run folder (the one holding checkpoints/)")
+    parser.add_argument("--last", type=_positive_int, required=True, metavar="N", help="average the newest N step checkpoints")
+    parser.add_argument("--out", metavar="FILE", help="output checkpoint (default: RUN_DIR/checkpoints/averaged.pt)")
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        from mt.average import average_run
+
+        out = args.out or str(Path(args.run_dir) / "checkpoints" / "averaged.pt")
+        state = average_run(args.run_dir, args.last, out)
+        steps = ", ".join(str(source["step"]) for source in state["averaged_from"])
+        print(f"mt-average: averaged {len(state['averaged_from'])} checkpoints (steps {steps}) into {out}", file=sys.stderr)
+
+    _run("mt-average", body)

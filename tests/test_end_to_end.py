@@ -62,6 +62,23 @@ def test_translate_arguments_and_stdin(smoke_run):
     assert len(lines) == 4 and lines[0] and lines[1] == "" and lines[2] and lines[3] == ""
 
 
+def test_translate_n_best_jsonl_with_alignments_of_mt_align(smoke_run):
+    run_dir, _, _ = smoke_run
+    sources = ["Ein Mann fährt Fahrrad.", "", "Zwei Hunde spielen im Schnee."]
+    out = run("mt-translate", run_dir, "--n-best", "2", "--output-format", "jsonl", "--align", stdin="\n".join(sources) + "\n")
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["source"] for r in records] == sources and records[1]["hypotheses"] == []
+    text = run("mt-translate", run_dir, *[s for s in sources if s]).stdout.splitlines()
+    assert [records[0]["hypotheses"][0]["text"], records[2]["hypotheses"][0]["text"]] == text
+    for record in (records[0], records[2]):
+        best = record["hypotheses"][0]
+        assert len(record["hypotheses"]) == 2 and best["score"] >= record["hypotheses"][1]["score"]
+        assert sum(best["token_log_probs"]) == pytest.approx(best["log_prob"], abs=1e-4)
+        aligned = run("mt-align", run_dir, "--", record["source"], best["text"]).stdout.splitlines()
+        assert len(best["alignment"]["tgt_words"]) > 1
+        assert parse_pharaoh(aligned[-1]) == [tuple(link) for link in best["alignment"]["links"]]
+
+
 def test_evaluate_json_matches_sacrebleu_on_its_own_output(smoke_run, tmp_path):
     run_dir, mirror, data_dir = smoke_run
     hyp_file = tmp_path / "hyp.en"
