@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
@@ -19,9 +20,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mt.errors import ConfigError
 
-LANGUAGES = ("de", "en", "fr", "cs")
+LANGUAGES = ("de", "en", "fr", "cs")  # Multi30k's
+DATA_SOURCES = ("multi30k", "hf", "files")
+FILE_FORMATS = ("text", "tsv", "jsonl")
 POSITIONAL_EMBEDDINGS = ("sinusoidal", "learned", "none")
 POSITION_TYPES = ("absolute", "rope")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -99,15 +103,23 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Which corpus and which slice of it.
+    """Which corpus and which slice of it (read by :func:`mt.corpora.load_splits`).
 
     Attributes:
-        name: corpus name; only ``multi30k`` for now.
-        src_lang, tgt_lang: two of de/en/fr/cs.
+        source: where the pairs come from: ``multi30k`` (Multi30k task 1), ``hf`` (a Hugging
+            Face dataset) or ``files`` (local parallel files); the config groups
+            ``data=multi30k|hf|files`` set it.
+        name: ``multi30k``: the corpus name, ``multi30k``. ``hf``: the dataset's configuration
+            (subset), e.g. ``de-en`` for ``wmt14``; None = its default. Unused by ``files``.
+        src_lang, tgt_lang: language codes: two of de/en/fr/cs for ``multi30k``; any codes
+            (without whitespace or ``/``) for ``hf`` (keys of the translation dicts) and
+            ``files`` (file suffixes ``{split}.{lang}``, JSONL keys).
         data_dir: where corpus files and caches are kept (relative to the working directory).
         mirror: local folder holding the raw ``{split}.{lang}.gz`` files; defaults to the
-            ``MT_DATA_MIRROR`` environment variable. Used before any download.
-        train_split, valid_split, test_split: split names of the corpus.
+            ``MT_DATA_MIRROR`` environment variable. Used before any download. ``multi30k`` only.
+        train_split, valid_split, test_split: split names of the corpus (``files``: file stems
+            relative to ``path``). ``hf``/``files`` names may take a slice, ``train[:1000]``,
+            ``train[1000:]``, ``train[:5%]``, to carve valid/test out of a single split.
         max_train_sentences, max_valid_sentences, max_test_sentences: keep only the first N
             lines of a split (0 = all); for smoke runs and quick experiments.
         max_len: training pairs with more subword tokens than this on either side are dropped.
@@ -117,9 +129,33 @@ class DataConfig:
         alignment_gold_train_copies: add the gold set's sentence pairs, text only (never its
             links), this many times to the training data, as unsupervised aligners train on
             the text they align; 0 = not at all.
+        path: ``hf``: a Hub dataset id (``wmt14``, ``Helsinki-NLP/opus_books``), a builder name
+            (``parquet``, ``json``, ``csv``, with ``data_files``), a local folder of
+            parquet/json/csv files named after their splits, or a ``DatasetDict.save_to_disk``
+            folder. ``files``: the folder holding the split files.
+        revision: ``hf``: Hub revision (branch, tag or commit), e.g. ``refs/convert/parquet``
+            for a script-based dataset; None = main.
+        data_files: ``hf``: ``{split: file or glob}`` passed to ``load_dataset``; None = the
+            dataset's own files.
+        cache_dir: ``hf``: the Hugging Face datasets cache; None = ``HF_DATASETS_CACHE``.
+        trust_remote_code: ``hf``: let ``datasets`` < 4 run a dataset's loading script (newer
+            versions run none: use ``revision=refs/convert/parquet``).
+        translation_column: ``hf``/``jsonl``: the column of ``{lang: text}`` dicts (used while
+            ``src_column`` is None).
+        src_column, tgt_column: ``hf``/``jsonl``: two text columns (keys) holding source and
+            target instead; both or neither. JSONL without either reads the top-level keys
+            ``src_lang``/``tgt_lang`` when ``translation_column`` is absent.
+        format: ``files``: ``text`` (``{split}.{src_lang}`` + ``{split}.{tgt_lang}``, one
+            sentence per line), ``tsv`` (``{split}.tsv``, ``source<TAB>target`` per line) or
+            ``jsonl`` (``{split}.jsonl``, one object per line); each file may be gzipped
+            (``.gz`` appended).
+        streaming: ``hf``/``files``: read the training split as a stream instead of loading it
+            (for corpora bigger than memory): only its token ids are kept.
+        tokenizer_sample: with ``streaming``, sentencepiece trains on the first N training pairs.
     """
 
-    name: str = "multi30k"
+    source: str = "multi30k"
+    name: str | None = "multi30k"
     src_lang: str = "de"
     tgt_lang: str = "en"
     data_dir: str = "data"
@@ -133,6 +169,17 @@ class DataConfig:
     max_len: int = 128
     alignment_gold: str | None = None
     alignment_gold_train_copies: int = 0
+    path: str | None = None
+    revision: str | None = None
+    data_files: dict[str, str] | None = None
+    cache_dir: str | None = None
+    trust_remote_code: bool = False
+    translation_column: str = "translation"
+    src_column: str | None = None
+    tgt_column: str | None = None
+    format: str = "text"
+    streaming: bool = False
+    tokenizer_sample: int = 1_000_000
 
 
 @dataclass
@@ -159,7 +206,13 @@ class TrainConfig:
     Attributes:
         seed: seeds Python, NumPy and torch, and the batch order.
         device: ``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: ``fp32`` or ``bf16`` (autocast; weights and optimizer stay fp32).
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast; weights and optimizer stay fp32;
+            fp16 scales the loss with a ``torch.amp.GradScaler``), or ``auto``: bf16 where the
+            device runs it natively (CUDA with bf16 support, or a CPU with AVX-512 BF16/AMX),
+            else fp32.
+        compile: wrap the model in ``torch.compile`` (dynamic shapes) for training.
+        accum_steps: batches whose gradients are summed before each update (the effective
+            batch is ``batch_tokens x accum_steps x world size``).
         batch_tokens: token budget of one batch: sentences x longest side (padded), in tokens.
         max_steps: stop after this many updates (0 = no limit).
         max_epochs: stop after this many passes over the data (0 = no limit).
@@ -179,11 +232,19 @@ class TrainConfig:
             model, optimizer, schedule, RNG states, data position, step, epoch, best score and
             early-stopping counter.
         max_nonfinite: stop after this many non-finite losses in a row (each skips its update).
+        keep_checkpoints: keep the last N validation checkpoints as ``checkpoints/step-S.pt``
+            (0 = only best.pt and last.pt).
+        average_last: after training, average the parameters of the last N validation
+            checkpoints into ``checkpoints/averaged.pt`` and score it too (0 = off).
+        tensorboard: also log to TensorBoard under ``RUN_DIR/tensorboard`` (extra
+            ``[tensorboard]``).
+        heatmap_sentences: validation sentences whose cross-attention heatmaps are logged to
+            TensorBoard at each validation.
     """
 
     seed: int = 1
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     batch_tokens: int = 4096
     max_steps: int = 0
     max_epochs: int = 0
@@ -201,6 +262,12 @@ class TrainConfig:
     num_threads: int = 0
     resume: str | None = None
     max_nonfinite: int = 10
+    compile: bool = False
+    accum_steps: int = 1
+    keep_checkpoints: int = 0
+    average_last: int = 0
+    tensorboard: bool = False
+    heatmap_sentences: int = 4
 
 
 @dataclass
@@ -324,9 +391,7 @@ def validate(config: Config) -> None:
             _require(head_dim % 2 == 0, f"{key}.n_heads", site.n_heads, f"rope needs an even head_dim, got {head_dim}")
 
     data = config.data
-    _require(data.name == "multi30k", "data.name", data.name, "allowed: multi30k")
-    for key, lang in (("data.src_lang", data.src_lang), ("data.tgt_lang", data.tgt_lang)):
-        _require(lang in LANGUAGES, key, lang, "allowed: " + ", ".join(LANGUAGES))
+    _validate_source(data)
     _require(data.src_lang != data.tgt_lang, "data.tgt_lang", data.tgt_lang, "must differ from data.src_lang")
     _require(data.max_len > 0, "data.max_len", data.max_len, "must be > 0")
     _require(
@@ -338,6 +403,12 @@ def validate(config: Config) -> None:
     copies = data.alignment_gold_train_copies
     _require(copies >= 0, "data.alignment_gold_train_copies", copies, "must be >= 0")
     _require(not copies or data.alignment_gold, "data.alignment_gold_train_copies", copies, "needs data.alignment_gold")
+    _require(
+        not (copies and data.streaming),
+        "data.alignment_gold_train_copies",
+        copies,
+        "cannot join a streamed training split (data.streaming=true); set it to 0",
+    )
 
     tok = config.tokenizer
     _require(tok.model_type in ("unigram", "bpe"), "tokenizer.model_type", tok.model_type, "allowed: unigram, bpe")
@@ -350,7 +421,11 @@ def validate(config: Config) -> None:
     )
 
     train = config.train
-    _require(train.precision in ("fp32", "bf16"), "train.precision", train.precision, "allowed: fp32, bf16")
+    _require(train.precision in PRECISIONS, "train.precision", train.precision, "allowed: " + ", ".join(PRECISIONS))
+    _require(train.accum_steps >= 1, "train.accum_steps", train.accum_steps, "must be >= 1")
+    _require(train.keep_checkpoints >= 0, "train.keep_checkpoints", train.keep_checkpoints, "must be >= 0")
+    _require(train.average_last >= 0, "train.average_last", train.average_last, "must be >= 0")
+    _require(train.heatmap_sentences >= 0, "train.heatmap_sentences", train.heatmap_sentences, "must be >= 0")
     _require(train.batch_tokens > 0, "train.batch_tokens", train.batch_tokens, "must be > 0")
     _require(
         train.batch_tokens >= data.max_len + 1,
@@ -378,6 +453,47 @@ def validate(config: Config) -> None:
     _require(decoding.batch_size > 0, "decoding.batch_size", decoding.batch_size, "must be > 0")
     _require(decoding.max_len_a >= 0, "decoding.max_len_a", decoding.max_len_a, "must be >= 0")
     _require(decoding.max_len_b > 0, "decoding.max_len_b", decoding.max_len_b, "must be > 0")
+
+
+def _validate_source(data: DataConfig) -> None:
+    """The data keys that depend on ``data.source`` (see :class:`DataConfig`)."""
+    _require(data.source in DATA_SOURCES, "data.source", data.source, "allowed: " + ", ".join(DATA_SOURCES))
+    languages = (("data.src_lang", data.src_lang), ("data.tgt_lang", data.tgt_lang))
+    if data.source == "multi30k":
+        _require(data.name == "multi30k", "data.name", data.name, "allowed: multi30k")
+        for key, lang in languages:
+            _require(lang in LANGUAGES, key, lang, "allowed: " + ", ".join(LANGUAGES))
+        _require(not data.streaming, "data.streaming", data.streaming, "only for data.source=hf or files")
+    else:
+        for key, lang in languages:
+            _require(bool(re.fullmatch(r"[^\s/]+", lang)), key, lang, "must be a language code (no spaces or '/')")
+        _require(bool(data.path), "data.path", data.path, f"required for data.source={data.source}")
+        _require(
+            (data.src_column is None) == (data.tgt_column is None),
+            "data.src_column" if data.src_column is None else "data.tgt_column",
+            data.src_column if data.src_column is None else data.tgt_column,
+            "data.src_column and data.tgt_column go together (or neither: the translation column)",
+        )
+        _require(
+            data.src_column is None or data.src_column != data.tgt_column,
+            "data.tgt_column",
+            data.tgt_column,
+            "must differ from data.src_column",
+        )
+        _require(bool(data.translation_column), "data.translation_column", data.translation_column, "must not be empty")
+    if data.source == "files":
+        _require(data.format in FILE_FORMATS, "data.format", data.format, "allowed: " + ", ".join(FILE_FORMATS))
+        _require(
+            data.src_column is None or data.format == "jsonl",
+            "data.src_column",
+            data.src_column,
+            f"only for data.format=jsonl (data.format={data.format})",
+        )
+    for key in ("train_split", "valid_split", "test_split"):
+        _require(bool(getattr(data, key)), f"data.{key}", getattr(data, key), "must not be empty")
+    for key in ("max_train_sentences", "max_valid_sentences", "max_test_sentences"):
+        _require(getattr(data, key) >= 0, f"data.{key}", getattr(data, key), "must be >= 0 (0 = all)")
+    _require(data.tokenizer_sample > 0, "data.tokenizer_sample", data.tokenizer_sample, "must be > 0")
 
 
 def check_device(device: str, key: str) -> None:

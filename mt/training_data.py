@@ -1,0 +1,162 @@
+"""What training reads before its first update: texts → subwords → token ids and batches.
+
+:func:`prepare_data` loads the configured corpus (:mod:`mt.corpora`), trains or reuses the
+sentencepiece model, tokenizes with caching, drops over-long training pairs and builds the
+validation batches and the gold alignment set. Under torchrun rank 0 runs it first and fills
+the caches; the other ranks then read them (:func:`mt.distributed.main_first`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+
+from mt import corpora
+from mt import data as corpus
+from mt import distributed
+from mt.aer import GoldAlignment, load_gold
+from mt.checkpoint import save_checkpoint
+from mt.config import Config, DataConfig, TokenizerConfig, to_dict
+from mt.errors import ConfigError
+from mt.tokenizer import Tokenizer
+from mt.words import Segmentation, segment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    """Everything the training loop reads.
+
+    Attributes:
+        tokenizer: the run's sentencepiece model(s).
+        splits: ``{"train", "valid", "test"}`` text datasets (columns ``src``, ``tgt``); train is
+            an IterableDataset with ``data.streaming``.
+        train_src, train_tgt: piece ids per training pair (no specials), pairs longer than
+            ``data.max_len`` or empty dropped.
+        src_lens, tgt_lens: their lengths in pieces.
+        valid_batches: the validation split as padded batches (fixed order).
+        gold: the ``data.alignment_gold`` set oriented src→tgt, or None.
+        gold_segmentations: its pairs segmented into pieces and words, or None.
+    """
+
+    tokenizer: Tokenizer
+    splits: dict
+    train_src: Sequence[Sequence[int]]
+    train_tgt: Sequence[Sequence[int]]
+    src_lens: list[int]
+    tgt_lens: list[int]
+    valid_batches: list[corpus.Batch]
+    gold: GoldAlignment | None = None
+    gold_segmentations: list[Segmentation] | None = None
+
+    def write_tokenizer(self, out_dir: Path, src_lang: str, tgt_lang: str) -> None:
+        """``sentencepiece.model`` (joint) or ``sentencepiece.{src_lang,tgt_lang}.model`` in the run dir."""
+        state = self.tokenizer.state()
+        if self.tokenizer.joint:
+            (out_dir / "sentencepiece.model").write_bytes(state["src_model"])
+        else:
+            (out_dir / f"sentencepiece.{src_lang}.model").write_bytes(state["src_model"])
+            (out_dir / f"sentencepiece.{tgt_lang}.model").write_bytes(state["tgt_model"])
+
+
+def load_tokenizer(cfg: TokenizerConfig, train_set, cache_dir: Path) -> Tokenizer:
+    """Train sentencepiece on the training split, or reuse the model trained on the same inputs."""
+    digest = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode())
+    for line in (*train_set["src"], *train_set["tgt"]):
+        digest.update(line.encode() + b"\n")
+    path = cache_dir / f"sentencepiece-{digest.hexdigest()[:16]}.pt"
+    if path.exists():
+        return Tokenizer.from_state(torch.load(path, weights_only=True))
+    log.info("training sentencepiece (%s, %d pieces) on %d pairs", cfg.model_type, cfg.vocab_size, len(train_set))
+    tokenizer = Tokenizer.train(train_set["src"], train_set["tgt"], cfg)
+    save_checkpoint(tokenizer.state(), path)
+    return tokenizer
+
+
+def load_run_gold(data_cfg: DataConfig) -> GoldAlignment:
+    """``data.alignment_gold``, oriented src→tgt as the run translates.
+
+    Raises:
+        DataError: files missing or malformed.  ConfigError: a gold set of another language pair.
+    """
+    gold = load_gold(data_cfg.alignment_gold)
+    try:
+        return gold.oriented(data_cfg.src_lang, data_cfg.tgt_lang)
+    except ValueError as error:
+        raise ConfigError(f"config key 'data.alignment_gold' = {data_cfg.alignment_gold!r}: {error}") from None
+
+
+def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict | None) -> TrainingData:
+    """Load the corpus, the subwords and the token ids of a run (rank 0 first, see module doc).
+
+    Args:
+        cfg: the root config (``data``, ``tokenizer``, ``train.batch_tokens``, ``model.max_positions``).
+        resume_state: a checkpoint being resumed: its tokenizer is used, whatever the cache holds.
+
+    Raises:
+        DataError: corpus files missing or inconsistent.  ConfigError: a gold set of another pair.
+    """
+    data_cfg = cfg.data
+    gold = None
+    with distributed.main_first(context):
+        splits = corpora.load_splits(data_cfg)  # train: an IterableDataset with data.streaming
+        if data_cfg.alignment_gold:
+            gold = load_run_gold(data_cfg)
+            if data_cfg.alignment_gold_train_copies:  # text only: the links are never trained on
+                copies = data_cfg.alignment_gold_train_copies
+                splits["train"] = datasets.concatenate_datasets(
+                    [splits["train"], datasets.Dataset.from_dict({"src": gold.src * copies, "tgt": gold.tgt * copies})]
+                )
+                log.info("added %d × %d gold-set pairs (text only) to the training data", copies, len(gold))
+        cache_dir = Path(data_cfg.data_dir) / "cache"
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        if resume_state is not None:  # the subwords the model was trained with, whatever the cache holds
+            tokenizer = Tokenizer.from_state(resume_state["tokenizer"])
+        elif data_cfg.streaming:  # sentencepiece sees the first data.tokenizer_sample pairs
+            sample = corpora.text_sample(splits["train"], data_cfg.tokenizer_sample)
+            tokenizer = load_tokenizer(cfg.tokenizer, sample, cache_dir)
+        else:
+            tokenizer = load_tokenizer(cfg.tokenizer, splits["train"], cache_dir)
+        if data_cfg.streaming:  # token ids only (int32 arrays), already filtered by data.max_len
+            train_src, train_tgt = corpora.encode_stream(splits["train"], tokenizer, data_cfg.max_len)
+        else:
+            train_src, train_tgt = _kept_pairs(corpus.tokenize(splits["train"], tokenizer, cache_dir), data_cfg.max_len)
+    valid_set = corpus.tokenize(splits["valid"], tokenizer)
+    valid_src = [ids[: data_cfg.max_len] for ids in valid_set["src_ids"]]
+    valid_tgt = [ids[: data_cfg.max_len] for ids in valid_set["tgt_ids"]]
+    valid_batches = [
+        corpus.collate([valid_src[i] for i in b], [valid_tgt[i] for i in b], b)
+        for b in corpus.token_batches(
+            [len(s) for s in valid_src], [len(t) for t in valid_tgt], cfg.train.batch_tokens, shuffle=False
+        )
+    ]
+    return TrainingData(
+        tokenizer=tokenizer,
+        splits=splits,
+        train_src=train_src,
+        train_tgt=train_tgt,
+        src_lens=[len(s) for s in train_src],
+        tgt_lens=[len(t) for t in train_tgt],
+        valid_batches=valid_batches,
+        gold=gold,
+        gold_segmentations=segment(tokenizer, gold.src, gold.tgt, cfg.model.max_positions - 1) if gold else None,
+    )
+
+
+def _kept_pairs(train_set: datasets.Dataset, max_len: int) -> tuple[list[list[int]], list[list[int]]]:
+    """The tokenized pairs with 1 … ``max_len`` pieces on both sides, as plain lists (the
+    training loop indexes them every step; a datasets Column would re-read Arrow)."""
+    train_src, train_tgt = list(train_set["src_ids"]), list(train_set["tgt_ids"])
+    keep = [i for i, (s, t) in enumerate(zip(train_src, train_tgt)) if 0 < len(s) <= max_len and 0 < len(t) <= max_len]
+    if len(keep) < len(train_src):
+        log.info("dropped %d training pairs longer than data.max_len=%d or empty", len(train_src) - len(keep), max_len)
+        train_src, train_tgt = [train_src[i] for i in keep], [train_tgt[i] for i in keep]
+    return train_src, train_tgt

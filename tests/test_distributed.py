@@ -1,0 +1,80 @@
+"""torchrun DDP: 2 CPU processes (gloo) train exactly what 1 process with train.accum_steps=2 trains.
+
+Each update of the 2-process run takes two consecutive batches of the epoch's order, one per
+rank; the 1-process run accumulates the same two batches. With dropout off, the loss
+trajectories and the final weights must agree up to floating-point summation order.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mt.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+NO_DROPOUT = [
+    "model.dropout=0",
+    *(f"model.{site}.dropout=0" for site in ("encoder.self_attention", "decoder.self_attention", "decoder.cross_attention")),
+]
+
+
+def _train(launcher: list[str], run_dir: Path, data_dir: Path, mirror: str | None, *overrides: str) -> None:
+    args = [
+        *launcher,
+        str(BIN / "mt-train"),
+        "experiment=smoke",
+        "train.precision=fp32",
+        "train.max_steps=8",
+        "train.valid_every=2",
+        "train.num_threads=1",
+        "data.max_train_sentences=600",
+        "data.max_valid_sentences=8",
+        "data.max_test_sentences=8",
+        f"data.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+        *NO_DROPOUT,
+        *overrides,
+    ]
+    if mirror:
+        args.append(f"data.mirror={mirror}")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, multi30k_mirror):
+    root = tmp_path_factory.mktemp("ddp")
+    data_dir = root / "data"  # shared: the second run reuses the first one's tokenizer
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    _train([sys.executable], root / "single", data_dir, multi30k_mirror, "train.accum_steps=2")
+    _train(torchrun, root / "ddp", data_dir, multi30k_mirror)
+    return root / "single", root / "ddp"
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_follow_the_accumulated_single_process_trajectory(runs):
+    single, ddp = _records(runs[0]), _records(runs[1])
+    assert [r["step"] for r in ddp] == [r["step"] for r in single] == [2, 4, 6, 8]  # rank 0 alone writes
+    for a, b in zip(single, ddp):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
+    assert single[-1]["train_loss"] < single[0]["train_loss"]
+
+
+def test_two_processes_reach_the_same_weights(runs):
+    single = load_checkpoint(runs[0] / "checkpoints" / "last.pt")["model"]
+    ddp = load_checkpoint(runs[1] / "checkpoints" / "last.pt")["model"]
+    assert single.keys() == ddp.keys()
+    for name in single:
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert json.loads((runs[1] / "test_scores.json").read_text())["steps"] == 8
