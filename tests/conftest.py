@@ -8,13 +8,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
-from mt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
+from mt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig, TokenizerConfig
 from mt.model import Transformer
+from mt.tokenizer import Tokenizer
+
+# no per-example deadline: a loaded machine must not fail a test on timing (speed lives in scripts/)
+settings.register_profile("mt", deadline=None)
+settings.load_profile("mt")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_MIRROR = REPO.parent / "shared" / "corpora" / "multi30k"
 VOCAB = 40
+# a joint German/English text for tiny sentencepiece models
+BILINGUAL_TEXTS = ["Ein Hund rennt im Park.", "Zwei Männer spielen Fußball.", "A dog runs in the park.", "Two men play soccer."]
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -34,6 +42,19 @@ def tiny_config(**overrides) -> ModelConfig:
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def bilingual_tokenizer() -> Tokenizer:
+    """A joint 60-piece sentencepiece model of :data:`BILINGUAL_TEXTS`."""
+    return Tokenizer.train(BILINGUAL_TEXTS * 20, BILINGUAL_TEXTS * 20, TokenizerConfig(vocab_size=60))
+
+
+def random_model(tokenizer: Tokenizer, **overrides) -> Transformer:
+    """A :func:`tiny_config` model (seed 0, random weights, eval mode) for ``tokenizer``'s vocabulary."""
+    torch.manual_seed(0)
+    cfg = tiny_config(**overrides)
+    return Transformer(cfg, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id).eval()
 
 
 @pytest.fixture

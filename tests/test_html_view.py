@@ -9,20 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from mt.align import method_rows
 from mt.checkpoint import load_for_inference, save_checkpoint
 from mt.cli import align_main
-from mt.config import TokenizerConfig, to_dict
+from mt.config import to_dict
 from mt.html_view import read_view_data
-from mt.model import Transformer
-from mt.tokenizer import Tokenizer
 from mt.words import segment
 
-from conftest import tiny_config
+from conftest import random_model, tiny_config
 
-TEXTS = ["Ein Hund rennt im Park.", "Zwei Männer spielen Fußball.", "A dog runs in the park.", "Two men play soccer."] * 20
 GOLD = [  # (German, English, 1-based links: i-j sure, ipj possible)
     ("Ein Hund rennt .", "A dog runs .", "1-1 2-2 3-3 4-4"),
     ("Zwei Männer spielen Fußball .", "Two men play soccer .", "1-1 2-2 3-3 4-4 5-5 3p4"),
@@ -34,11 +30,10 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tmp_path_factory, bilingual_tokenizer):
     """A tiny de→en model on random weights (2 decoder layers, 2 cross-attention heads)."""
-    tokenizer = Tokenizer.train(TEXTS, TEXTS, TokenizerConfig(vocab_size=60))
-    torch.manual_seed(0)
-    model = Transformer(tiny_config(), tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id)
+    tokenizer = bilingual_tokenizer
+    model = random_model(tokenizer)
     path = tmp_path_factory.mktemp("model") / "model.pt"
     state = {"model_config": to_dict(model.cfg), "model": model.state_dict(), "tokenizer": tokenizer.state()}
     save_checkpoint({**state, "data": {"src_lang": "de", "tgt_lang": "en"}, "decoding": {"beam_size": 1}}, path)

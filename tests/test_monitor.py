@@ -9,16 +9,14 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 from mt.align import align, default_layer
-from mt.config import AttentionConfig, TokenizerConfig
+from mt.config import AttentionConfig
 from mt.errors import ConfigError
 from mt.model import Transformer
 from mt.monitor import TrainingMonitor, read_metrics, validation_heatmaps
 from mt.plot import learning_curves_figure
-from mt.tokenizer import Tokenizer
 
-from conftest import tiny_config
+from conftest import random_model, tiny_config
 
-TEXTS = ["Ein Hund rennt im Park.", "Zwei Männer spielen Fußball.", "A dog runs in the park.", "Two men play soccer."]
 SRC = ["Ein Hund rennt im Park.", "Zwei Männer spielen Fußball."]
 TGT = ["A dog runs in the park.", "Two men play soccer."]
 SCALAR_TAGS = {
@@ -53,14 +51,13 @@ def record(step: int, with_aer: bool = True, **overrides) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return Tokenizer.train(TEXTS * 20, TEXTS * 20, TokenizerConfig(vocab_size=60))
+def tokenizer(bilingual_tokenizer):
+    return bilingual_tokenizer
 
 
 @pytest.fixture
 def model(tokenizer):
-    torch.manual_seed(0)
-    return Transformer(tiny_config(), tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id).eval()
+    return random_model(tokenizer)
 
 
 def lines_by_label(fig: Figure) -> dict:

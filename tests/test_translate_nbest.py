@@ -9,27 +9,24 @@ import torch
 
 from mt.checkpoint import save_checkpoint
 from mt.cli import align_main, translate_main
-from mt.config import DecodingConfig, TokenizerConfig, to_dict
+from mt.config import DecodingConfig, to_dict
 from mt.evaluate import translate, translate_nbest
-from mt.model import Transformer
 from mt.tokenizer import Tokenizer
 
-from conftest import tiny_config
+from conftest import random_model
 
-TEXTS = ["Ein Hund rennt im Park.", "Zwei Männer spielen Fußball.", "A dog runs in the park.", "Two men play soccer."] * 20
 SOURCES = ["Ein Hund rennt im Park.", "Zwei Männer spielen.", "Fußball im Park", "Hund"]
 DECODING = DecodingConfig(beam_size=4, max_len_a=1.0, max_len_b=4, batch_size=3)
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return Tokenizer.train(TEXTS, TEXTS, TokenizerConfig(vocab_size=60))
+def tokenizer(bilingual_tokenizer):
+    return bilingual_tokenizer
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    torch.manual_seed(0)
-    return Transformer(tiny_config(), tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id).eval()
+    return random_model(tokenizer)
 
 
 @pytest.fixture(scope="module")

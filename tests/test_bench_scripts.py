@@ -1,0 +1,92 @@
+"""scripts/bench_train.py and scripts/bench_decode.py: the FLOP formula, the Marian reference's
+dimensions and the forced output length."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from mt.data import Batch, collate
+from mt.decoding import beam_search, greedy_search
+from mt.model import Transformer
+from mt.train import sequence_loss
+from conftest import VOCAB, tiny_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import bench_decode  # noqa: E402
+import bench_train  # noqa: E402
+
+
+def _batch(lengths_src: list[int], lengths_tgt: list[int]) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(0)
+    src = [torch.randint(4, VOCAB, (n,), generator=generator).tolist() for n in lengths_src]
+    tgt = [torch.randint(4, VOCAB, (n,), generator=generator).tolist() for n in lengths_tgt]
+    batch = collate(src, tgt, list(range(len(src))))
+    return batch.src_ids, batch.tgt_in, batch.tgt_out
+
+
+def test_model_flops_match_counted_matmuls():
+    """The docstring formula = every matmul FLOP of one training step, counted by torch
+    (math attention backend, so that the attention products are counted too)."""
+    cfg = tiny_config()
+    cfg.decoder.cross_attention.n_heads = 4  # heads do not change FLOPs; keep the config plain
+    model = Transformer(cfg, VOCAB, VOCAB, pad_id=0)
+    src_ids, tgt_in, tgt_out = _batch([5, 5, 5], [7, 7, 7])  # no padding: torch counts every position
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        loss, _ = sequence_loss(model, Batch(src_ids, tgt_in, tgt_out, []), 0.1)
+        loss.backward()
+    assert bench_train.model_flops(cfg, VOCAB, [(src_ids, tgt_in, tgt_out)], 0) == counter.get_total_flops()
+
+
+def test_model_flops_ignore_padding():
+    cfg = tiny_config()
+    src_ids, tgt_in, tgt_out = _batch([3, 6], [4, 2])
+    padded = [torch.nn.functional.pad(t, (0, 5)) for t in (src_ids, tgt_in, tgt_out)]  # 5 more pad columns
+    assert bench_train.model_flops(cfg, VOCAB, [padded], 0) == bench_train.model_flops(cfg, VOCAB, [(src_ids, tgt_in, tgt_out)], 0)
+
+
+def test_marian_reference_has_our_dimensions():
+    pytest.importorskip("transformers")
+    cfg = tiny_config()
+    cfg.decoder.cross_attention.n_heads = 4
+    assert bench_train.marian_mismatches(cfg) == []
+    ours = Transformer(cfg, VOCAB, VOCAB, pad_id=0)
+    reference = bench_train.marian_model(cfg, VOCAB)
+    # Marian is post-norm: no final LayerNorm per stack (2 × 2 × d_model parameters)
+    ours_count = bench_train.parameter_counts(ours)["trainable"] - 4 * cfg.d_model
+    assert bench_train.parameter_counts(reference)["trainable"] == ours_count
+    shared = reference.model.shared.weight
+    assert reference.lm_head.weight is shared and reference.model.encoder.embed_tokens.weight is shared
+    assert reference.config.pad_token_id == 0 and reference.config.decoder_start_token_id == 2
+    assert reference.config.eos_token_id == 3
+
+
+def test_marian_mismatches_name_what_differs():
+    cfg = tiny_config()  # cross-attention has 2 heads, self-attention 4
+    assert any("head counts" in problem for problem in bench_train.marian_mismatches(cfg))
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_forced_length_decodes_exactly_length_steps(beam):
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(), VOCAB, VOCAB, pad_id=0).eval()
+    logits = model.logits
+    model.logits = lambda hidden: logits(hidden) + 50.0 * (torch.arange(VOCAB) == 3)  # EOS (id 3) always wins
+    recorder = bench_decode.DecodeRecorder(model)
+    src_ids, _, _ = _batch([4, 2, 6], [1, 1, 1])
+
+    def search() -> list:
+        if beam == 1:
+            return greedy_search(model, src_ids, max_len_a=0.0, max_len_b=9)
+        return [hyps[0] for hyps in beam_search(model, src_ids, beam, 1.0, max_len_a=0.0, max_len_b=9)]
+
+    assert [len(h.tokens) for h in search()] == [0, 0, 0] and recorder.batches[-1][1] < 9  # unforced
+    recorder.forced_length = 9
+    assert [len(h.tokens) for h in search()] == [8, 8, 8]  # + EOS = 9 tokens each
+    assert len(recorder.batches) == 2 and recorder.batches[-1][1] == 9
+    assert torch.equal(recorder.batches[-1][0], src_ids)
