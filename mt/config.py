@@ -26,6 +26,7 @@ FILE_FORMATS = ("text", "tsv", "jsonl")
 POSITIONAL_EMBEDDINGS = ("sinusoidal", "learned", "none")
 POSITION_TYPES = ("absolute", "rope")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZER_IMPLS = ("fused", "foreach", "for-loop")
 
 
 @dataclass
@@ -211,6 +212,7 @@ class TrainConfig:
             device runs it natively (CUDA with bf16 support, or a CPU with AVX-512 BF16/AMX),
             else fp32.
         compile: wrap the model in ``torch.compile`` (dynamic shapes) for training.
+        optimizer_impl: PyTorch's AdamW kernel: ``fused``, ``foreach`` or ``for-loop``.
         accum_steps: batches whose gradients are summed before each update (the effective
             batch is ``batch_tokens x accum_steps x world size``).
         batch_tokens: token budget of one batch: sentences x longest side (padded), in tokens.
@@ -263,6 +265,7 @@ class TrainConfig:
     resume: str | None = None
     max_nonfinite: int = 10
     compile: bool = False
+    optimizer_impl: str = "foreach"
     accum_steps: int = 1
     keep_checkpoints: int = 0
     average_last: int = 0
@@ -422,6 +425,12 @@ def validate(config: Config) -> None:
 
     train = config.train
     _require(train.precision in PRECISIONS, "train.precision", train.precision, "allowed: " + ", ".join(PRECISIONS))
+    _require(
+        train.optimizer_impl in OPTIMIZER_IMPLS,
+        "train.optimizer_impl",
+        train.optimizer_impl,
+        "allowed: " + ", ".join(OPTIMIZER_IMPLS),
+    )
     _require(train.accum_steps >= 1, "train.accum_steps", train.accum_steps, "must be >= 1")
     _require(train.keep_checkpoints >= 0, "train.keep_checkpoints", train.keep_checkpoints, "must be >= 0")
     _require(train.average_last >= 0, "train.average_last", train.average_last, "must be >= 0")

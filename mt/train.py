@@ -44,7 +44,7 @@ from mt import distributed
 from mt.align import aer_report
 from mt.average import average_run, step_checkpoints
 from mt.checkpoint import load_checkpoint, save_checkpoint
-from mt.config import Config, to_dict
+from mt.config import Config, TrainConfig, to_dict
 from mt.errors import ConfigError
 from mt.guards import (
     StopSignal,
@@ -92,6 +92,27 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     else:
         native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return "bf16" if native else "fp32"
+
+
+def build_optimizer(
+    parameters: list[torch.nn.Parameter], cfg: TrainConfig
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (Loshchilov & Hutter 2019) with weight decay on matrices only (not on biases and
+    layer-norm gains), and the inverse-square-root schedule of :func:`inverse_sqrt_schedule`.
+
+    ``train.optimizer_impl`` picks PyTorch's kernel: ``fused`` (one kernel for all parameters),
+    ``foreach`` (batched per tensor list) or ``for-loop``.
+    """
+    decay = [p for p in parameters if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in parameters if p.requires_grad and p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        fused=cfg.optimizer_impl == "fused",
+        foreach=cfg.optimizer_impl == "foreach",
+    )
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(cfg.warmup_steps))
 
 
 def autocast(device: torch.device, precision: str):
@@ -211,15 +232,7 @@ def _train(cfg: Config, out_dir: Path, context: distributed.Context, device: tor
         "model: %.2fM parameters, device %s, precision %s, %d process(es) × %d accumulated batch(es) per update",
         n_params / 1e6, device, precision, context.world_size, cfg.train.accum_steps,
     )
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.train.lr,
-        betas=tuple(cfg.train.betas),
-        foreach=True,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(cfg.train.warmup_steps))
+    optimizer, scheduler = build_optimizer(list(model.parameters()), cfg.train)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 gradients underflow unscaled
     objective = TranslationLoss(model, cfg.train.label_smoothing)
     if context.distributed:
