@@ -1,0 +1,525 @@
+"""Training throughput and MFU of our Transformer, optionally against Hugging Face's MarianMTModel.
+
+    python scripts/bench_train.py --steps 50                                  # ours, default model, CPU
+    python scripts/bench_train.py --model base --reference hf --steps 50      # + the Marian reference
+    python scripts/bench_train.py --device cuda --precision bf16 --reference hf --steps 200
+    python scripts/bench_train.py --threads 1 --steps 5 --warmup 2 --reference hf   # a quick check
+
+Both systems train on the same real Multi30k de→en batches: the training split with the
+sentencepiece model that ``mt-train`` caches under ``DATA_DIR/cache`` (trained there on first
+use), pairs longer than ``data.max_len`` dropped, token-budget batches from
+``mt.data.token_batches`` in the order of training epoch 1 (``train.seed`` + 1), padded by
+``mt.data.collate``. One training step is what ``mt/train.py`` does per update: forward under
+``mt.train.autocast``, summed label-smoothed cross-entropy over the real target tokens, divided
+by their number, backward, gradient clipping at ``train.clip_norm``, AdamW built as
+``mt/train.py`` builds it (``foreach=True``, weight decay on matrices only), with its
+inverse-square-root schedule (linear warm-up over ``train.warmup_steps``).
+
+- **ours**: ``mt.model.Transformer``, loss from ``mt.train.sequence_loss`` (the vocabulary
+  projection runs on real target positions only).
+- **hf** (``--reference hf``): ``transformers.MarianMTModel`` from a ``MarianConfig`` of the
+  same dimensions: d_model, layers, heads, FFN width, vocabulary, pad/EOS/BOS ids of
+  ``mt.tokenizer`` (decoder start = BOS), shared and tied embeddings, embeddings scaled by
+  sqrt(d_model), sinusoidal positions, relu, dropout 0.1 on embeddings and residuals, 0.1 on
+  attention weights, 0 on the FFN activation, ``max_position_embeddings`` = ours. Its default
+  attention implementation (reported; ``sdpa`` where available). Fed ``input_ids=src_ids``,
+  ``attention_mask=src_ids != pad``, ``decoder_input_ids=tgt_in`` (causal self-attention
+  only, as ours), ``use_cache=False``; the same loss on the non-pad positions of its logits
+  (which it computes at every position, padding included). Differences that remain: Marian is
+  post-norm, ours pre-norm with one final LayerNorm per stack (4·d_model more parameters);
+  Marian keeps its position tables as frozen parameters, ours as a buffer.
+
+Each system runs in a subprocess of its own, so that its peak resident set size
+(``ru_maxrss``, whole process: Python, torch, its imports, model, optimizer, activations) is
+its own; "growth" is the part above the process's peak before the model is built. The first
+``--warmup`` steps are not timed (``--compile`` needs more: every new shape may recompile).
+
+``--compile`` wraps each system's loss function (model forward + loss) in
+``torch.compile(fn, dynamic=True)``; for ours that is ``mt.train.sequence_loss`` itself, so
+whatever it calls on the model is compiled; the backward and optimizer step stay eager.
+
+**Model FLOPs** per step (the model's, not an implementation's: the same number for both
+systems), summed over the sentences of the batch, S = real source tokens (EOS included),
+T = real target tokens (BOS/EOS included, the length of the loss), d = d_model, f = ffn_dim,
+V = target vocabulary, Le/Ld = encoder/decoder layers::
+
+    FLOPs = 6 · [ S · (Le·(4d² + 2df) + Ld·2d²)            # encoder weights; cross-attention K/V on the source
+                + T · (Ld·(6d² + 2df) + dV) ]               # decoder self q/k/v/o, cross q/o, FFN; output projection
+          + 12 · d · [ Le·S² + Ld·(T² + T·S) ]              # attention scores q·kᵀ and weights·v
+
+i.e. 2 FLOPs per multiply-add, backward = 2 × forward (Kaplan et al. 2020, "Scaling laws",
+§2.1), attention terms as in PaLM's MFU (Chowdhery et al. 2022, App. B; the causal decoder
+self-attention counted as a full T × T matrix). Padding is not counted: FLOPs on pad positions
+are not useful work. For an unpadded batch the formula equals ``torch.utils.flop_counter``'s
+count of one step of ours under the math attention backend (``tests/test_bench_scripts.py``). **MFU** = model FLOPs per second ÷ the peak matmul rate this script
+measures on this machine: a square ``torch.mm`` in the run's dtype (fp32, or bf16 under
+``--precision bf16``), same device and thread count, fastest of several timed repetitions
+after a warm-up.
+
+Prints the padding fraction of the timed batches, parameter counts of both models side by
+side, a table (target tokens/s, MFU, peak RSS) and the ours/reference ratio; the last stdout
+line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mt.config import AttentionConfig, DataConfig, DecoderConfig, EncoderConfig, ModelConfig, TrainConfig
+
+SYSTEMS = {"ours": "ours (mt.model.Transformer)", "hf": "reference (transformers.MarianMTModel)"}
+
+
+# ------------------------------------------------------------------------ shared with bench_decode.py
+def model_config(name: str, attention_dropout: float | None = None) -> ModelConfig:
+    """``default``: ``ModelConfig()`` (256, 3+3 layers, 4 heads, FFN 1024); ``base``: Transformer-base
+    (512, 6+6 layers, 8 heads, FFN 2048; Vaswani et al. 2017, Table 3). ``attention_dropout``
+    replaces the dropout of every attention site (None = the config's)."""
+    cfg = _named_model_config(name)
+    if attention_dropout is not None:
+        for site in (cfg.encoder.self_attention, cfg.decoder.self_attention, cfg.decoder.cross_attention):
+            site.dropout = attention_dropout
+    return cfg
+
+
+def _named_model_config(name: str) -> ModelConfig:
+    if name == "default":
+        return ModelConfig()
+    if name == "base":
+
+        def site() -> AttentionConfig:
+            return AttentionConfig(n_heads=8)
+
+        return ModelConfig(
+            d_model=512,
+            ffn_dim=2048,
+            encoder=EncoderConfig(n_layers=6, self_attention=site()),
+            decoder=DecoderConfig(n_layers=6, self_attention=site(), cross_attention=site()),
+        )
+    raise ValueError(f"unknown model {name!r}; valid: default, base")
+
+
+def marian_mismatches(cfg: ModelConfig) -> list[str]:
+    """Settings of ``cfg`` that a MarianMTModel cannot reproduce (empty = same architecture
+    up to pre-/post-norm)."""
+    problems = []
+    sites = {
+        "encoder.self_attention": cfg.encoder.self_attention,
+        "decoder.self_attention": cfg.decoder.self_attention,
+        "decoder.cross_attention": cfg.decoder.cross_attention,
+    }
+    for key, site in sites.items():
+        if site.type != "full" or site.positions != "absolute" or (site.n_kv_heads or site.n_heads) != site.n_heads:
+            problems.append(f"{key}: {site.type}/{site.positions}/n_kv_heads={site.n_kv_heads}")
+        if not site.bias:
+            problems.append(f"{key}.bias=false")
+    if cfg.decoder.self_attention.n_heads != cfg.decoder.cross_attention.n_heads:
+        problems.append("decoder self- and cross-attention head counts differ")
+    if cfg.positional_embedding != "sinusoidal":
+        problems.append(f"positional_embedding={cfg.positional_embedding}")
+    return problems
+
+
+def marian_model(cfg: ModelConfig, vocab_size: int):
+    """A random-weight ``transformers.MarianMTModel`` with the dimensions of ``cfg``.
+
+    Token ids follow ``mt.tokenizer`` (pad 0, BOS 2 = decoder start, EOS 3); no forced EOS at
+    the length limit (the benchmarks set the output lengths themselves).
+    """
+    from transformers import MarianConfig, MarianMTModel
+    from transformers.utils import logging as hf_logging
+
+    from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+    hf_logging.set_verbosity_error()
+    config = MarianConfig(
+        vocab_size=vocab_size,
+        decoder_vocab_size=vocab_size,
+        d_model=cfg.d_model,
+        encoder_layers=cfg.encoder.n_layers,
+        decoder_layers=cfg.decoder.n_layers,
+        encoder_attention_heads=cfg.encoder.self_attention.n_heads,
+        decoder_attention_heads=cfg.decoder.self_attention.n_heads,
+        encoder_ffn_dim=cfg.ffn_dim,
+        decoder_ffn_dim=cfg.ffn_dim,
+        activation_function=cfg.activation,
+        dropout=cfg.dropout,
+        attention_dropout=cfg.encoder.self_attention.dropout,
+        activation_dropout=cfg.ffn_dropout,
+        max_position_embeddings=cfg.max_positions,
+        scale_embedding=True,  # ours multiplies embeddings by sqrt(d_model)
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        bos_token_id=BOS_ID,
+        decoder_start_token_id=BOS_ID,
+        forced_eos_token_id=None,
+        share_encoder_decoder_embeddings=cfg.share_embeddings,
+        tie_word_embeddings=cfg.tie_output,
+    )
+    return MarianMTModel(config)
+
+
+def parameter_counts(model: torch.nn.Module) -> dict:
+    """Unique parameters (shared/tied counted once): trainable and frozen."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return {"trainable": trainable, "frozen": frozen}
+
+
+def print_parameter_counts(cfg: ModelConfig, ours: dict, reference: dict | None) -> None:
+    """Side by side; they must agree up to ours' two final LayerNorms and the position tables."""
+    print(f"parameters: ours {ours['trainable']:,} trainable (+ {ours['frozen']:,} frozen)", end="")
+    if reference is None:
+        print()
+        return
+    print(f"; reference {reference['trainable']:,} trainable (+ {reference['frozen']:,} frozen: sinusoidal position tables)")
+    final_norms = 2 * 2 * cfg.d_model  # ours' encoder_norm and decoder_norm (pre-norm); Marian is post-norm
+    verdict = "OK" if ours["trainable"] - final_norms == reference["trainable"] else "MISMATCH"
+    print(f"  ours - final LayerNorms ({final_norms:,}) = {ours['trainable'] - final_norms:,} vs {reference['trainable']:,}: {verdict}")
+
+
+def training_tokenizer(data_dir: str, mirror: str | None):
+    """The Multi30k de→en training split and the sentencepiece model ``mt-train`` trains on it
+    (default ``tokenizer`` settings), cached under ``data_dir/cache`` by ``mt.training_data.load_tokenizer``.
+
+    Returns: (tokenizer, training split as a Dataset with ``src``/``tgt``).
+
+    Raises:
+        DataError: corpus files missing (set ``MT_DATA_MIRROR``).
+    """
+    import datasets
+
+    from mt import data as corpus
+    from mt.config import TokenizerConfig
+    from mt.training_data import load_tokenizer
+
+    datasets.disable_progress_bars()
+    data_cfg = DataConfig()
+    train_set = corpus.load_split(data_cfg.train_split, data_cfg.src_lang, data_cfg.tgt_lang, data_dir, mirror)
+    cache_dir = Path(data_dir) / "cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return load_tokenizer(TokenizerConfig(), train_set, cache_dir), train_set
+
+
+def load_training_data(data_dir: str, mirror: str | None):
+    """Multi30k de→en training pairs as ``mt-train`` sees them.
+
+    Returns: tokenizer, src and tgt piece-id lists (no specials), pairs over ``data.max_len``
+    or empty dropped.
+    """
+    from mt import data as corpus
+
+    tokenizer, train_set = training_tokenizer(data_dir, mirror)
+    tokenized = corpus.tokenize(train_set, tokenizer, Path(data_dir) / "cache")
+    max_len = DataConfig().max_len
+    pairs = [
+        (s, t)
+        for s, t in zip(tokenized["src_ids"], tokenized["tgt_ids"])
+        if 0 < len(s) <= max_len and 0 < len(t) <= max_len
+    ]
+    return tokenizer, [s for s, _ in pairs], [t for _, t in pairs]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------------------------- the parent
+def training_batches(src: list, tgt: list, batch_tokens: int, n: int, seed: int) -> list[tuple]:
+    """The first ``n`` batches of training (epochs 1, 2, … as ``mt/train.py`` orders them).
+
+    Returns: (src_ids, tgt_in, tgt_out) long tensors, as ``mt.data.collate`` pads them.
+    """
+    from mt import data as corpus
+
+    src_lens, tgt_lens = [len(s) for s in src], [len(t) for t in tgt]
+    out, epoch = [], 1
+    while len(out) < n:
+        for indices in corpus.token_batches(src_lens, tgt_lens, batch_tokens, True, seed + epoch):
+            batch = corpus.collate([src[i] for i in indices], [tgt[i] for i in indices], indices)
+            out.append((batch.src_ids, batch.tgt_in, batch.tgt_out))
+            if len(out) == n:
+                break
+        epoch += 1
+    return out
+
+
+def model_flops(cfg: ModelConfig, vocab_size: int, batches: list[tuple], pad_id: int) -> float:
+    """Training FLOPs of ``batches`` by the formula of the module docstring."""
+    d, f, V = cfg.d_model, cfg.ffn_dim, vocab_size
+    n_enc, n_dec = cfg.encoder.n_layers, cfg.decoder.n_layers
+    per_src_token = n_enc * (4 * d * d + 2 * d * f) + n_dec * 2 * d * d
+    per_tgt_token = n_dec * (6 * d * d + 2 * d * f) + d * V
+    total = 0.0
+    for src_ids, _, tgt_out in batches:
+        S = (src_ids != pad_id).sum(dim=1).double()  # (batch,) real source tokens
+        T = (tgt_out != pad_id).sum(dim=1).double()  # (batch,) real target tokens
+        total += 6 * float((S * per_src_token + T * per_tgt_token).sum())
+        total += 12 * d * float((n_enc * S * S + n_dec * (T * T + T * S)).sum())
+    return total
+
+
+def padding_fraction(tensors: list[torch.Tensor], pad_id: int) -> float:
+    """Pad positions / all positions."""
+    return sum(int((t == pad_id).sum()) for t in tensors) / sum(t.numel() for t in tensors)
+
+
+def peak_matmul_flops(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
+    """FLOP/s of the fastest of ``repeats`` timed (size × size) @ (size × size) products, after a warm-up."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    for _ in range(2):
+        torch.mm(a, b)
+    sync(device)
+    start = time.perf_counter()
+    torch.mm(a, b)
+    sync(device)
+    inner = max(1, math.ceil(0.2 / max(time.perf_counter() - start, 1e-6)))  # ~0.2 s per timing
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            torch.mm(a, b)
+        sync(device)
+        best = min(best, (time.perf_counter() - start) / inner)
+    return 2 * size**3 / best
+
+
+def run_system(system: str, batches_path: str, args: argparse.Namespace) -> dict:
+    """Run one system in a fresh subprocess; its last stdout line is its JSON report."""
+    command = [sys.executable, os.path.abspath(__file__), "--one", system, "--batches-file", batches_path]
+    command += ["--model", args.model, "--precision", args.precision, "--device", args.device]
+    command += ["--warmup", str(args.warmup), "--vocab-size", str(args.vocab_size)]
+    command += ["--threads", str(args.threads)] if args.threads else []
+    command += ["--compile"] if args.compile else []
+    command += ["--optimizer-impl", args.optimizer_impl]
+    command += ["--attention-dropout", str(args.attention_dropout)] if args.attention_dropout is not None else []
+    result = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        sys.exit(f"bench_train: error: the {system} run failed (exit {result.returncode}); its traceback is above")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------- the children
+def hf_sequence_loss(model, src_ids: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float, pad_id: int):
+    """As ``mt.train.sequence_loss``, for a MarianMTModel: (summed loss over real target tokens, their number)."""
+    import torch.nn.functional as F
+
+    logits = model(
+        input_ids=src_ids, attention_mask=src_ids != pad_id, decoder_input_ids=tgt_in, use_cache=False
+    ).logits  # (batch, tgt_len, tgt_vocab), every position
+    real = tgt_out != pad_id  # (batch, tgt_len)
+    loss = F.cross_entropy(logits[real].float(), tgt_out[real], label_smoothing=label_smoothing, reduction="sum")
+    return loss, int(real.sum())
+
+
+def measure_one(system: str, args: argparse.Namespace) -> dict:
+    """In the subprocess: build one system, train on the saved batches, time the steps after the warm-up."""
+    from mt.data import Batch
+    from mt.model import Transformer
+    from mt.tokenizer import PAD_ID
+    from mt.train import autocast, build_optimizer, sequence_loss
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    batches = torch.load(args.batches_file, weights_only=True)
+    train_cfg, cfg = TrainConfig(optimizer_impl=args.optimizer_impl), model_config(args.model, args.attention_dropout)
+    if system == "hf":
+        import transformers  # noqa: F401  (imported before the baseline: its import cost is not the model's)
+    sync(device)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if system == "ours":
+        model = Transformer(cfg, args.vocab_size, args.vocab_size, PAD_ID).to(device)
+        loss_fn = torch.compile(sequence_loss, dynamic=True) if args.compile else sequence_loss
+
+        def step_loss(src_ids, tgt_in, tgt_out):
+            return loss_fn(model, Batch(src_ids, tgt_in, tgt_out, []), train_cfg.label_smoothing)
+
+        attention = "mt.attention full (F.scaled_dot_product_attention)"
+    else:
+        model = marian_model(cfg, args.vocab_size).to(device)
+        loss_fn = torch.compile(hf_sequence_loss, dynamic=True) if args.compile else hf_sequence_loss
+
+        def step_loss(src_ids, tgt_in, tgt_out):
+            return loss_fn(model, src_ids, tgt_in, tgt_out, train_cfg.label_smoothing, PAD_ID)
+
+        attention = model.config._attn_implementation
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer, scheduler = build_optimizer(trainable, train_cfg)  # as mt/train.py builds it
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    losses, tokens, start = [], 0, None
+    for i, (src_ids, tgt_in, tgt_out) in enumerate(batches):
+        if i == args.warmup:
+            sync(device)
+            start = time.perf_counter()
+        src_ids, tgt_in, tgt_out = src_ids.to(device), tgt_in.to(device), tgt_out.to(device)
+        with autocast(device, args.precision):
+            loss_sum, n_tokens = step_loss(src_ids, tgt_in, tgt_out)
+        optimizer.zero_grad(set_to_none=True)
+        if not bool(torch.isfinite(loss_sum)):  # as mt/train.py: the check syncs once per step
+            raise RuntimeError(f"{system}: non-finite loss at step {i + 1}")
+        (loss_sum / n_tokens).backward()
+        torch.nn.utils.clip_grad_norm_(trainable, train_cfg.clip_norm)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss_sum.detach()) / n_tokens)
+        if i >= args.warmup:
+            tokens += n_tokens
+    sync(device)
+    seconds = time.perf_counter() - start
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {
+        "system": system,
+        "seconds": seconds,
+        "tokens": tokens,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "peak_rss_mb": peak_rss / 1024,
+        "rss_growth_mb": (peak_rss - base_rss) / 1024,
+        "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "attention": attention,
+        "parameters": parameter_counts(model),
+        "threads": torch.get_num_threads(),
+    }
+
+
+# --------------------------------------------------------------------------------------------- main
+def main() -> None:
+    from mt.train import resolve_device
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["default", "base"], default="default")
+    parser.add_argument("--steps", type=int, default=50, help="timed training steps (default 50)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them (default 5)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
+    parser.add_argument("--reference", choices=["hf"], help="also train transformers.MarianMTModel")
+    parser.add_argument("--compile", action="store_true", help="torch.compile(loss function, dynamic=True) for each system")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--attention-dropout", type=float, help="dropout on the attention weights of every site (default: the config's)"
+    )
+    parser.add_argument(
+        "--optimizer-impl", choices=["fused", "foreach", "for-loop"], default=TrainConfig().optimizer_impl,
+        help="AdamW kernel, as train.optimizer_impl (default: the trainer's default)",
+    )
+    parser.add_argument("--batch-tokens", type=int, default=TrainConfig().batch_tokens, help="token budget per batch")
+    parser.add_argument("--data-dir", default="data", help="corpus and cache folder, as data.data_dir (default: data)")
+    parser.add_argument("--matmul-size", type=int, help="side of the peak-matmul test (default 2048 on CPU, 8192 on CUDA)")
+    parser.add_argument("--one", choices=list(SYSTEMS), help=argparse.SUPPRESS)
+    parser.add_argument("--batches-file", help=argparse.SUPPRESS)
+    parser.add_argument("--vocab-size", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    for flag, value, least in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads, 0)):
+        if value < least:
+            parser.error(f"{flag} must be >= {least}, got {value}")
+    longest = DataConfig().max_len + 1
+    if args.batch_tokens < longest:
+        parser.error(f"--batch-tokens must hold one sentence of data.max_len + 1 = {longest} tokens, got {args.batch_tokens}")
+    args.device = str(resolve_device(args.device))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.one:
+        print(json.dumps(measure_one(args.one, args)))
+        return
+
+    from mt.errors import MtError
+    from mt.tokenizer import PAD_ID
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        tokenizer, src, tgt = load_training_data(args.data_dir, os.environ.get("MT_DATA_MIRROR") or None)
+    except MtError as error:
+        sys.exit(f"bench_train: error: {error}")
+    args.vocab_size = tokenizer.src_vocab_size
+    cfg = model_config(args.model, args.attention_dropout)
+    batches = training_batches(src, tgt, args.batch_tokens, args.warmup + args.steps, TrainConfig().seed)
+    timed = batches[args.warmup :]
+    flops = model_flops(cfg, args.vocab_size, timed, PAD_ID)
+    src_pad = padding_fraction([b[0] for b in timed], PAD_ID)
+    tgt_pad = padding_fraction([b[2] for b in timed], PAD_ID)
+    all_pad = padding_fraction([b[0] for b in timed] + [b[2] for b in timed], PAD_ID)
+
+    systems = ["ours"] + (["hf"] if args.reference else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "batches.pt")
+        torch.save(batches, path)
+        results = {system: run_system(system, path, args) for system in systems}
+
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
+    peak = peak_matmul_flops(device, dtype, size)
+
+    ours = results["ours"]
+    print(
+        f"model {args.model}: d_model {cfg.d_model}, {cfg.encoder.n_layers}+{cfg.decoder.n_layers} layers, "
+        f"{cfg.encoder.self_attention.n_heads} heads, FFN {cfg.ffn_dim}, vocab {args.vocab_size} (shared, tied); "
+        f"device {args.device}, precision {args.precision}, {ours['threads']} threads, torch {torch.__version__}"
+        + (", torch.compile(dynamic=True) on each loss function" if args.compile else "")
+    )
+    print(
+        f"batches: {args.warmup} warm-up + {args.steps} timed, budget {args.batch_tokens} tokens; "
+        f"{sum(b[0].size(0) for b in timed)} sentences, {ours['tokens']} target tokens timed; "
+        f"padding fraction: source {src_pad:.3f}, target {tgt_pad:.3f}, both {all_pad:.3f}"
+    )
+    print(f"model FLOPs per timed step: {flops / args.steps / 1e9:.2f} GFLOP; peak {args.precision} matmul ({size}²): {peak / 1e9:.1f} GFLOP/s")
+    print_parameter_counts(cfg, ours["parameters"], results["hf"]["parameters"] if "hf" in results else None)
+    cuda = device.type == "cuda"
+    header = f"{'system':<40} | {'tgt tokens/s':>12} | {'MFU':>7} | {'peak RSS MB':>11} | {'RSS growth MB':>13}"
+    header += f" | {'peak CUDA MB':>12}" if cuda else ""
+    print(header + f" | {'loss first→last':>15} | attention")
+    for system, result in results.items():
+        tokens_per_s = result["tokens"] / result["seconds"]
+        result["tokens_per_s"], result["mfu"] = tokens_per_s, flops / result["seconds"] / peak
+        row = f"{SYSTEMS[system]:<40} | {tokens_per_s:>12.0f} | {100 * result['mfu']:>6.2f}% | {result['peak_rss_mb']:>11.0f} | {result['rss_growth_mb']:>13.0f}"
+        row += f" | {result['peak_cuda_mb']:>12.0f}" if cuda else ""
+        print(row + f" | {result['first_loss']:>6.3f}→{result['last_loss']:<6.3f} | {result['attention']}")
+    reference = results.get("hf")
+    ratio = ours["tokens_per_s"] / reference["tokens_per_s"] if reference else None
+    if reference:
+        print(f"ours/reference throughput: {ratio:.2f}x")
+    print(
+        json.dumps(
+            {
+                "tokens_per_s": ours["tokens_per_s"],
+                "reference_tokens_per_s": reference["tokens_per_s"] if reference else None,
+                "ratio": ratio,
+                "mfu": ours["mfu"],
+                "peak_matmul_gflops": peak / 1e9,
+                "peak_rss_mb": ours["peak_rss_mb"],
+                "precision": args.precision,
+                "device": args.device,
+                "reference_mfu": reference["mfu"] if reference else None,
+                "reference_peak_rss_mb": reference["peak_rss_mb"] if reference else None,
+                "model": args.model,
+                "steps": args.steps,
+                "compile": args.compile,
+                "optimizer_impl": args.optimizer_impl,
+                "attention_dropout": args.attention_dropout,
+                "threads": ours["threads"],
+                "padding_fraction": all_pad,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
