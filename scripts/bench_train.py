@@ -306,6 +306,7 @@ def run_system(system: str, batches_path: str, args: argparse.Namespace) -> dict
     command += ["--threads", str(args.threads)] if args.threads else []
     command += ["--compile"] if args.compile else []
     command += ["--optimizer-impl", args.optimizer_impl]
+    command += ["--profile"] if args.profile else []
     command += ["--attention-dropout", str(args.attention_dropout)] if args.attention_dropout is not None else []
     result = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
@@ -363,6 +364,12 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     losses, tokens, start = [], 0, None
+    profiler = None
+    if args.profile:  # the timings then include the profiler's overhead
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        activities += [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
+        profiler = torch.profiler.profile(activities=activities)
+        profiler.start()
     for i, (src_ids, tgt_in, tgt_out) in enumerate(batches):
         if i == args.warmup:
             sync(device)
@@ -382,6 +389,11 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
             tokens += n_tokens
     sync(device)
     seconds = time.perf_counter() - start
+    if profiler is not None:
+        profiler.stop()
+        sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(f"torch.profiler, {system}, all {len(batches)} steps, top operators by self time:", file=sys.stderr)
+        print(profiler.key_averages().table(sort_by=sort_by, row_limit=18), file=sys.stderr)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {
         "system": system,
@@ -411,6 +423,9 @@ def main() -> None:
     parser.add_argument("--reference", choices=["hf"], help="also train transformers.MarianMTModel")
     parser.add_argument("--compile", action="store_true", help="torch.compile(loss function, dynamic=True) for each system")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--profile", action="store_true", help="print torch.profiler's top operators of each system (stderr; slows it)"
+    )
     parser.add_argument(
         "--attention-dropout", type=float, help="dropout on the attention weights of every site (default: the config's)"
     )

@@ -1,4 +1,5 @@
-"""torchrun DDP: 2 CPU processes (gloo) train exactly what 1 process with train.accum_steps=2 trains.
+"""torchrun DDP and gradient accumulation: 2 CPU processes (gloo) train exactly what 1 process
+with train.accum_steps=2 trains, which is the update of the two batches' union; fp16 training.
 
 Each update of the 2-process run takes two consecutive batches of the epoch's order, one per
 rank; the 1-process run accumulates the same two batches. With dropout off, the loss
@@ -13,8 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
+from mt import data as data_module
+from mt import train as train_module
 from mt.checkpoint import load_checkpoint
+from mt.config import from_hydra
+
+from conftest import REPO
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -78,3 +85,47 @@ def test_two_processes_reach_the_same_weights(runs):
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-5, msg=name)
     assert json.loads((runs[1] / "test_scores.json").read_text())["steps"] == 8
+
+
+def _config(tmp_path: Path, mirror: str | None, *overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "experiment=smoke", "train.precision=fp32", "train.num_threads=1",
+                "data.max_valid_sentences=4", "data.max_test_sentences=4", f"data.data_dir={tmp_path / 'data'}",
+                *NO_DROPOUT, *overrides,
+            ],
+        )  # fmt: skip
+    config = from_hydra(cfg)
+    config.data.mirror = mirror
+    return config
+
+
+def test_accumulated_batches_make_the_update_of_their_union(tmp_path, multi30k_mirror, monkeypatch):
+    """accum_steps=2 over batches [0..3] and [4..7] = one update on the batch [0..7]: the loss is
+    normalised by the tokens of the whole update, and padding changes nothing."""
+    real_batches = data_module.token_batches
+
+    def fixed_batches(groups):
+        def token_batches(src_lens, tgt_lens, batch_tokens, shuffle, seed=0):
+            return groups if shuffle else real_batches(src_lens, tgt_lens, batch_tokens, shuffle, seed)
+
+        return token_batches
+
+    states = {}
+    for name, groups, accum in (("accumulated", [[0, 1, 2, 3], [4, 5, 6, 7]], 2), ("union", [list(range(8))], 1)):
+        monkeypatch.setattr(data_module, "token_batches", fixed_batches(groups))
+        config = _config(tmp_path, multi30k_mirror, "train.max_steps=1", "train.valid_every=1", f"train.accum_steps={accum}")
+        train_module.train(config, tmp_path / name)
+        states[name] = load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["model"]
+    for parameter, tensor in states["union"].items():
+        torch.testing.assert_close(states["accumulated"][parameter], tensor, rtol=1e-5, atol=1e-6, msg=parameter)
+
+
+def test_fp16_trains_with_a_grad_scaler_and_checkpoints_its_state(tmp_path, multi30k_mirror):
+    train_module.train(_config(tmp_path, multi30k_mirror, "train.precision=fp16", "train.max_steps=6"), tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["step"] == 6 and state["scaler"]["scale"] > 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in records)
