@@ -257,7 +257,7 @@ class TrainConfig:
     weight_decay: float = 0.0001
     label_smoothing: float = 0.1
     clip_norm: float = 1.0
-    valid_every: int = 500
+    valid_every: int = 250
     valid_beam_size: int = 1
     patience: int = 10
     log_every: int = 10
@@ -268,7 +268,7 @@ class TrainConfig:
     optimizer_impl: str = "foreach"
     accum_steps: int = 1
     keep_checkpoints: int = 0
-    average_last: int = 0
+    average_last: int = 5
     tensorboard: bool = False
     heatmap_sentences: int = 4
 

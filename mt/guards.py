@@ -92,15 +92,16 @@ def check_writable(folder: Path) -> None:
         raise DataError(f"output folder {folder} is not writable: {error.strerror or error}") from None
 
 
-def check_free_space(folder: Path, model: torch.nn.Module) -> None:
-    """Refuse to start when the disk cannot hold two checkpoints (one plus its temporary copy).
+def check_free_space(folder: Path, model: torch.nn.Module, kept: int = 0) -> None:
+    """Refuse to start when the disk cannot hold the run's checkpoints: best, last, ``kept``
+    step checkpoints and one temporary copy.
 
     A checkpoint holds the parameters and AdamW's two moments: about 3 x parameter bytes.
 
     Raises:
         DataError: with the bytes needed and free.
     """
-    needed = 2 * 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    needed = (3 + kept) * 3 * sum(p.numel() * p.element_size() for p in model.parameters())
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise DataError(f"{folder}: {free / 2**20:.0f} MiB free, checkpoints need about {needed / 2**20:.0f} MiB")

@@ -244,7 +244,7 @@ def _train(cfg: Config, out_dir: Path, context: distributed.Context, device: tor
         objective = torch.compile(objective, dynamic=True)
 
     if context.is_main:
-        check_free_space(checkpoint_dir, model)
+        check_free_space(checkpoint_dir, model, max(cfg.train.keep_checkpoints, cfg.train.average_last))
     metrics_path = out_dir / "metrics.jsonl"
     if resume_state is None and context.is_main:
         metrics_path.write_text("")
