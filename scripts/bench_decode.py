@@ -57,7 +57,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train.py, the Marian reference builder
 
-from bench_train import marian_mismatches, marian_model, parameter_counts, print_parameter_counts, sync, training_tokenizer  # noqa: E402
+from bench_train import apply_device_and_threads, marian_mismatches, marian_model, parameter_counts, print_parameter_counts, sync, training_tokenizer  # noqa: E402
 
 from mt.config import DecodingConfig, ModelConfig  # noqa: E402
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
@@ -205,7 +205,6 @@ def main() -> None:
     from mt.checkpoint import load_for_inference
     from mt.errors import MtError
     from mt.model import Transformer
-    from mt.train import resolve_device
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="checkpoint file or run dir (default: random weights, forced lengths)")
@@ -234,11 +233,7 @@ def main() -> None:
     ):
         if value < least:
             parser.error(f"{flag} must be >= {least}, got {value}")
-    args.device = str(resolve_device(args.device))
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available on this machine")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_device_and_threads(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     device = torch.device(args.device)
     mirror = os.environ.get("MT_DATA_MIRROR") or None

@@ -411,8 +411,19 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- main
-def main() -> None:
+def apply_device_and_threads(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Resolve ``--device`` (auto → cuda if available, else cpu; cuda must exist: else a one-line
+    usage error) into ``args.device`` and apply ``--threads`` (0 = torch's default)."""
     from mt.train import resolve_device
+
+    args.device = str(resolve_device(args.device))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["default", "base"], default="default")
@@ -446,11 +457,7 @@ def main() -> None:
     longest = DataConfig().max_len + 1
     if args.batch_tokens < longest:
         parser.error(f"--batch-tokens must hold one sentence of data.max_len + 1 = {longest} tokens, got {args.batch_tokens}")
-    args.device = str(resolve_device(args.device))
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available on this machine")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_device_and_threads(parser, args)
     if args.one:
         print(json.dumps(measure_one(args.one, args)))
         return
