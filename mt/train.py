@@ -57,9 +57,9 @@ from mt.guards import (
 )
 from mt.evaluate import score, translate
 from mt.model import Transformer
-from mt.training_data import prepare_data
 from mt.monitor import TrainingMonitor, read_metrics, validation_heatmaps
 from mt.tokenizer import Tokenizer
+from mt.training_data import prepare_data
 
 log = logging.getLogger(__name__)
 
