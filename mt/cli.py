@@ -425,7 +425,7 @@ def align_main(argv: Sequence[str] | None = None) -> None:
 def _write_alignment_view(args: argparse.Namespace, model, alignments, layer: int | None, gold) -> None:
     """``--html``: the interactive view, opened at the method, layer and heads that made the links."""
     from mt.align import default_layer
-    from mt.html_view import write_html
+    from mt.html_view import view_data, write_html
 
     path = Path(args.html or Path(args.out) / "alignments.html")
     n_layers = len(model.decoder_layers)
@@ -433,7 +433,7 @@ def _write_alignment_view(args: argparse.Namespace, model, alignments, layer: in
     title = f"mt-align {Path(args.checkpoint).name}: method {args.method}, layer {layer}"
     if args.reverse_checkpoint:
         title += f", links symmetrized ({args.symmetrize}) with {Path(args.reverse_checkpoint).name}"
-    size = write_html(path, alignments, args.method, layer, args.heads, gold, title)
+    size = write_html(path, view_data(alignments, args.method, layer, args.heads, gold, title))
     print(f"wrote the alignment view ({size / 1024:.0f} KiB) to {path}", file=sys.stderr)
 
 

@@ -108,17 +108,17 @@ def translate_nbest(
                 model, src_ids, decoding.beam_size, decoding.length_penalty, decoding.max_len_a, decoding.max_len_b,
                 n_best,
             )
+        texts = iter(tokenizer.decode_tgt([h.tokens for hypotheses in nbest for h in hypotheses]))  # one call per batch
         for i, hypotheses in zip(batch, nbest):
-            texts = tokenizer.decode_tgt([h.tokens for h in hypotheses])
             outputs[i] = [
                 Translation(
-                    text=text.replace("\n", " "),  # one output line per input line, always
+                    text=next(texts).replace("\n", " "),  # one output line per input line, always
                     pieces=[*tokenizer.tgt.id_to_piece(h.tokens), "</s>"],
                     score=h.score,
                     log_prob=h.log_prob,
                     token_log_probs=h.token_log_probs,
                 )
-                for text, h in zip(texts, hypotheses)
+                for h in hypotheses
             ]
     return outputs
 

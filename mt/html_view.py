@@ -42,7 +42,6 @@ SCALE = 1000  # matrices are stored as integer thousandths: 3 decimals at about 
 # About 5.5 bytes per number in the JSON: 2.5M numbers ≈ 14 MB, past which browsers slow down. A
 # 6-layer, 8-head model on 12-word sentences fits ~300 pairs; the pairs past the budget are left out.
 MAX_VALUES = 2_500_000
-BYTES_PER_VALUE = 5.5
 TEMPLATE = "alignment_view.html"
 
 
@@ -157,27 +156,16 @@ def read_view_data(page: str) -> dict:
     return json.loads(match.group(1))
 
 
-def write_html(
-    path: str | Path,
-    alignments: Sequence[PairAlignment],
-    method: str,
-    layer: int,
-    heads: Sequence[int] | None = None,
-    gold: GoldAlignment | None = None,
-    title: str = "mt-align",
-    max_values: int = MAX_VALUES,
-) -> int:
-    """Write the view of ``alignments`` (see :func:`view_data`) to ``path``, creating its folder.
-
-    Pairs past the ``max_values`` budget are left out with a warning.
+def write_html(path: str | Path, data: dict) -> int:
+    """Write the page of ``data`` (from :func:`view_data`) to ``path``, creating its folder; warn
+    when ``view_data`` left pairs out to keep the page small.
 
     Returns: the file size in bytes.
     """
-    data = view_data(alignments, method, layer, heads, gold, title, max_values)
-    if len(data["pairs"]) < len(alignments):
+    if len(data["pairs"]) < data["n_pairs_total"]:
         log.warning(
-            "the HTML view shows the first %d of %d pairs, to stay near %.0f MB; align fewer pairs to see the others",
-            len(data["pairs"]), len(alignments), max_values * BYTES_PER_VALUE / 1e6,
+            "the HTML view shows the first %d of %d pairs, to keep the page small; align fewer pairs to see the others",
+            len(data["pairs"]), data["n_pairs_total"],
         )
     page = render_html(data)
     path = Path(path)

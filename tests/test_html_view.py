@@ -279,5 +279,5 @@ def test_view_data_stops_at_the_size_budget(checkpoint, tmp_path, caplog):
         data = view_data(alignments, "attention", 0, max_values=budget)
         assert (len(data["pairs"]), data["n_pairs_total"]) == (shown, 3)
     with caplog.at_level(logging.WARNING, logger="mt.html_view"):
-        write_html(tmp_path / "view.html", alignments, "attention", 0, max_values=sizes[0])
+        write_html(tmp_path / "view.html", view_data(alignments, "attention", 0, max_values=sizes[0]))
     assert "first 1 of 3 pairs" in caplog.text
