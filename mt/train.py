@@ -1,5 +1,17 @@
 """``train(cfg, out_dir)``: data → tokenizer → model → the training loop → test scores.
 
+The pieces, in the order a run meets them:
+
+- :class:`TrainState`: where training stands (step, epoch, batch position, best score,
+  early-stopping and non-finite counters, elapsed time, RNG states), saved and restored whole;
+- :class:`Optimization`: model, objective (:mod:`mt.objective`), AdamW, schedule and GradScaler;
+- :func:`epoch_updates`: an epoch's batches cut into updates;
+- :func:`train_step`: one update (accumulation, DDP ``no_sync``, autocast, GradScaler, clipping,
+  the non-finite skip);
+- :func:`validate`: the validation metrics, no I/O; :func:`record_validation` and
+  :func:`save_checkpoints` write them; :func:`early_stop` decides;
+- :func:`training_loop`: the loop that ties them together; :func:`train`: the whole run.
+
 Everything a run produces goes into ``out_dir``:
 
 - ``sentencepiece.model`` (joint) or ``sentencepiece.{src,tgt}.model``;
@@ -7,13 +19,14 @@ Everything a run produces goes into ``out_dir``:
   update a SIGINT/SIGTERM stopped at: everything needed to resume);
 - ``checkpoints/step-S.pt``: the last ``train.keep_checkpoints`` validation checkpoints, and
   ``checkpoints/averaged.pt`` with ``train.average_last``;
-- ``metrics.jsonl``: one JSON object per validation with step, epoch, train_loss (label
-  smoothed, per target token), val_loss (plain cross-entropy per target token), val_bleu,
-  val_chrf, lr, tokens_per_s (target tokens per second of training since the previous validation)
-  elapsed_s (wall-clock since training started, validations included) and nonfinite_steps
-  (updates skipped for a non-finite loss or gradient, in total); with ``data.alignment_gold``
-  also ``aer`` (default method and layer) and ``aer_by_layer`` ({method: [AER per decoder
-  layer]}), rates in [0, 1];
+- ``metrics.jsonl``: one JSON object per validation with step, epoch, train_loss (the label
+  smoothed objective per target token), ``train_{term}`` for each named term of the objective
+  (``train_xent``), val_loss (plain cross-entropy per target token) and ``val_{term}``,
+  val_bleu, val_chrf, lr, tokens_per_s (target tokens per second of training since the previous
+  validation), elapsed_s (wall-clock since training started, validations included) and
+  nonfinite_steps (updates skipped for a non-finite loss or gradient, in total); with
+  ``data.alignment_gold`` also ``aer`` (default method and layer) and ``aer_by_layer`` ({method:
+  [AER per decoder layer]}), rates in [0, 1];
 - ``{test_split}.hyp.{tgt_lang}`` and ``test_scores.json`` (BLEU, chrF, signatures).
 
 Under ``torchrun`` every rank trains on its own share of each update's batches
@@ -30,12 +43,13 @@ import math
 import random
 import signal
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mt import corpora
@@ -45,7 +59,9 @@ from mt.align import aer_report
 from mt.average import average_run, step_checkpoints
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import Config, TrainConfig, to_dict
+from mt.device import autocast, resolve_device, resolve_precision
 from mt.errors import ConfigError
+from mt.evaluate import score, translate
 from mt.guards import (
     StopSignal,
     TrainingFailed,
@@ -55,22 +71,101 @@ from mt.guards import (
     rng_state,
     set_rng_state,
 )
-from mt.evaluate import score, translate
 from mt.model import Transformer
 from mt.monitor import TrainingMonitor, read_metrics, validation_heatmaps
+from mt.objective import Objective, validation_losses
 from mt.tokenizer import Tokenizer
-from mt.training_data import prepare_data
+from mt.training_data import TrainingData, prepare_data
 
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → cuda when available, else cpu; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+# ------------------------------------------------------------------------------------ state
+@dataclass
+class TrainState:
+    """Where training stands, besides weights and optimizer: saved into and restored from each
+    checkpoint as one object (top-level checkpoint keys, one per field, plus ``rng``).
+
+    Attributes:
+        step: updates done.
+        epoch: the current pass over the training data, from 1.
+        batches_done: batches of the current epoch already trained on, all ranks together.
+        best_bleu: the best validation BLEU so far (-inf before the first validation).
+        bad_validations: validations since the best one (early stopping, ``train.patience``).
+        nonfinite_steps: updates skipped for a non-finite loss or gradient, in total.
+        nonfinite_in_a_row: the current run of such skips (``train.max_nonfinite``).
+        elapsed_s: training wall-clock in seconds, validations included, over every session of
+            the run (a resumed run continues the count); read it with :meth:`elapsed`.
+    """
+
+    step: int = 0
+    epoch: int = 1
+    batches_done: int = 0
+    best_bleu: float = float("-inf")
+    bad_validations: int = 0
+    nonfinite_steps: int = 0
+    nonfinite_in_a_row: int = 0
+    elapsed_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._clock_start = time.perf_counter() - self.elapsed_s
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, earlier sessions of a resumed run included."""
+        return time.perf_counter() - self._clock_start
+
+    def state_dict(self) -> dict:
+        """Every field (``elapsed_s`` as of now) and the Python/NumPy/torch RNG states."""
+        return {**dataclasses.asdict(self), "elapsed_s": self.elapsed(), "rng": rng_state()}
+
+    def load_state_dict(self, checkpoint: dict) -> None:
+        """Restore from a checkpoint's keys (fields it lacks, from older checkpoints, keep their
+        defaults) and set the RNG states it saved."""
+        for f in dataclasses.fields(self):
+            if f.name in checkpoint:
+                setattr(self, f.name, checkpoint[f.name])
+        self._clock_start = time.perf_counter() - self.elapsed_s
+        set_rng_state(checkpoint["rng"])
+
+    def record_score(self, val_bleu: float) -> bool:
+        """Note a validation score; True when it beats the best so far."""
+        improved = val_bleu > self.best_bleu
+        if improved:
+            self.best_bleu, self.bad_validations = val_bleu, 0
+        else:
+            self.bad_validations += 1
+        return improved
 
 
+def early_stop(state: TrainState, patience: int) -> bool:
+    """True when ``patience`` (> 0) validations in a row brought no better val BLEU."""
+    return patience > 0 and state.bad_validations >= patience
+
+
+@dataclass
+class LossMeter:
+    """The training loss and its named terms summed over target tokens since ``started``."""
+
+    tokens: int = 0
+    loss: float = 0.0
+    terms: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, tokens: int, loss: float, terms: dict[str, float]) -> None:
+        self.tokens, self.loss = self.tokens + tokens, self.loss + loss
+        for name, value in terms.items():
+            self.terms[name] = self.terms.get(name, 0.0) + value
+
+    def per_token(self) -> dict[str, float]:
+        """``{"train_loss": …, "train_{term}": …}`` in nats per target token."""
+        tokens = max(self.tokens, 1)
+        return {"train_loss": self.loss / tokens, **{f"train_{k}": v / tokens for k, v in self.terms.items()}}
+
+    def tokens_per_s(self, now: float | None = None) -> float:
+        return self.tokens / max((now or time.perf_counter()) - self.started, 1e-9)
+
+
+# ------------------------------------------------------------------------------ optimisation
 def inverse_sqrt_schedule(warmup_steps: int):
     """LR factor: linear warm-up to 1 over ``warmup_steps``, then (warmup/step)^0.5 (Vaswani et al. 2017, §5.3)."""
     warmup = max(warmup_steps, 1)
@@ -80,18 +175,6 @@ def inverse_sqrt_schedule(warmup_steps: int):
         return min(step / warmup, math.sqrt(warmup / step))
 
     return factor
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` → ``bf16`` where the device runs bf16 matmuls natively (CUDA with bf16 support;
-    a CPU with AVX-512 BF16 or AMX, as oneDNN reports it), else ``fp32``; anything else as given."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
-    else:
-        native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return "bf16" if native else "fp32"
 
 
 def build_optimizer(
@@ -115,56 +198,361 @@ def build_optimizer(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(cfg.warmup_steps))
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16/fp16 autocast context for the forward pass, or a no-op for fp32."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+@dataclass
+class Optimization:
+    """What one update touches.
 
-
-def sequence_loss(
-    model: Transformer, batch: corpus.Batch, label_smoothing: float
-) -> tuple[torch.Tensor, int]:
-    """Summed label-smoothed cross-entropy over the batch's real target tokens.
-
-    The vocabulary projection runs only on non-pad positions.
-
-    Returns: (loss summed over tokens, number of target tokens).
+    Attributes:
+        model: the parameters being trained (gradients are clipped over them).
+        objective: ``(src_ids, tgt_in, tgt_out) → (total, terms, n_tokens)`` (an
+            :class:`~mt.objective.Objective`, possibly inside DistributedDataParallel or
+            ``torch.compile``).
+        optimizer, scheduler: AdamW and its learning-rate schedule (:func:`build_optimizer`).
+        scaler: fp16's GradScaler (disabled, a pass-through, for fp32/bf16).
+        device, precision: where and how the forward runs (``fp32``, ``bf16``, ``fp16``).
+        clip_norm: gradient-norm clipping threshold (0 = off).
+        world_size: processes sharing each update (DDP averages their gradients).
+        no_sync: DDP's ``no_sync`` (gradients of all but an update's last batch stay local).
     """
-    memory, src_mask = model.encode(batch.src_ids)
-    hidden, _ = model.decode(batch.tgt_in, memory, src_mask)  # (batch, tgt_len, d_model)
-    real = batch.tgt_out != model.pad_id  # (batch, tgt_len)
-    logits = model.logits(hidden[real])  # (n_tokens, tgt_vocab)
-    loss = F.cross_entropy(logits.float(), batch.tgt_out[real], label_smoothing=label_smoothing, reduction="sum")
-    return loss, int(real.sum())
+
+    model: torch.nn.Module
+    objective: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    precision: str
+    clip_norm: float
+    world_size: int = 1
+    no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if "scaler" in checkpoint:
+            self.scaler.load_state_dict(checkpoint["scaler"])
 
 
-class TranslationLoss(torch.nn.Module):
-    """The training objective as a module, so that DistributedDataParallel and torch.compile
-    can wrap one ``forward``: (src_ids, tgt_in, tgt_out) → (summed loss, target tokens)."""
+def build_optimization(
+    model: Transformer,
+    cfg: TrainConfig,
+    device: torch.device,
+    precision: str,
+    context: distributed.Context = distributed.Context(),
+    objective: torch.nn.Module | None = None,
+) -> Optimization:
+    """The trainer's objective (DDP-wrapped under torchrun, compiled with ``train.compile``),
+    AdamW, schedule and GradScaler for ``model`` (already on ``device``).
 
-    def __init__(self, model: Transformer, label_smoothing: float):
-        super().__init__()
-        self.model = model
-        self.label_smoothing = label_smoothing
+    Args:
+        objective: None = ``Objective(model, train.label_smoothing)``; another module of the
+            same call signature (e.g. a reference model's, in ``scripts/bench_train.py``).
+    """
+    optimizer, scheduler = build_optimizer(list(model.parameters()), cfg)
+    objective = objective if objective is not None else Objective(model, cfg.label_smoothing)
+    no_sync = contextlib.nullcontext
+    if context.distributed:
+        objective = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        no_sync = objective.no_sync
+    if cfg.compile:
+        objective = torch.compile(objective, dynamic=True)
+    return Optimization(
+        model=model,
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),  # fp16 gradients underflow unscaled
+        device=device,
+        precision=precision,
+        clip_norm=cfg.clip_norm,
+        world_size=context.world_size,
+        no_sync=no_sync,
+    )
 
-    def forward(self, src_ids: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor) -> tuple[torch.Tensor, int]:
-        return sequence_loss(self.model, corpus.Batch(src_ids, tgt_in, tgt_out, []), self.label_smoothing)
+
+@dataclass
+class StepResult:
+    """One update's outcome on this process.
+
+    Attributes:
+        loss: the objective's total summed over this process's batches (nats).
+        terms: each named term summed likewise.
+        finite: False when the gradient norm was not finite and the update was skipped.
+        grad_norm: the gradient norm before clipping.
+    """
+
+    loss: float
+    terms: dict[str, float]
+    finite: bool
+    grad_norm: float
 
 
-@torch.inference_mode()
-def validation_loss(model: Transformer, batches: list[corpus.Batch], device: torch.device, precision: str) -> float:
-    """Plain (unsmoothed) cross-entropy per target token over the validation batches, in nats."""
-    model.eval()
-    total, tokens = 0.0, 0
-    for batch in batches:
-        with autocast(device, precision):
-            loss, n = sequence_loss(model, batch.to(device), label_smoothing=0.0)
-        total, tokens = total + float(loss), tokens + n
-    return total / max(tokens, 1)
+def train_step(opt: Optimization, batches: Sequence[corpus.Batch], update_tokens: int) -> StepResult:
+    """One update from this process's share of the update's batches.
+
+    Gradients of the batches are summed (DDP all-reduces once, after the last) and scaled so
+    that the update is the gradient of the loss summed over all its target tokens divided by
+    ``update_tokens``: accumulated batches and processes give the update of their union. The
+    update is skipped (``finite`` False; the GradScaler still updates its scale) when the
+    gradient norm is not finite: one bad batch must not poison the weights.
+
+    Args:
+        opt: model, objective, optimizer, schedule and scaler.
+        batches: this process's batches of the update (on any device; moved to ``opt.device``).
+        update_tokens: target tokens (EOS included) of the whole update, every process's
+            batches together.
+
+    Returns: the summed loss and terms of these batches, whether the update was applied, and
+        the gradient norm.
+    """
+    opt.optimizer.zero_grad(set_to_none=True)
+    loss, terms = 0.0, {}
+    for k, batch in enumerate(batches):
+        batch = batch.to(opt.device)
+        with contextlib.nullcontext() if k == len(batches) - 1 else opt.no_sync():  # all-reduce once
+            with autocast(opt.device, opt.precision):
+                total, batch_terms, _ = opt.objective(batch.src_ids, batch.tgt_in, batch.tgt_out)
+            # DDP averages over processes: scale so the update is the mean over all its tokens
+            opt.scaler.scale(total * (opt.world_size / update_tokens)).backward()
+        loss += float(total.detach())
+        for name, value in batch_terms.items():
+            terms[name] = terms.get(name, 0.0) + float(value.detach())
+    opt.scaler.unscale_(opt.optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(opt.model.parameters(), opt.clip_norm or float("inf"))
+    finite = bool(torch.isfinite(norm))
+    if finite:
+        opt.scaler.step(opt.optimizer)
+    opt.scaler.update()
+    if finite:
+        opt.scheduler.step()
+    return StepResult(loss, terms, finite, float(norm))
 
 
+def epoch_updates(
+    src_lens: Sequence[int], tgt_lens: Sequence[int], cfg: TrainConfig, epoch: int, group_size: int
+) -> list[list[list[int]]]:
+    """The epoch's token-budget batches (shuffled with ``train.seed + epoch``) cut into updates
+    of ``group_size`` consecutive batches (processes × ``train.accum_steps``).
+
+    A last update of fewer batches is dropped, whatever the process count, so that one process
+    accumulating ``group_size`` batches and ``group_size`` processes see the same updates.
+
+    Returns: updates → batches → indices of training pairs.
+    """
+    batches = corpus.token_batches(src_lens, tgt_lens, cfg.batch_tokens, True, cfg.seed + epoch)
+    return [batches[i : i + group_size] for i in range(0, len(batches) - group_size + 1, group_size)]
+
+
+# ------------------------------------------------------------------------------- validation
+def validate(model: Transformer, data: TrainingData, cfg: Config, device: torch.device, precision: str) -> dict:
+    """Validation metrics of ``model``; writes nothing and leaves the model in eval mode.
+
+    Returns: ``val_loss`` (plain cross-entropy per target token), ``val_{term}`` per objective
+        term, ``val_bleu`` and ``val_chrf`` (sacreBLEU, ``train.valid_beam_size``), and with a gold
+        alignment set ``aer`` and ``aer_by_layer`` (:func:`mt.align.aer_report`).
+    """
+    losses = validation_losses(model, data.valid_batches, device, precision)
+    valid_decoding = dataclasses.replace(cfg.decoding, beam_size=cfg.train.valid_beam_size)
+    with autocast(device, precision):
+        hypotheses = translate(model, data.tokenizer, data.splits["valid"]["src"], valid_decoding, device)
+        alignment = {}
+        if data.gold is not None:
+            alignment = aer_report(model, data.gold_segmentations, data.gold, cfg.decoding.batch_size, device)
+    scores = score(hypotheses, data.splits["valid"]["tgt"])
+    return {
+        "val_loss": losses["xent"],
+        **{f"val_{name}": value for name, value in losses.items()},
+        "val_bleu": scores["bleu"],
+        "val_chrf": scores["chrf"],
+        **alignment,
+    }
+
+
+@dataclass
+class Run:
+    """The fixed parts of a training run that the loop and its helpers read.
+
+    Attributes:
+        cfg: the root config.
+        out_dir: the run directory (rank 0 writes there).
+        context: this process's place in a torchrun job.
+        data: tokenizer, splits, token ids and validation batches.
+        opt: model, objective, optimizer, schedule, scaler.
+        monitor: rank 0's learning curves and TensorBoard; None on other ranks.
+        static_state: what every checkpoint holds besides weights and training state (model
+            config, tokenizer, languages, decoding defaults, the whole config).
+    """
+
+    cfg: Config
+    out_dir: Path
+    context: distributed.Context
+    data: TrainingData
+    opt: Optimization
+    monitor: TrainingMonitor | None
+    static_state: dict
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def checkpoint(self, state: TrainState) -> dict:
+        """Everything needed to continue exactly from here (plain data and tensors only)."""
+        return {**self.static_state, **self.opt.state_dict(), **state.state_dict()}
+
+
+def record_validation(run: Run, record: dict, improved: bool) -> None:
+    """Append ``record`` to ``metrics.jsonl``, redraw the curves (and TensorBoard), log one line."""
+    with (run.out_dir / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    heatmaps = None
+    if run.monitor.tensorboard and run.cfg.train.heatmap_sentences:
+        n, valid, device = run.cfg.train.heatmap_sentences, run.data.splits["valid"], run.opt.device
+        with autocast(device, run.opt.precision):
+            heatmaps = validation_heatmaps(run.opt.model, run.data.tokenizer, valid["src"][:n], valid["tgt"][:n], device)
+    run.monitor.log_validation(record, heatmaps)
+    log.info(
+        "step %d epoch %d | train_loss %.3f val_loss %.3f val_bleu %.2f%s%s | lr %.2e | %.0f tok/s",
+        record["step"], record["epoch"], record["train_loss"], record["val_loss"], record["val_bleu"],
+        " (best)" if improved else "", f" AER {100 * record['aer']:.1f}" if "aer" in record else "",
+        record["lr"], record["tokens_per_s"],
+    )  # fmt: skip
+
+
+def save_checkpoints(run: Run, checkpoint: dict, step: int, improved: bool) -> None:
+    """``last.pt``; ``best.pt`` when improved; ``step-S.pt`` keeping the newest
+    max(``train.keep_checkpoints``, ``train.average_last``)."""
+    save_checkpoint(checkpoint, run.checkpoint_dir / "last.pt")
+    if improved:
+        save_checkpoint(checkpoint, run.checkpoint_dir / "best.pt")
+    keep = max(run.cfg.train.keep_checkpoints, run.cfg.train.average_last)
+    if keep:
+        save_checkpoint(checkpoint, run.checkpoint_dir / f"step-{step}.pt")
+        for old in step_checkpoints(run.out_dir)[:-keep]:
+            old.unlink()
+
+
+def validation_round(run: Run, state: TrainState, interval: LossMeter) -> bool:
+    """Rank 0 validates, records and checkpoints; every rank returns whether to stop early."""
+    stop = None
+    if run.context.is_main:
+        train_seconds = time.perf_counter() - interval.started
+        metrics = validate(run.opt.model, run.data, run.cfg, run.opt.device, run.opt.precision)
+        record = {
+            "step": state.step,
+            "epoch": state.epoch,
+            **interval.per_token(),
+            **metrics,
+            "lr": run.opt.scheduler.get_last_lr()[0],
+            "tokens_per_s": interval.tokens / max(train_seconds, 1e-9),
+            "elapsed_s": state.elapsed(),
+            "nonfinite_steps": state.nonfinite_steps,
+        }
+        improved = state.record_score(metrics["val_bleu"])
+        record_validation(run, record, improved)
+        save_checkpoints(run, {**run.checkpoint(state), "val_bleu": metrics["val_bleu"]}, state.step, improved)
+        stop = early_stop(state, run.cfg.train.patience)
+    run.opt.model.train()
+    return distributed.broadcast(run.context, stop)
+
+
+# ------------------------------------------------------------------------------------ the loop
+def skip_nonfinite(state: TrainState, cfg: TrainConfig, checkpoint_dir: Path) -> None:
+    """Count a skipped update.
+
+    Raises:
+        TrainingFailed: ``train.max_nonfinite`` skips in a row.
+    """
+    state.nonfinite_steps, state.nonfinite_in_a_row = state.nonfinite_steps + 1, state.nonfinite_in_a_row + 1
+    log.warning("non-finite loss or gradient at step %d: update skipped", state.step + 1)
+    if state.nonfinite_in_a_row >= cfg.max_nonfinite:
+        raise TrainingFailed(
+            f"{state.nonfinite_in_a_row} non-finite losses in a row (train.max_nonfinite) at step {state.step}; "
+            f"stopped without saving, {checkpoint_dir / 'last.pt'} holds the last good state (try a lower train.lr)"
+        )
+
+
+def limit_reached(cfg: TrainConfig, state: TrainState, time_up: bool) -> str | None:
+    """Why training stops after this update (``train.max_steps``, ``train.max_minutes``), or None."""
+    if cfg.max_steps and state.step >= cfg.max_steps:
+        return f"reached train.max_steps={cfg.max_steps}"
+    if time_up:
+        return f"reached train.max_minutes={cfg.max_minutes}"
+    return None
+
+
+def training_loop(run: Run, state: TrainState) -> str:
+    """Update, validate and checkpoint until a stop condition; returns the reason.
+
+    Raises:
+        TrainingInterrupted: SIGINT/SIGTERM (after saving ``last.pt`` at the update it stopped).
+        TrainingFailed: too many non-finite updates in a row.
+    """
+    cfg, context, data = run.cfg.train, run.context, run.data
+    if cfg.max_steps and state.step >= cfg.max_steps:  # resumed a run that had already finished training
+        return f"reached train.max_steps={cfg.max_steps}"
+    # one update = world_size x accum_steps consecutive batches of the epoch's order; rank r takes
+    # every world_size-th of them, so 2 processes see what 1 process with accum_steps=2 sees
+    group_size = context.world_size * cfg.accum_steps
+    window, interval = LossMeter(), LossMeter()  # progress-bar and validation windows
+    progress = tqdm(initial=state.step, total=cfg.max_steps or None, desc="train", unit="step",
+                    disable=None if context.is_main else True, dynamic_ncols=True)  # fmt: skip
+    run.opt.model.train()
+    with StopSignal() as stop_signal, contextlib.closing(progress):
+        while True:
+            updates = epoch_updates(data.src_lens, data.tgt_lens, cfg, state.epoch, group_size)
+            for group in updates[state.batches_done // group_size :]:
+                update_tokens = sum(data.tgt_lens[i] + 1 for indices in group for i in indices)  # EOS included
+                mine = [data.batch(indices) for indices in group[context.rank :: context.world_size]]
+                result = train_step(run.opt, mine, update_tokens)
+                state.batches_done += len(group)
+                time_up = context.is_main and cfg.max_minutes and state.elapsed() / 60 >= cfg.max_minutes  # rank 0's clock
+                loss, time_up, signalled, *terms = distributed.sum_across(
+                    context, [result.loss, float(bool(time_up)), float(bool(stop_signal.received)), *result.terms.values()], run.opt.device
+                )  # fmt: skip
+                stop_reason = None
+                if not result.finite:
+                    skip_nonfinite(state, cfg, run.checkpoint_dir)
+                else:
+                    state.step, state.nonfinite_in_a_row = state.step + 1, 0
+                    terms = dict(zip(result.terms, terms))
+                    window.add(update_tokens, loss, terms)
+                    interval.add(update_tokens, loss, terms)
+                    progress.update(1)
+                    if state.step % cfg.log_every == 0:
+                        now = time.perf_counter()
+                        progress.set_postfix(loss=f"{window.loss / window.tokens:.3f}", lr=f"{run.opt.scheduler.get_last_lr()[0]:.2e}",
+                                             tok_s=f"{window.tokens_per_s(now):.0f}", epoch=state.epoch)  # fmt: skip
+                        window = LossMeter(started=now)
+                    stop_reason = limit_reached(cfg, state, bool(time_up))
+                    if state.step % cfg.valid_every == 0 or stop_reason:
+                        if validation_round(run, state, interval) and stop_reason is None:
+                            stop_reason = f"no better val BLEU in {cfg.patience} validations (train.patience)"
+                        interval = LossMeter()
+                if signalled:
+                    if context.is_main:
+                        save_checkpoint(run.checkpoint(state), run.checkpoint_dir / "last.pt")
+                    raise TrainingInterrupted(stop_signal.received or signal.SIGTERM, state.step, run.out_dir)
+                if stop_reason:
+                    return stop_reason
+            if cfg.max_epochs and state.epoch >= cfg.max_epochs:  # the epoch is complete
+                if state.step % cfg.valid_every:
+                    validation_round(run, state, interval)
+                return f"reached train.max_epochs={cfg.max_epochs}"
+            state.epoch, state.batches_done = state.epoch + 1, 0
+
+
+# ------------------------------------------------------------------------------------ the run
 def train(cfg: Config, out_dir: str | Path) -> dict:
     """Train a model as configured and score it on the test split.
 
@@ -176,320 +564,127 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
     Returns: the test scores (as written to ``test_scores.json``); ``{}`` on ranks other than 0.
 
     Raises:
-        DataError: corpus files missing or inconsistent.
+        DataError: corpus files missing or inconsistent; the run dir not writable or too full.
+        ConfigError: ``train.resume`` names no checkpoint.
+        TrainingInterrupted, TrainingFailed: see :func:`training_loop`.
     """
+    out_dir = Path(out_dir)
     context, device = distributed.setup(resolve_device(cfg.train.device))
+    monitor = None
     try:
-        return _train(cfg, Path(out_dir), context, device)
+        if not context.is_main:  # one log, one progress bar: rank 0's
+            logging.getLogger("mt").setLevel(logging.WARNING)
+        if context.is_main:
+            check_writable(out_dir / "checkpoints")
+        resume = load_resume(cfg.train.resume, out_dir / "checkpoints")
+        if context.is_main:  # built before data work, to fail early
+            records = read_metrics(out_dir / "metrics.jsonl", max_step=resume["step"]) if resume else ()
+            monitor = TrainingMonitor(out_dir, tensorboard=cfg.train.tensorboard, records=records,
+                                      start_step=resume["step"] if resume else 0)  # fmt: skip
+        datasets.disable_progress_bars()  # our own tqdm bar is the one to watch
+        seed_everything(cfg.train.seed)
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        precision = resolve_precision(cfg.train.precision, device)
+
+        data = prepare_data(cfg, context, resume)
+        tokenizer = data.tokenizer
+        model = Transformer(cfg.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id).to(device)
+        log.info(
+            "model: %.2fM parameters, device %s, precision %s, %d process(es) × %d accumulated batch(es) per update",
+            sum(p.numel() for p in model.parameters()) / 1e6, device, precision, context.world_size, cfg.train.accum_steps,
+        )  # fmt: skip
+        opt = build_optimization(model, cfg.train, device, precision, context)
+        static_state = {
+            "model_config": to_dict(cfg.model),
+            "tokenizer": tokenizer.state(),
+            "data": {"src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang},
+            "decoding": to_dict(cfg.decoding),
+            "config": to_dict(cfg),
+        }
+        run = Run(cfg, out_dir, context, data, opt, monitor, static_state)
+        if context.is_main:
+            data.write_tokenizer(out_dir, cfg.data.src_lang, cfg.data.tgt_lang)
+            check_free_space(run.checkpoint_dir, model, max(cfg.train.keep_checkpoints, cfg.train.average_last))
+            if resume is None:
+                (out_dir / "metrics.jsonl").write_text("")
+        state = TrainState()
+        if resume is not None:
+            opt.load_state_dict(resume)
+            state.load_state_dict(resume)
+            if state.batches_done % (context.world_size * cfg.train.accum_steps):
+                log.warning("resumed with another world size × train.accum_steps: the epoch restarts at a nearby batch")
+            log.info("resumed at step %d (epoch %d, batch %d)", state.step, state.epoch, state.batches_done)
+
+        stop_reason = training_loop(run, state)
+        training_seconds = state.elapsed()
+        log.info("stopped after %d steps, %.1f min: %s", state.step, training_seconds / 60, stop_reason)
+        if monitor is not None:
+            monitor.close()
+            monitor = None
+        return score_test(run, state.step, training_seconds) if context.is_main else {}
     finally:
+        if monitor is not None:
+            monitor.close()
         distributed.teardown(context)
 
 
-def _train(cfg: Config, out_dir: Path, context: distributed.Context, device: torch.device) -> dict:
-    if not context.is_main:  # one log, one progress bar: rank 0's
-        logging.getLogger("mt").setLevel(logging.WARNING)
-    checkpoint_dir = out_dir / "checkpoints"
-    if context.is_main:
-        check_writable(checkpoint_dir)
-    resume_path, resume_state = None, None
-    if cfg.train.resume:
-        resume_path = checkpoint_dir / "last.pt" if cfg.train.resume == "auto" else Path(cfg.train.resume)
-        if not resume_path.is_file():
-            raise ConfigError(
-                f"config key 'train.resume' = {cfg.train.resume!r}: {resume_path} not found"
-                + (" (auto continues hydra.run.dir=<the run dir>)" if cfg.train.resume == "auto" else "")
-            )
-        resume_state = load_checkpoint(resume_path)
-    monitor = None  # rank 0's learning curves and TensorBoard; built before data work, to fail early
-    if context.is_main:
-        monitor = TrainingMonitor(
-            out_dir,
-            tensorboard=cfg.train.tensorboard,
-            records=read_metrics(out_dir / "metrics.jsonl", max_step=resume_state["step"]) if resume_state else (),
-            start_step=resume_state["step"] if resume_state else 0,
-        )
-    datasets.disable_progress_bars()  # our own tqdm bar is the one to watch
-    random.seed(cfg.train.seed)
-    np.random.seed(cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    precision = resolve_precision(cfg.train.precision, device)
+def load_resume(resume: str | None, checkpoint_dir: Path) -> dict | None:
+    """The checkpoint ``train.resume`` names (``auto`` = ``checkpoint_dir/last.pt``), or None.
 
-    data = prepare_data(cfg, context, resume_state)
-    tokenizer, splits = data.tokenizer, data.splits
-    if context.is_main:
-        data.write_tokenizer(out_dir, cfg.data.src_lang, cfg.data.tgt_lang)
-    n_heatmaps = cfg.train.heatmap_sentences if monitor is not None and monitor.tensorboard else 0
-    heatmap_src, heatmap_tgt = splits["valid"]["src"][:n_heatmaps], splits["valid"]["tgt"][:n_heatmaps]
-    src_lens, tgt_lens = data.src_lens, data.tgt_lens
-    data_cfg = cfg.data
+    Raises:
+        ConfigError: no such file.
+    """
+    if not resume:
+        return None
+    path = checkpoint_dir / "last.pt" if resume == "auto" else Path(resume)
+    if not path.is_file():
+        hint = " (auto continues hydra.run.dir=<the run dir>)" if resume == "auto" else ""
+        raise ConfigError(f"config key 'train.resume' = {resume!r}: {path} not found{hint}")
+    log.info("resuming from %s", path)
+    return load_checkpoint(path)
 
-    # model and optimisation
-    model = Transformer(cfg.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info(
-        "model: %.2fM parameters, device %s, precision %s, %d process(es) × %d accumulated batch(es) per update",
-        n_params / 1e6, device, precision, context.world_size, cfg.train.accum_steps,
-    )
-    optimizer, scheduler = build_optimizer(list(model.parameters()), cfg.train)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 gradients underflow unscaled
-    objective = TranslationLoss(model, cfg.train.label_smoothing)
-    if context.distributed:
-        objective = torch.nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    no_sync = objective.no_sync if context.distributed else contextlib.nullcontext
-    if cfg.train.compile:
-        objective = torch.compile(objective, dynamic=True)
 
-    if context.is_main:
-        check_free_space(checkpoint_dir, model, max(cfg.train.keep_checkpoints, cfg.train.average_last))
-    metrics_path = out_dir / "metrics.jsonl"
-    if resume_state is None and context.is_main:
-        metrics_path.write_text("")
-    static_state = {
-        "model_config": to_dict(cfg.model),
-        "tokenizer": tokenizer.state(),
-        "data": {"src_lang": data_cfg.src_lang, "tgt_lang": data_cfg.tgt_lang},
-        "decoding": to_dict(cfg.decoding),
-        "config": to_dict(cfg),
-    }
-    # one update = world_size x accum_steps consecutive batches of the epoch's order; rank r takes
-    # every world_size-th of them, so 2 processes see what 1 process with accum_steps=2 sees
-    group_size = context.world_size * cfg.train.accum_steps
-    keep_checkpoints = max(cfg.train.keep_checkpoints, cfg.train.average_last)
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
-    step, epoch, batches_done = 0, 1, 0  # batches_done: of the current epoch, all ranks together
-    best_bleu, bad_validations, nonfinite_total, nonfinite_in_a_row = float("-inf"), 0, 0, 0
-    elapsed_before = 0.0
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        if "scaler" in resume_state:
-            scaler.load_state_dict(resume_state["scaler"])
-        step, epoch, batches_done = resume_state["step"], resume_state["epoch"], resume_state["batches_done"]
-        best_bleu, bad_validations = resume_state["best_bleu"], resume_state["bad_validations"]
-        nonfinite_total, elapsed_before = resume_state["nonfinite_steps"], resume_state["elapsed_s"]
-        set_rng_state(resume_state["rng"])
-        if batches_done % group_size:
-            log.warning("resumed with another world size × train.accum_steps: the epoch restarts at a nearby batch")
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_path, step, epoch, batches_done)
-    start = time.perf_counter() - elapsed_before
-    window_tokens, window_loss, window_start = 0, 0.0, time.perf_counter()
-    interval_tokens, interval_loss_sum, interval_start = 0, 0.0, time.perf_counter()
-    stop_reason = None
-    progress = tqdm(
-        initial=step,
-        total=cfg.train.max_steps or None,
-        desc="train",
-        unit="step",
-        disable=None if context.is_main else True,
-        dynamic_ncols=True,
-    )
 
-    def training_state() -> dict:
-        """Everything needed to continue exactly from here (plain data and tensors only)."""
-        return {
-            **static_state,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "step": step,
-            "epoch": epoch,
-            "batches_done": batches_done,
-            "best_bleu": best_bleu,
-            "bad_validations": bad_validations,
-            "nonfinite_steps": nonfinite_total,
-            "elapsed_s": time.perf_counter() - start,
-            "rng": rng_state(),
-        }
+# ------------------------------------------------------------------------------ test scores
+def score_test(run: Run, steps: int, training_seconds: float) -> dict:
+    """Score ``best.pt`` (and, with ``train.average_last``, the average of the last validation
+    checkpoints) on the test split; write the hypotheses and ``test_scores.json``.
 
-    def validate() -> bool:
-        """Validate, log, checkpoint (rank 0); return, on every rank, True when early stopping says stop."""
-        nonlocal interval_tokens, interval_loss_sum, interval_start
-        stop = validate_and_save() if context.is_main else None
-        interval_tokens, interval_loss_sum, interval_start = 0, 0.0, time.perf_counter()
-        return distributed.broadcast(context, stop)
-
-    def validate_and_save() -> bool:
-        nonlocal best_bleu, bad_validations
-        train_seconds = time.perf_counter() - interval_start
-        val_loss = validation_loss(model, data.valid_batches, device, precision)
-        valid_decoding = dataclasses.replace(cfg.decoding, beam_size=cfg.train.valid_beam_size)
-        with autocast(device, precision):
-            hypotheses = translate(model, tokenizer, splits["valid"]["src"], valid_decoding, device)
-        scores = score(hypotheses, splits["valid"]["tgt"])
-        val_bleu = scores["bleu"]
-        alignment = {}
-        if data.gold is not None:
-            with autocast(device, precision):
-                alignment = aer_report(model, data.gold_segmentations, data.gold, cfg.decoding.batch_size, device)
-        record = {
-            "step": step,
-            "epoch": epoch,
-            "train_loss": interval_loss_sum / max(interval_tokens, 1),
-            "val_loss": val_loss,
-            "val_bleu": val_bleu,
-            "val_chrf": scores["chrf"],
-            "lr": scheduler.get_last_lr()[0],
-            "tokens_per_s": interval_tokens / max(train_seconds, 1e-9),
-            "elapsed_s": time.perf_counter() - start,
-            "nonfinite_steps": nonfinite_total,
-            **alignment,
-        }
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        heatmaps = None
-        if n_heatmaps:
-            with autocast(device, precision):
-                heatmaps = validation_heatmaps(model, tokenizer, heatmap_src, heatmap_tgt, device)
-        monitor.log_validation(record, heatmaps)
-        improved = val_bleu > best_bleu
-        if improved:
-            best_bleu, bad_validations = val_bleu, 0
-        else:
-            bad_validations += 1
-        state = {**training_state(), "val_bleu": val_bleu}
-        save_checkpoint(state, checkpoint_dir / "last.pt")
-        if improved:
-            save_checkpoint(state, checkpoint_dir / "best.pt")
-        if keep_checkpoints:
-            save_checkpoint(state, checkpoint_dir / f"step-{step}.pt")
-            for old in step_checkpoints(out_dir)[:-keep_checkpoints]:
-                old.unlink()
-        log.info(
-            "step %d epoch %d | train_loss %.3f val_loss %.3f val_bleu %.2f%s%s | lr %.2e | %.0f tok/s",
-            step, epoch, record["train_loss"], val_loss, val_bleu, " (best)" if improved else "",
-            f" AER {100 * alignment['aer']:.1f}" if alignment else "", record["lr"], record["tokens_per_s"],
-        )
-        model.train()
-        return cfg.train.patience > 0 and bad_validations >= cfg.train.patience
-
-    def update_groups(epoch: int) -> list[list[list[int]]]:
-        """The epoch's batches cut into updates of ``group_size`` batches; a last update too
-        small to give every rank a batch is dropped."""
-        batches = corpus.token_batches(src_lens, tgt_lens, cfg.train.batch_tokens, True, cfg.train.seed + epoch)
-        groups = [batches[i : i + group_size] for i in range(0, len(batches), group_size)]
-        if groups and len(groups[-1]) < context.world_size:
-            groups.pop()
-        return groups
-
-    if cfg.train.max_steps and step >= cfg.train.max_steps:  # resumed a run that had already finished training
-        stop_reason = f"reached train.max_steps={cfg.train.max_steps}"
-    model.train()
-    stop_signal = StopSignal()
-    with stop_signal:
-        while stop_reason is None:
-            for group in update_groups(epoch)[batches_done // group_size :]:
-                group_tokens = sum(tgt_lens[i] + 1 for indices in group for i in indices)  # EOS included
-                mine = group[context.rank :: context.world_size]
-                optimizer.zero_grad(set_to_none=True)
-                loss_value = 0.0
-                for k, indices in enumerate(mine):
-                    batch = corpus.collate([data.train_src[i] for i in indices], [data.train_tgt[i] for i in indices], indices)
-                    batch = batch.to(device)
-                    with contextlib.nullcontext() if k == len(mine) - 1 else no_sync():  # all-reduce once
-                        with autocast(device, precision):
-                            loss_sum, _ = objective(batch.src_ids, batch.tgt_in, batch.tgt_out)
-                        # DDP averages over ranks: scale so the update is the mean over all group tokens
-                        scaler.scale(loss_sum * (context.world_size / group_tokens)).backward()
-                    loss_value += float(loss_sum.detach())
-                batches_done += len(group)
-                scaler.unscale_(optimizer)
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm or float("inf"))
-                minutes = (time.perf_counter() - start) / 60
-                time_up = context.is_main and cfg.train.max_minutes and minutes >= cfg.train.max_minutes  # rank 0's clock
-                loss_value, time_up, signalled = distributed.sum_across(
-                    context, [loss_value, float(bool(time_up)), float(bool(stop_signal.received))], device
-                )
-                if not bool(torch.isfinite(norm)):  # skip the update: one bad batch must not poison the weights
-                    scaler.update()
-                    nonfinite_total, nonfinite_in_a_row = nonfinite_total + 1, nonfinite_in_a_row + 1
-                    log.warning("non-finite loss or gradient at step %d: update skipped", step + 1)
-                    if nonfinite_in_a_row >= cfg.train.max_nonfinite:
-                        raise TrainingFailed(
-                            f"{nonfinite_in_a_row} non-finite losses in a row (train.max_nonfinite) at step {step}; "
-                            f"stopped without saving, {checkpoint_dir / 'last.pt'} holds the last good state "
-                            "(try a lower train.lr)"
-                        )
-                else:
-                    nonfinite_in_a_row = 0
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    step += 1
-                    window_tokens, window_loss = window_tokens + group_tokens, window_loss + loss_value
-                    interval_tokens, interval_loss_sum = interval_tokens + group_tokens, interval_loss_sum + loss_value
-                    progress.update(1)
-                    if step % cfg.train.log_every == 0:
-                        now = time.perf_counter()
-                        progress.set_postfix(
-                            loss=f"{window_loss / window_tokens:.3f}",
-                            lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                            tok_s=f"{window_tokens / (now - window_start):.0f}",
-                            epoch=epoch,
-                        )
-                        window_tokens, window_loss, window_start = 0, 0.0, now
-                    if cfg.train.max_steps and step >= cfg.train.max_steps:
-                        stop_reason = f"reached train.max_steps={cfg.train.max_steps}"
-                    elif time_up:
-                        stop_reason = f"reached train.max_minutes={cfg.train.max_minutes}"
-                    if step % cfg.train.valid_every == 0 or stop_reason:
-                        if validate() and stop_reason is None:
-                            stop_reason = f"no better val BLEU in {cfg.train.patience} validations (train.patience)"
-                if signalled:
-                    if context.is_main:
-                        save_checkpoint(training_state(), checkpoint_dir / "last.pt")
-                    progress.close()
-                    if monitor is not None:
-                        monitor.close()
-                    raise TrainingInterrupted(stop_signal.received or signal.SIGTERM, step, out_dir)
-                if stop_reason:
-                    break
-            if stop_reason is None:  # the epoch is complete
-                if cfg.train.max_epochs and epoch >= cfg.train.max_epochs:
-                    if step % cfg.train.valid_every:
-                        validate()
-                    stop_reason = f"reached train.max_epochs={cfg.train.max_epochs}"
-                else:
-                    epoch, batches_done = epoch + 1, 0
-    progress.close()
-    if monitor is not None:
-        monitor.close()
-    training_seconds = time.perf_counter() - start
-    log.info("stopped after %d steps, %.1f min: %s", step, training_seconds / 60, stop_reason)
-    if not context.is_main:
-        return {}
-
-    # score the best checkpoint (and the average of the last ones) on the test split
-    test = splits["test"]
-    best = load_checkpoint(checkpoint_dir / "best.pt", device)
-    hyp_path = out_dir / f"{corpora.split_label(data_cfg.test_split)}.hyp.{data_cfg.tgt_lang}"
+    Returns: what ``test_scores.json`` holds.
+    """
+    cfg, out_dir, model = run.cfg, run.out_dir, run.opt.model
+    test, label = run.data.splits["test"], corpora.split_label(cfg.data.test_split)
+    best = load_checkpoint(run.checkpoint_dir / "best.pt", run.opt.device)
     result = {
-        "split": data_cfg.test_split,
-        "src_lang": data_cfg.src_lang,
-        "tgt_lang": data_cfg.tgt_lang,
+        "split": cfg.data.test_split,
+        "src_lang": cfg.data.src_lang,
+        "tgt_lang": cfg.data.tgt_lang,
         "checkpoint_step": best["step"],
         "beam_size": cfg.decoding.beam_size,
         "training_seconds": training_seconds,
-        "steps": step,
-        **score_checkpoint(model, best, tokenizer, test, cfg, precision, device, hyp_path),
-    }
+        "steps": steps,
+        **score_checkpoint(model, best, run.data.tokenizer, test, cfg, run.opt.precision, run.opt.device,
+                           out_dir / f"{label}.hyp.{cfg.data.tgt_lang}"),
+    }  # fmt: skip
     n_average = min(cfg.train.average_last, len(step_checkpoints(out_dir)))
     if n_average < cfg.train.average_last:
         log.warning("train.average_last=%d but only %d validations: averaging those", cfg.train.average_last, n_average)
     if n_average:
-        averaged_path = checkpoint_dir / "averaged.pt"
+        averaged_path = run.checkpoint_dir / "averaged.pt"
         averaged = average_run(out_dir, n_average, averaged_path)
-        hyp_path = out_dir / f"{corpora.split_label(data_cfg.test_split)}.averaged.hyp.{data_cfg.tgt_lang}"
         result["averaged"] = {
             "checkpoint": str(averaged_path),
             "averaged_from": averaged["averaged_from"],
-            **score_checkpoint(model, averaged, tokenizer, test, cfg, precision, device, hyp_path),
-        }
+            **score_checkpoint(model, averaged, run.data.tokenizer, test, cfg, run.opt.precision, run.opt.device,
+                               out_dir / f"{label}.averaged.hyp.{cfg.data.tgt_lang}"),
+        }  # fmt: skip
         log.info("average of the last %d checkpoints: %s", n_average, result["averaged"]["bleu_line"])
     (out_dir / "test_scores.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

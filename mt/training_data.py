@@ -57,6 +57,10 @@ class TrainingData:
     gold: GoldAlignment | None = None
     gold_segmentations: list[Segmentation] | None = None
 
+    def batch(self, indices: list[int]) -> corpus.Batch:
+        """The training pairs at ``indices`` as one padded batch (:func:`mt.data.collate`)."""
+        return corpus.collate([self.train_src[i] for i in indices], [self.train_tgt[i] for i in indices], indices)
+
     def write_tokenizer(self, out_dir: Path, src_lang: str, tgt_lang: str) -> None:
         """``sentencepiece.model`` (joint) or ``sentencepiece.{src_lang,tgt_lang}.model`` in the run dir."""
         state = self.tokenizer.state()

@@ -57,9 +57,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train.py, the Marian reference builder
 
-from bench_train import apply_device_and_threads, marian_mismatches, marian_model, parameter_counts, print_parameter_counts, sync, training_tokenizer  # noqa: E402
+from bench_train import apply_device_and_threads, marian_mismatches, marian_model, parameter_counts, print_parameter_counts, sync, load_training_data  # noqa: E402
 
-from mt.config import DecodingConfig, ModelConfig  # noqa: E402
+from mt.config import DecodingConfig, ModelConfig, TrainConfig  # noqa: E402
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
 
 SEARCHES = {1: "greedy", 5: "beam 5"}
@@ -101,7 +101,7 @@ class DecodeRecorder:
 def time_ours(model, recorder: DecodeRecorder, tokenizer, sentences: list[str], decoding: DecodingConfig, args) -> dict:
     """Warm up on one batch, then time ``translate`` over all ``sentences`` (fastest of ``--repeats``)."""
     from mt.evaluate import translate
-    from mt.train import autocast
+    from mt.device import autocast
 
     device = torch.device(args.device)
     with autocast(device, args.precision):
@@ -121,7 +121,7 @@ def time_ours(model, recorder: DecodeRecorder, tokenizer, sentences: list[str], 
 def time_reference(reference, batches: list[tuple], decoding: DecodingConfig, args) -> dict:
     """``generate`` on ours' batches, each forced to ours' number of decoder steps; one untimed
     batch first, then the fastest of ``--repeats`` passes."""
-    from mt.train import autocast
+    from mt.device import autocast
 
     device = torch.device(args.device)
 
@@ -244,7 +244,7 @@ def main() -> None:
             src_lang, tgt_lang, decoding = info["src_lang"], info["tgt_lang"], info["decoding"]
             what = f"checkpoint {info['path']} (step {info['step']})"
         else:
-            tokenizer, _ = training_tokenizer(args.data_dir, mirror)
+            tokenizer = load_training_data(args.data_dir, mirror, TrainConfig().batch_tokens)[0].tokenizer
             torch.manual_seed(0)
             model = Transformer(ModelConfig(), tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, PAD_ID).to(device).eval()
             src_lang, tgt_lang = "de", "en"

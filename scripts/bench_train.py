@@ -5,18 +5,17 @@
     python scripts/bench_train.py --device cuda --precision bf16 --reference hf --steps 200
     python scripts/bench_train.py --threads 1 --steps 5 --warmup 2 --reference hf   # a quick check
 
-Both systems train on the same real Multi30k de→en batches: the training split with the
-sentencepiece model that ``mt-train`` caches under ``DATA_DIR/cache`` (trained there on first
-use), pairs longer than ``data.max_len`` dropped, token-budget batches from
-``mt.data.token_batches`` in the order of training epoch 1 (``train.seed`` + 1), padded by
-``mt.data.collate``. One training step is what ``mt/train.py`` does per update: forward under
-``mt.train.autocast``, summed label-smoothed cross-entropy over the real target tokens, divided
-by their number, backward, gradient clipping at ``train.clip_norm``, AdamW built as
-``mt/train.py`` builds it (``foreach=True``, weight decay on matrices only), with its
-inverse-square-root schedule (linear warm-up over ``train.warmup_steps``).
+Both systems train on the same real Multi30k de→en batches, read by the trainer's own data
+path: ``mt.training_data.prepare_data`` (the corpus, the sentencepiece model ``mt-train`` caches
+under ``DATA_DIR/cache``, pairs over ``data.max_len`` dropped), batches in the order of training
+epochs 1, 2, … from ``mt.train.epoch_updates``, padded by ``TrainingData.batch``. Each step is
+``mt.train.train_step`` itself, on an ``mt.train.Optimization`` built by
+``mt.train.build_optimization`` from ``TrainConfig`` (AdamW, the inverse-square-root schedule,
+GradScaler, autocast, clipping at ``train.clip_norm``, the non-finite check): the update
+``mt-train`` makes, not a copy of it.
 
-- **ours**: ``mt.model.Transformer``, loss from ``mt.train.sequence_loss`` (the vocabulary
-  projection runs on real target positions only).
+- **ours**: ``mt.model.Transformer`` with the trainer's ``mt.objective.Objective`` (the
+  vocabulary projection runs on real target positions only).
 - **hf** (``--reference hf``): ``transformers.MarianMTModel`` from a ``MarianConfig`` of the
   same dimensions: d_model, layers, heads, FFN width, vocabulary, pad/EOS/BOS ids of
   ``mt.tokenizer`` (decoder start = BOS), shared and tied embeddings, embeddings scaled by
@@ -25,7 +24,8 @@ inverse-square-root schedule (linear warm-up over ``train.warmup_steps``).
   attention implementation (reported; ``sdpa`` where available). Fed ``input_ids=src_ids``,
   ``attention_mask=src_ids != pad``, ``decoder_input_ids=tgt_in`` (causal self-attention
   only, as ours), ``use_cache=False``; the same loss on the non-pad positions of its logits
-  (which it computes at every position, padding included). Differences that remain: Marian is
+  (which it computes at every position, padding included), as an objective module of the
+  same signature (:class:`MarianObjective`) inside the same ``train_step``. Differences that remain: Marian is
   post-norm, ours pre-norm with one final LayerNorm per stack (4·d_model more parameters);
   Marian keeps its position tables as frozen parameters, ours as a buffer.
 
@@ -34,9 +34,9 @@ Each system runs in a subprocess of its own, so that its peak resident set size
 its own; "growth" is the part above the process's peak before the model is built. The first
 ``--warmup`` steps are not timed (``--compile`` needs more: every new shape may recompile).
 
-``--compile`` wraps each system's loss function (model forward + loss) in
-``torch.compile(fn, dynamic=True)``; for ours that is ``mt.train.sequence_loss`` itself, so
-whatever it calls on the model is compiled; the backward and optimizer step stay eager.
+``--compile`` sets ``train.compile``: each system's objective module (model forward + loss) is
+wrapped in ``torch.compile(…, dynamic=True)`` as the trainer does; the backward and optimizer
+step stay eager.
 
 **Model FLOPs** per step (the model's, not an implementation's: the same number for both
 systems), summed over the sentences of the batch, S = real source tokens (EOS included),
@@ -190,46 +190,22 @@ def print_parameter_counts(cfg: ModelConfig, ours: dict, reference: dict | None)
     print(f"  ours - final LayerNorms ({final_norms:,}) = {ours['trainable'] - final_norms:,} vs {reference['trainable']:,}: {verdict}")
 
 
-def training_tokenizer(data_dir: str, mirror: str | None):
-    """The Multi30k de→en training split and the sentencepiece model ``mt-train`` trains on it
-    (default ``tokenizer`` settings), cached under ``data_dir/cache`` by ``mt.training_data.load_tokenizer``.
-
-    Returns: (tokenizer, training split as a Dataset with ``src``/``tgt``).
+def load_training_data(data_dir: str, mirror: str | None, batch_tokens: int):
+    """Multi30k de→en as ``mt-train`` reads it with the default config (``prepare_data``).
 
     Raises:
         DataError: corpus files missing (set ``MT_DATA_MIRROR``).
     """
     import datasets
 
-    from mt import data as corpus
-    from mt.config import TokenizerConfig
-    from mt.training_data import load_tokenizer
+    from mt import distributed
+    from mt.config import Config
+    from mt.training_data import prepare_data
 
     datasets.disable_progress_bars()
-    data_cfg = DataConfig()
-    train_set = corpus.load_split(data_cfg.train_split, data_cfg.src_lang, data_cfg.tgt_lang, data_dir, mirror)
-    cache_dir = Path(data_dir) / "cache"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    return load_tokenizer(TokenizerConfig(), train_set, cache_dir), train_set
-
-
-def load_training_data(data_dir: str, mirror: str | None):
-    """Multi30k de→en training pairs as ``mt-train`` sees them.
-
-    Returns: tokenizer, src and tgt piece-id lists (no specials), pairs over ``data.max_len``
-    or empty dropped.
-    """
-    from mt import data as corpus
-
-    tokenizer, train_set = training_tokenizer(data_dir, mirror)
-    tokenized = corpus.tokenize(train_set, tokenizer, Path(data_dir) / "cache")
-    max_len = DataConfig().max_len
-    pairs = [
-        (s, t)
-        for s, t in zip(tokenized["src_ids"], tokenized["tgt_ids"])
-        if 0 < len(s) <= max_len and 0 < len(t) <= max_len
-    ]
-    return tokenizer, [s for s, _ in pairs], [t for _, t in pairs]
+    cfg = Config()
+    cfg.data.data_dir, cfg.data.mirror, cfg.train.batch_tokens = data_dir, mirror, batch_tokens
+    return prepare_data(cfg, distributed.Context(), resume_state=None), cfg.train
 
 
 def sync(device: torch.device) -> None:
@@ -238,18 +214,17 @@ def sync(device: torch.device) -> None:
 
 
 # --------------------------------------------------------------------------------------- the parent
-def training_batches(src: list, tgt: list, batch_tokens: int, n: int, seed: int) -> list[tuple]:
-    """The first ``n`` batches of training (epochs 1, 2, … as ``mt/train.py`` orders them).
+def training_batches(data, train_cfg: TrainConfig, n: int) -> list[tuple]:
+    """The first ``n`` batches of a one-process training run (epochs 1, 2, … as ``mt.train.epoch_updates`` orders them).
 
-    Returns: (src_ids, tgt_in, tgt_out) long tensors, as ``mt.data.collate`` pads them.
+    Returns: (src_ids, tgt_in, tgt_out) long tensors, as ``TrainingData.batch`` pads them.
     """
-    from mt import data as corpus
+    from mt.train import epoch_updates
 
-    src_lens, tgt_lens = [len(s) for s in src], [len(t) for t in tgt]
     out, epoch = [], 1
     while len(out) < n:
-        for indices in corpus.token_batches(src_lens, tgt_lens, batch_tokens, True, seed + epoch):
-            batch = corpus.collate([src[i] for i in indices], [tgt[i] for i in indices], indices)
+        for (indices,) in epoch_updates(data.src_lens, data.tgt_lens, train_cfg, epoch, group_size=1):
+            batch = data.batch(indices)
             out.append((batch.src_ids, batch.tgt_in, batch.tgt_out))
             if len(out) == n:
                 break
@@ -315,52 +290,51 @@ def run_system(system: str, batches_path: str, args: argparse.Namespace) -> dict
 
 
 # --------------------------------------------------------------------------------------- the children
-def hf_sequence_loss(model, src_ids: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float, pad_id: int):
-    """As ``mt.train.sequence_loss``, for a MarianMTModel: (summed loss over real target tokens, their number)."""
-    import torch.nn.functional as F
+class MarianObjective(torch.nn.Module):
+    """As ``mt.objective.Objective``, for a MarianMTModel: (total, {"xent": total}, real target tokens)."""
 
-    logits = model(
-        input_ids=src_ids, attention_mask=src_ids != pad_id, decoder_input_ids=tgt_in, use_cache=False
-    ).logits  # (batch, tgt_len, tgt_vocab), every position
-    real = tgt_out != pad_id  # (batch, tgt_len)
-    loss = F.cross_entropy(logits[real].float(), tgt_out[real], label_smoothing=label_smoothing, reduction="sum")
-    return loss, int(real.sum())
+    def __init__(self, model, label_smoothing: float, pad_id: int):
+        super().__init__()
+        self.model, self.label_smoothing, self.pad_id = model, label_smoothing, pad_id
+
+    def forward(self, src_ids: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor):
+        import torch.nn.functional as F
+
+        logits = self.model(
+            input_ids=src_ids, attention_mask=src_ids != self.pad_id, decoder_input_ids=tgt_in, use_cache=False
+        ).logits  # (batch, tgt_len, tgt_vocab), every position
+        real = tgt_out != self.pad_id  # (batch, tgt_len)
+        xent = F.cross_entropy(logits[real].float(), tgt_out[real], label_smoothing=self.label_smoothing, reduction="sum")
+        return xent, {"xent": xent}, int(real.sum())
 
 
 def measure_one(system: str, args: argparse.Namespace) -> dict:
-    """In the subprocess: build one system, train on the saved batches, time the steps after the warm-up."""
+    """In the subprocess: build one system, train on the saved batches with ``mt.train.train_step``,
+    time the steps after the warm-up."""
     from mt.data import Batch
     from mt.model import Transformer
     from mt.tokenizer import PAD_ID
-    from mt.train import autocast, build_optimizer, sequence_loss
+    from mt.train import build_optimization, train_step
 
     torch.manual_seed(0)
     device = torch.device(args.device)
     batches = torch.load(args.batches_file, weights_only=True)
-    train_cfg, cfg = TrainConfig(optimizer_impl=args.optimizer_impl), model_config(args.model, args.attention_dropout)
+    train_cfg = TrainConfig(optimizer_impl=args.optimizer_impl, compile=args.compile)
+    cfg = model_config(args.model, args.attention_dropout)
     if system == "hf":
         import transformers  # noqa: F401  (imported before the baseline: its import cost is not the model's)
     sync(device)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if system == "ours":
         model = Transformer(cfg, args.vocab_size, args.vocab_size, PAD_ID).to(device)
-        loss_fn = torch.compile(sequence_loss, dynamic=True) if args.compile else sequence_loss
-
-        def step_loss(src_ids, tgt_in, tgt_out):
-            return loss_fn(model, Batch(src_ids, tgt_in, tgt_out, []), train_cfg.label_smoothing)
-
+        opt = build_optimization(model, train_cfg, device, args.precision)
         attention = "mt.attention full (F.scaled_dot_product_attention)"
     else:
         model = marian_model(cfg, args.vocab_size).to(device)
-        loss_fn = torch.compile(hf_sequence_loss, dynamic=True) if args.compile else hf_sequence_loss
-
-        def step_loss(src_ids, tgt_in, tgt_out):
-            return loss_fn(model, src_ids, tgt_in, tgt_out, train_cfg.label_smoothing, PAD_ID)
-
+        objective = MarianObjective(model, train_cfg.label_smoothing, PAD_ID)
+        opt = build_optimization(model, train_cfg, device, args.precision, objective=objective)
         attention = model.config._attn_implementation
     model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = build_optimizer(trainable, train_cfg)  # as mt/train.py builds it
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     losses, tokens, start = [], 0, None
@@ -374,17 +348,11 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
         if i == args.warmup:
             sync(device)
             start = time.perf_counter()
-        src_ids, tgt_in, tgt_out = src_ids.to(device), tgt_in.to(device), tgt_out.to(device)
-        with autocast(device, args.precision):
-            loss_sum, n_tokens = step_loss(src_ids, tgt_in, tgt_out)
-        optimizer.zero_grad(set_to_none=True)
-        if not bool(torch.isfinite(loss_sum)):  # as mt/train.py: the check syncs once per step
-            raise RuntimeError(f"{system}: non-finite loss at step {i + 1}")
-        (loss_sum / n_tokens).backward()
-        torch.nn.utils.clip_grad_norm_(trainable, train_cfg.clip_norm)
-        optimizer.step()
-        scheduler.step()
-        losses.append(float(loss_sum.detach()) / n_tokens)
+        n_tokens = int((tgt_out != PAD_ID).sum())
+        result = train_step(opt, [Batch(src_ids, tgt_in, tgt_out, [])], n_tokens)
+        if not result.finite:
+            raise RuntimeError(f"{system}: non-finite gradient at step {i + 1}")
+        losses.append(result.loss / n_tokens)
         if i >= args.warmup:
             tokens += n_tokens
     sync(device)
@@ -414,7 +382,7 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
 def apply_device_and_threads(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Resolve ``--device`` (auto → cuda if available, else cpu; cuda must exist: else a one-line
     usage error) into ``args.device`` and apply ``--threads`` (0 = torch's default)."""
-    from mt.train import resolve_device
+    from mt.device import resolve_device
 
     args.device = str(resolve_device(args.device))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -467,12 +435,12 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        tokenizer, src, tgt = load_training_data(args.data_dir, os.environ.get("MT_DATA_MIRROR") or None)
+        data, train_cfg = load_training_data(args.data_dir, os.environ.get("MT_DATA_MIRROR") or None, args.batch_tokens)
     except MtError as error:
         sys.exit(f"bench_train: error: {error}")
-    args.vocab_size = tokenizer.src_vocab_size
+    args.vocab_size = data.tokenizer.src_vocab_size
     cfg = model_config(args.model, args.attention_dropout)
-    batches = training_batches(src, tgt, args.batch_tokens, args.warmup + args.steps, TrainConfig().seed)
+    batches = training_batches(data, train_cfg, args.warmup + args.steps)
     timed = batches[args.warmup :]
     flops = model_flops(cfg, args.vocab_size, timed, PAD_ID)
     src_pad = padding_fraction([b[0] for b in timed], PAD_ID)

@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mt.data import Batch, collate
 from mt.decoding import beam_search, greedy_search
 from mt.model import Transformer
-from mt.train import sequence_loss
+from mt.objective import sequence_loss
 from conftest import VOCAB, tiny_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))

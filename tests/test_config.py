@@ -13,7 +13,7 @@ from mt.config import Config, from_hydra
 from mt.data import collate
 from mt.errors import ConfigError
 from mt.model import Transformer
-from mt.train import sequence_loss
+from mt.objective import sequence_loss
 
 from conftest import REPO
 

@@ -104,7 +104,7 @@ def test_score_matches_sacrebleu_called_directly():
 
 
 def test_sequence_loss_counts_only_real_tokens(tiny_model):
-    from mt.train import sequence_loss
+    from mt.objective import sequence_loss
 
     batch = data.collate([[5, 6, 7], [8]], [[9, 10], [11, 12, 13, 14]], [0, 1])
     loss, n_tokens = sequence_loss(tiny_model, batch, label_smoothing=0.0)

@@ -3,7 +3,9 @@ with train.accum_steps=2 trains, which is the update of the two batches' union; 
 
 Each update of the 2-process run takes two consecutive batches of the epoch's order, one per
 rank; the 1-process run accumulates the same two batches. With dropout off, the loss
-trajectories and the final weights must agree up to floating-point summation order.
+trajectories and the final weights must agree up to floating-point summation order. The 550
+training pairs make 9 batches an epoch (odd: the last one is left over by both runs) and the 8
+updates cross the epoch boundary after update 4.
 """
 
 import json
@@ -40,7 +42,7 @@ def _train(launcher: list[str], run_dir: Path, data_dir: Path, mirror: str | Non
         "train.max_steps=8",
         "train.valid_every=2",
         "train.num_threads=1",
-        "data.max_train_sentences=600",
+        "data.max_train_sentences=550",
         "data.max_valid_sentences=8",
         "data.max_test_sentences=8",
         f"data.data_dir={data_dir}",
@@ -72,6 +74,7 @@ def _records(run_dir: Path) -> list[dict]:
 def test_two_processes_follow_the_accumulated_single_process_trajectory(runs):
     single, ddp = _records(runs[0]), _records(runs[1])
     assert [r["step"] for r in ddp] == [r["step"] for r in single] == [2, 4, 6, 8]  # rank 0 alone writes
+    assert [r["epoch"] for r in ddp] == [r["epoch"] for r in single] == [1, 1, 2, 2]  # 4 updates of 2 batches
     for a, b in zip(single, ddp):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)

@@ -103,6 +103,16 @@ def test_curves_plot_every_series_against_its_steps():
     assert len([label for label in lines if label.startswith("AER layer")]) == 4
 
 
+def test_named_objective_terms_get_a_panel_of_their_own():
+    plain = learning_curves_figure([record(100, train_xent=4.0, val_xent=4.5)])
+    assert not any(ax.get_title().startswith("loss terms") for ax in plain.axes)  # xent is the loss panel's
+    records = [record(step, train_xent=4.0, val_xent=4.5, train_align=1.0 - step / 1000, val_align=0.9) for step in (100, 200)]
+    fig = learning_curves_figure(records)
+    panel = next(ax for ax in fig.axes if ax.get_title().startswith("loss terms"))
+    lines = {line.get_label(): list(line.get_ydata()) for line in panel.lines}
+    assert lines == {"train align": [0.9, 0.8], "val align": [0.9, 0.9]}
+
+
 def test_a_crash_while_writing_keeps_the_previous_png(tmp_path, monkeypatch):
     monitor = TrainingMonitor(tmp_path)
     monitor.log_validation(record(100))

@@ -17,6 +17,7 @@ from mt import guards
 from mt import train as train_module
 from mt.checkpoint import load_checkpoint
 from mt.config import from_hydra
+from mt.objective import Objective
 from mt.errors import DataError
 
 from conftest import REPO
@@ -95,16 +96,16 @@ def _smoke_config(tmp_path, mirror, *overrides):
 
 
 def _nan_losses_on(monkeypatch, is_nan_call) -> None:
-    """Make training's loss NaN on the calls (1-based) for which ``is_nan_call(n)`` holds."""
-    real = train_module.sequence_loss
+    """Make the objective's total NaN on the calls (1-based) for which ``is_nan_call(n)`` holds."""
+    real = Objective.forward
     calls = {"n": 0}
 
-    def loss_or_nan(model, batch, label_smoothing):
+    def forward_or_nan(self, src_ids, tgt_in, tgt_out):
         calls["n"] += 1
-        loss, n = real(model, batch, label_smoothing)
-        return (loss * float("nan"), n) if is_nan_call(calls["n"]) else (loss, n)
+        total, terms, n = real(self, src_ids, tgt_in, tgt_out)
+        return (total * float("nan"), terms, n) if is_nan_call(calls["n"]) else (total, terms, n)
 
-    monkeypatch.setattr(train_module, "sequence_loss", loss_or_nan)
+    monkeypatch.setattr(Objective, "forward", forward_or_nan)
 
 
 def test_nonfinite_losses_skip_their_update_and_are_counted(tmp_path, multi30k_mirror, monkeypatch):
