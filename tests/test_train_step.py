@@ -12,8 +12,6 @@ from mt.config import TrainConfig
 from mt.data import collate
 from mt.train import Optimization, TrainState, build_optimization, early_stop, epoch_updates, train_step
 
-from conftest import VOCAB
-
 
 def two_batches() -> list:
     """Two batches of different shapes and padding (ids 3… are ordinary pieces)."""
