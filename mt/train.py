@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from mt import batching
 from mt import corpora
-from mt import data as corpus
 from mt import distributed
 from mt.align import aer_report
 from mt.average import average_run, step_checkpoints
@@ -124,7 +124,7 @@ def autocast(device: torch.device, precision: str):
 
 
 def sequence_loss(
-    model: Transformer, batch: corpus.Batch, label_smoothing: float
+    model: Transformer, batch: batching.Batch, label_smoothing: float
 ) -> tuple[torch.Tensor, int]:
     """Summed label-smoothed cross-entropy over the batch's real target tokens.
 
@@ -150,11 +150,11 @@ class TranslationLoss(torch.nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, src_ids: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor) -> tuple[torch.Tensor, int]:
-        return sequence_loss(self.model, corpus.Batch(src_ids, tgt_in, tgt_out, []), self.label_smoothing)
+        return sequence_loss(self.model, batching.Batch(src_ids, tgt_in, tgt_out, []), self.label_smoothing)
 
 
 @torch.inference_mode()
-def validation_loss(model: Transformer, batches: list[corpus.Batch], device: torch.device, precision: str) -> float:
+def validation_loss(model: Transformer, batches: list[batching.Batch], device: torch.device, precision: str) -> float:
     """Plain (unsmoothed) cross-entropy per target token over the validation batches, in nats."""
     model.eval()
     total, tokens = 0.0, 0
@@ -371,7 +371,7 @@ def _train(cfg: Config, out_dir: Path, context: distributed.Context, device: tor
     def update_groups(epoch: int) -> list[list[list[int]]]:
         """The epoch's batches cut into updates of ``group_size`` batches; a last update too
         small to give every rank a batch is dropped."""
-        batches = corpus.token_batches(src_lens, tgt_lens, cfg.train.batch_tokens, True, cfg.train.seed + epoch)
+        batches = batching.token_batches(src_lens, tgt_lens, cfg.train.batch_tokens, True, cfg.train.seed + epoch)
         groups = [batches[i : i + group_size] for i in range(0, len(batches), group_size)]
         if groups and len(groups[-1]) < context.world_size:
             groups.pop()
@@ -389,7 +389,7 @@ def _train(cfg: Config, out_dir: Path, context: distributed.Context, device: tor
                 optimizer.zero_grad(set_to_none=True)
                 loss_value = 0.0
                 for k, indices in enumerate(mine):
-                    batch = corpus.collate([data.train_src[i] for i in indices], [data.train_tgt[i] for i in indices], indices)
+                    batch = batching.collate([data.train_src[i] for i in indices], [data.train_tgt[i] for i in indices], indices)
                     batch = batch.to(device)
                     with contextlib.nullcontext() if k == len(mine) - 1 else no_sync():  # all-reduce once
                         with autocast(device, precision):

@@ -18,7 +18,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from mt import corpora
+from mt import batching, corpora
 from mt import data as corpus
 from mt import distributed
 from mt.aer import GoldAlignment, load_gold
@@ -53,7 +53,7 @@ class TrainingData:
     train_tgt: Sequence[Sequence[int]]
     src_lens: list[int]
     tgt_lens: list[int]
-    valid_batches: list[corpus.Batch]
+    valid_batches: list[batching.Batch]
     gold: GoldAlignment | None = None
     gold_segmentations: list[Segmentation] | None = None
 
@@ -133,8 +133,8 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
     valid_src = [ids[: data_cfg.max_len] for ids in valid_set["src_ids"]]
     valid_tgt = [ids[: data_cfg.max_len] for ids in valid_set["tgt_ids"]]
     valid_batches = [
-        corpus.collate([valid_src[i] for i in b], [valid_tgt[i] for i in b], b)
-        for b in corpus.token_batches(
+        batching.collate([valid_src[i] for i in b], [valid_tgt[i] for i in b], b)
+        for b in batching.token_batches(
             [len(s) for s in valid_src], [len(t) for t in valid_tgt], cfg.train.batch_tokens, shuffle=False
         )
     ]

@@ -8,8 +8,8 @@
 Both systems train on the same real Multi30k de→en batches: the training split with the
 sentencepiece model that ``mt-train`` caches under ``DATA_DIR/cache`` (trained there on first
 use), pairs longer than ``data.max_len`` dropped, token-budget batches from
-``mt.data.token_batches`` in the order of training epoch 1 (``train.seed`` + 1), padded by
-``mt.data.collate``. One training step is what ``mt/train.py`` does per update: forward under
+``mt.batching.token_batches`` in the order of training epoch 1 (``train.seed`` + 1), padded by
+``mt.batching.collate``. One training step is what ``mt/train.py`` does per update: forward under
 ``mt.train.autocast``, summed label-smoothed cross-entropy over the real target tokens, divided
 by their number, backward, gradient clipping at ``train.clip_norm``, AdamW built as
 ``mt/train.py`` builds it (``foreach=True``, weight decay on matrices only), with its
@@ -241,15 +241,15 @@ def sync(device: torch.device) -> None:
 def training_batches(src: list, tgt: list, batch_tokens: int, n: int, seed: int) -> list[tuple]:
     """The first ``n`` batches of training (epochs 1, 2, … as ``mt/train.py`` orders them).
 
-    Returns: (src_ids, tgt_in, tgt_out) long tensors, as ``mt.data.collate`` pads them.
+    Returns: (src_ids, tgt_in, tgt_out) long tensors, as ``mt.batching.collate`` pads them.
     """
-    from mt import data as corpus
+    from mt import batching
 
     src_lens, tgt_lens = [len(s) for s in src], [len(t) for t in tgt]
     out, epoch = [], 1
     while len(out) < n:
-        for indices in corpus.token_batches(src_lens, tgt_lens, batch_tokens, True, seed + epoch):
-            batch = corpus.collate([src[i] for i in indices], [tgt[i] for i in indices], indices)
+        for indices in batching.token_batches(src_lens, tgt_lens, batch_tokens, True, seed + epoch):
+            batch = batching.collate([src[i] for i in indices], [tgt[i] for i in indices], indices)
             out.append((batch.src_ids, batch.tgt_in, batch.tgt_out))
             if len(out) == n:
                 break
@@ -329,7 +329,7 @@ def hf_sequence_loss(model, src_ids: torch.Tensor, tgt_in: torch.Tensor, tgt_out
 
 def measure_one(system: str, args: argparse.Namespace) -> dict:
     """In the subprocess: build one system, train on the saved batches, time the steps after the warm-up."""
-    from mt.data import Batch
+    from mt.batching import Batch
     from mt.model import Transformer
     from mt.tokenizer import PAD_ID
     from mt.train import autocast, build_optimizer, sequence_loss

@@ -7,7 +7,7 @@ import pytest
 import sacrebleu
 import torch
 
-from mt import data
+from mt import batching, data
 from mt.errors import DataError
 from mt.evaluate import score
 
@@ -17,7 +17,7 @@ def test_token_batches_cover_every_pair_once_within_budget():
     src = [rng.randint(1, 40) for _ in range(500)]
     tgt = [rng.randint(1, 40) for _ in range(500)]
     for shuffle in (False, True):
-        batches = data.token_batches(src, tgt, batch_tokens=200, shuffle=shuffle, seed=3)
+        batches = batching.token_batches(src, tgt, batch_tokens=200, shuffle=shuffle, seed=3)
         assert sorted(i for b in batches for i in b) == list(range(500))
         for b in batches:
             assert len(b) * max(max(src[i], tgt[i]) + 1 for i in b) <= 200
@@ -25,15 +25,15 @@ def test_token_batches_cover_every_pair_once_within_budget():
 
 def test_token_batches_group_similar_lengths_and_shuffle_deterministically():
     src = list(range(1, 101))
-    batches = data.token_batches(src, src, batch_tokens=120, shuffle=False)
+    batches = batching.token_batches(src, src, batch_tokens=120, shuffle=False)
     spans = [max(src[i] for i in b) - min(src[i] for i in b) for b in batches]
     assert max(spans) <= 10
-    assert data.token_batches(src, src, 120, True, seed=1) == data.token_batches(src, src, 120, True, seed=1)
-    assert data.token_batches(src, src, 120, True, seed=1) != data.token_batches(src, src, 120, True, seed=2)
+    assert batching.token_batches(src, src, 120, True, seed=1) == batching.token_batches(src, src, 120, True, seed=1)
+    assert batching.token_batches(src, src, 120, True, seed=1) != batching.token_batches(src, src, 120, True, seed=2)
 
 
 def test_collate_adds_specials_and_pads():
-    batch = data.collate([[5, 6], [7]], [[8], [9, 10, 11]], [0, 1])
+    batch = batching.collate([[5, 6], [7]], [[8], [9, 10, 11]], [0, 1])
     assert batch.src_ids.tolist() == [[5, 6, 3], [7, 3, 0]]
     assert batch.tgt_in.tolist() == [[2, 8, 0, 0], [2, 9, 10, 11]]
     assert batch.tgt_out.tolist() == [[8, 3, 0, 0], [9, 10, 11, 3]]
@@ -106,7 +106,7 @@ def test_score_matches_sacrebleu_called_directly():
 def test_sequence_loss_counts_only_real_tokens(tiny_model):
     from mt.train import sequence_loss
 
-    batch = data.collate([[5, 6, 7], [8]], [[9, 10], [11, 12, 13, 14]], [0, 1])
+    batch = batching.collate([[5, 6, 7], [8]], [[9, 10], [11, 12, 13, 14]], [0, 1])
     loss, n_tokens = sequence_loss(tiny_model, batch, label_smoothing=0.0)
     assert n_tokens == 8
     logits = tiny_model(batch.src_ids, batch.tgt_in)
