@@ -201,13 +201,13 @@ def training_tokenizer(data_dir: str, mirror: str | None):
     """
     import datasets
 
-    from mt import data as corpus
+    from mt import corpora
     from mt.config import TokenizerConfig
     from mt.training_data import load_tokenizer
 
     datasets.disable_progress_bars()
     data_cfg = DataConfig()
-    train_set = corpus.load_split(data_cfg.train_split, data_cfg.src_lang, data_cfg.tgt_lang, data_dir, mirror)
+    train_set = corpora.load_split(data_cfg.train_split, data_cfg.src_lang, data_cfg.tgt_lang, data_dir, mirror)
     cache_dir = Path(data_dir) / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     return load_tokenizer(TokenizerConfig(), train_set, cache_dir), train_set
