@@ -4,6 +4,10 @@
 sentencepiece model, tokenizes with caching, drops over-long training pairs and builds the
 validation batches and the gold alignment set. Under torchrun rank 0 runs it first and fills
 the caches; the other ranks then read them (:func:`mt.distributed.main_first`).
+
+Its steps are public for the benchmarks that rebuild training's data: :func:`load_tokenizer`
+(sentencepiece trained once per inputs, cached under ``data_dir/cache``) and :func:`tokenize`
+(a text dataset's token ids, cached under a hash of the texts and the models).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +24,6 @@ import datasets
 import torch
 
 from mt import batching, corpora
-from mt import data as corpus
 from mt import distributed
 from mt.aer import GoldAlignment, load_gold
 from mt.checkpoint import save_checkpoint
@@ -81,6 +85,32 @@ def load_tokenizer(cfg: TokenizerConfig, train_set, cache_dir: Path) -> Tokenize
     return tokenizer
 
 
+def tokenize(dataset: datasets.Dataset, tokenizer: Tokenizer, cache_dir: str | Path | None = None) -> datasets.Dataset:
+    """Add columns ``src_ids`` and ``tgt_ids`` (piece ids, no specials).
+
+    With ``cache_dir`` the result is saved under a hash of the texts and the tokenizer models
+    and loaded from there by the next run with the same inputs.
+    """
+
+    def encode(batch: dict) -> dict:
+        return {"src_ids": tokenizer.encode_src(batch["src"]), "tgt_ids": tokenizer.encode_tgt(batch["tgt"])}
+
+    if cache_dir is None:
+        return dataset.map(encode, batched=True, batch_size=2000)
+    digest = hashlib.sha256()
+    state = tokenizer.state()
+    for part in (state["src_model"], state["tgt_model"], *dataset["src"], *dataset["tgt"]):
+        digest.update(part if isinstance(part, bytes) else part.encode() + b"\n")
+    path = Path(cache_dir) / f"tokenized-{digest.hexdigest()[:16]}"
+    if path.exists():
+        return datasets.load_from_disk(str(path))
+    tokenized = dataset.map(encode, batched=True, batch_size=2000)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tokenized.save_to_disk(str(tmp))
+    os.replace(tmp, path)
+    return datasets.load_from_disk(str(path))
+
+
 def load_run_gold(data_cfg: DataConfig) -> GoldAlignment:
     """``data.alignment_gold``, oriented src→tgt as the run translates.
 
@@ -128,8 +158,8 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
         if data_cfg.streaming:  # token ids only (int32 arrays), already filtered by data.max_len
             train_src, train_tgt = corpora.encode_stream(splits["train"], tokenizer, data_cfg.max_len)
         else:
-            train_src, train_tgt = _kept_pairs(corpus.tokenize(splits["train"], tokenizer, cache_dir), data_cfg.max_len)
-    valid_set = corpus.tokenize(splits["valid"], tokenizer)
+            train_src, train_tgt = _kept_pairs(tokenize(splits["train"], tokenizer, cache_dir), data_cfg.max_len)
+    valid_set = tokenize(splits["valid"], tokenizer)
     valid_src = [ids[: data_cfg.max_len] for ids in valid_set["src_ids"]]
     valid_tgt = [ids[: data_cfg.max_len] for ids in valid_set["tgt_ids"]]
     valid_batches = [

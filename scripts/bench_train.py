@@ -219,10 +219,10 @@ def load_training_data(data_dir: str, mirror: str | None):
     Returns: tokenizer, src and tgt piece-id lists (no specials), pairs over ``data.max_len``
     or empty dropped.
     """
-    from mt import data as corpus
+    from mt.training_data import tokenize
 
     tokenizer, train_set = training_tokenizer(data_dir, mirror)
-    tokenized = corpus.tokenize(train_set, tokenizer, Path(data_dir) / "cache")
+    tokenized = tokenize(train_set, tokenizer, Path(data_dir) / "cache")
     max_len = DataConfig().max_len
     pairs = [
         (s, t)
