@@ -21,8 +21,9 @@ with a single split.
 
 With ``data.streaming`` (hf and files) the train split comes back as a
 ``datasets.IterableDataset`` of ``{"src", "tgt"}`` that never sits in memory as text:
-:func:`text_sample` gives the sentencepiece training sample and :func:`encode_stream` the compact
-token ids. Valid and test are always materialised.
+:func:`text_sample` gives the sentencepiece training sample and
+:func:`mt.training_data.encode_stream` the compact token ids. Valid and test are always
+materialised.
 
 Plain and gzipped text files are read line by line as the rest of ``mt`` reads them
 (:func:`read_lines`, :func:`iter_lines`, :func:`split_lines`: on ``\\n`` only, a trailing ``\\r``
@@ -45,11 +46,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import datasets
-import numpy as np
 
 from mt.config import DataConfig
 from mt.errors import ConfigError, DataError
-from mt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -121,35 +120,6 @@ def text_sample(pairs: Iterable[dict], n: int) -> datasets.Dataset:
     """The first ``n`` pairs of a stream as a Dataset (columns ``src``, ``tgt``), to train
     sentencepiece on (``data.tokenizer_sample``) without reading the whole corpus."""
     return _materialise(itertools.islice(pairs, n))
-
-
-def encode_stream(
-    pairs: Iterable[dict], tokenizer: Tokenizer, max_len: int, chunk_size: int = 10_000
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Tokenize a stream of ``{"src", "tgt"}`` pairs chunk by chunk, keeping only the ids.
-
-    Pairs with an empty side or more than ``max_len`` pieces on either side are dropped (as the
-    in-memory training path does) and counted in one log line.
-
-    Returns:
-        src_ids, tgt_ids: one int32 array of piece ids (no specials) per kept pair, in stream
-        order; ``src_ids[i]`` and ``tgt_ids[i]`` are the two sides of one pair.
-    """
-    src_out: list[np.ndarray] = []
-    tgt_out: list[np.ndarray] = []
-    total = 0
-    iterator = iter(pairs)
-    while chunk := list(itertools.islice(iterator, chunk_size)):
-        total += len(chunk)
-        src_ids = tokenizer.encode_src([pair["src"] for pair in chunk])
-        tgt_ids = tokenizer.encode_tgt([pair["tgt"] for pair in chunk])
-        for s, t in zip(src_ids, tgt_ids):
-            if 0 < len(s) <= max_len and 0 < len(t) <= max_len:
-                src_out.append(np.asarray(s, dtype=np.int32))
-                tgt_out.append(np.asarray(t, dtype=np.int32))
-    dropped = total - len(src_out)
-    log.info("encoded %d training pairs; dropped %d longer than data.max_len=%d or empty", total, dropped, max_len)
-    return src_out, tgt_out
 
 
 # ------------------------------------------------------------------------------------- slices

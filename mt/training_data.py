@@ -7,20 +7,23 @@ the caches; the other ranks then read them (:func:`mt.distributed.main_first`).
 
 Its steps are public for the benchmarks that rebuild training's data: :func:`load_tokenizer`
 (sentencepiece trained once per inputs, cached under ``data_dir/cache``) and :func:`tokenize`
-(a text dataset's token ids, cached under a hash of the texts and the models).
+(a text dataset's token ids, cached under a hash of the texts and the models);
+:func:`encode_stream` is the streamed counterpart (``data.streaming``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 
 from mt import batching, corpora
@@ -111,6 +114,35 @@ def tokenize(dataset: datasets.Dataset, tokenizer: Tokenizer, cache_dir: str | P
     return datasets.load_from_disk(str(path))
 
 
+def encode_stream(
+    pairs: Iterable[dict], tokenizer: Tokenizer, max_len: int, chunk_size: int = 10_000
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Tokenize a stream of ``{"src", "tgt"}`` pairs chunk by chunk, keeping only the ids.
+
+    Pairs with an empty side or more than ``max_len`` pieces on either side are dropped (as the
+    in-memory training path does) and counted in one log line.
+
+    Returns:
+        src_ids, tgt_ids: one int32 array of piece ids (no specials) per kept pair, in stream
+        order; ``src_ids[i]`` and ``tgt_ids[i]`` are the two sides of one pair.
+    """
+    src_out: list[np.ndarray] = []
+    tgt_out: list[np.ndarray] = []
+    total = 0
+    iterator = iter(pairs)
+    while chunk := list(itertools.islice(iterator, chunk_size)):
+        total += len(chunk)
+        src_ids = tokenizer.encode_src([pair["src"] for pair in chunk])
+        tgt_ids = tokenizer.encode_tgt([pair["tgt"] for pair in chunk])
+        for s, t in zip(src_ids, tgt_ids):
+            if 0 < len(s) <= max_len and 0 < len(t) <= max_len:
+                src_out.append(np.asarray(s, dtype=np.int32))
+                tgt_out.append(np.asarray(t, dtype=np.int32))
+    dropped = total - len(src_out)
+    log.info("encoded %d training pairs; dropped %d longer than data.max_len=%d or empty", total, dropped, max_len)
+    return src_out, tgt_out
+
+
 def load_run_gold(data_cfg: DataConfig) -> GoldAlignment:
     """``data.alignment_gold``, oriented src→tgt as the run translates.
 
@@ -156,7 +188,7 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
         else:
             tokenizer = load_tokenizer(cfg.tokenizer, splits["train"], cache_dir)
         if data_cfg.streaming:  # token ids only (int32 arrays), already filtered by data.max_len
-            train_src, train_tgt = corpora.encode_stream(splits["train"], tokenizer, data_cfg.max_len)
+            train_src, train_tgt = encode_stream(splits["train"], tokenizer, data_cfg.max_len)
         else:
             train_src, train_tgt = _kept_pairs(tokenize(splits["train"], tokenizer, cache_dir), data_cfg.max_len)
     valid_set = tokenize(splits["valid"], tokenizer)
