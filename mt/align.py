@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from mt.aer import AlignmentScores, GoldAlignment, format_pharaoh, score_alignments
-from mt.data import pad
+from mt.batching import pad
 from mt.model import Transformer
 from mt.symmetrize import symmetrize
 from mt.tokenizer import Tokenizer

@@ -92,7 +92,7 @@ def _load(args: argparse.Namespace):
 
 
 def _read_text(path: str) -> list[str]:
-    from mt.data import read_lines
+    from mt.corpora import read_lines
 
     file = Path(path)
     if not file.is_file():
@@ -104,7 +104,7 @@ def _read_text(path: str) -> list[str]:
 
 
 def _read_stdin() -> list[str]:
-    from mt.data import split_lines
+    from mt.corpora import split_lines
 
     return split_lines(sys.stdin.buffer.read(), "stdin")
 
@@ -223,7 +223,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
         parser.error("give either --split or --src/--ref, not both")
 
     def body() -> None:
-        from mt.data import load_split
+        from mt.corpora import load_split
         from mt.evaluate import score, translate
 
         model, tokenizer, info, decoding = _load(args)

@@ -2,7 +2,10 @@
 
 ``data.source`` picks the reader (keys documented in :class:`mt.config.DataConfig`):
 
-- ``multi30k``: Multi30k task 1 through :func:`mt.data.load_split`.
+- ``multi30k``: Multi30k task 1 (Elliott et al. 2016) through :func:`load_split`, read from its
+  raw ``{split}.{lang}.gz`` files, which are fetched once into ``data/multi30k/``: copied from a
+  local mirror folder (``data.mirror`` or the ``MT_DATA_MIRROR`` environment variable) or
+  downloaded from the upstream repository (:func:`multi30k_file`).
 - ``hf``: a Hugging Face dataset (Lhoest et al. 2021): a Hub id (``wmt14``, ``iwslt2017``,
   ``Helsinki-NLP/opus_books`` …), a local folder ``load_dataset`` reads (parquet/json/csv files
   named after their split), or a ``save_to_disk`` folder. Pairs come from a ``translation``
@@ -18,8 +21,13 @@ with a single split.
 
 With ``data.streaming`` (hf and files) the train split comes back as a
 ``datasets.IterableDataset`` of ``{"src", "tgt"}`` that never sits in memory as text:
-:func:`text_sample` gives the sentencepiece training sample and :func:`encode_stream` the compact
-token ids. Valid and test are always materialised.
+:func:`text_sample` gives the sentencepiece training sample and
+:func:`mt.training_data.encode_stream` the compact token ids. Valid and test are always
+materialised.
+
+Plain and gzipped text files are read line by line as the rest of ``mt`` reads them
+(:func:`read_lines`, :func:`iter_lines`, :func:`split_lines`: on ``\\n`` only, a trailing ``\\r``
+dropped).
 """
 
 from __future__ import annotations
@@ -28,17 +36,19 @@ import gzip
 import itertools
 import json
 import logging
+import os
 import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import datasets
-import numpy as np
 
 from mt.config import DataConfig
-from mt.data import load_split, split_lines
 from mt.errors import ConfigError, DataError
-from mt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -112,35 +122,6 @@ def text_sample(pairs: Iterable[dict], n: int) -> datasets.Dataset:
     return _materialise(itertools.islice(pairs, n))
 
 
-def encode_stream(
-    pairs: Iterable[dict], tokenizer: Tokenizer, max_len: int, chunk_size: int = 10_000
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Tokenize a stream of ``{"src", "tgt"}`` pairs chunk by chunk, keeping only the ids.
-
-    Pairs with an empty side or more than ``max_len`` pieces on either side are dropped (as the
-    in-memory training path does) and counted in one log line.
-
-    Returns:
-        src_ids, tgt_ids: one int32 array of piece ids (no specials) per kept pair, in stream
-        order; ``src_ids[i]`` and ``tgt_ids[i]`` are the two sides of one pair.
-    """
-    src_out: list[np.ndarray] = []
-    tgt_out: list[np.ndarray] = []
-    total = 0
-    iterator = iter(pairs)
-    while chunk := list(itertools.islice(iterator, chunk_size)):
-        total += len(chunk)
-        src_ids = tokenizer.encode_src([pair["src"] for pair in chunk])
-        tgt_ids = tokenizer.encode_tgt([pair["tgt"] for pair in chunk])
-        for s, t in zip(src_ids, tgt_ids):
-            if 0 < len(s) <= max_len and 0 < len(t) <= max_len:
-                src_out.append(np.asarray(s, dtype=np.int32))
-                tgt_out.append(np.asarray(t, dtype=np.int32))
-    dropped = total - len(src_out)
-    log.info("encoded %d training pairs; dropped %d longer than data.max_len=%d or empty", total, dropped, max_len)
-    return src_out, tgt_out
-
-
 # ------------------------------------------------------------------------------------- slices
 def _parse_split(spec: str) -> tuple[str, str | None, str | None]:
     """``name[start:stop]`` → (name, start, stop); bounds are ``N``, ``-N``, ``N%`` or None."""
@@ -175,6 +156,89 @@ def _slice_stream(pairs: datasets.IterableDataset, start: str | None, stop: str 
     first = int(start or 0)
     pairs = pairs.skip(first) if first else pairs
     return pairs if stop is None else pairs.take(max(int(stop) - first, 0))
+
+
+# ---------------------------------------------------------------------------------- Multi30k
+MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
+MULTI30K_LINES = {"train": 29000, "val": 1014, "test_2016_flickr": 1000, "test_2017_flickr": 1000}
+MULTI30K_MISSING = {("test_2017_flickr", "cs")}  # no Czech for the 2017 test set
+
+
+def load_split(
+    split: str,
+    src_lang: str,
+    tgt_lang: str,
+    data_dir: str | Path = "data",
+    mirror: str | Path | None = None,
+    max_sentences: int = 0,
+) -> datasets.Dataset:
+    """One Multi30k split as a Dataset with string columns ``src`` and ``tgt``.
+
+    Args:
+        max_sentences: keep only the first N pairs (0 = all).
+
+    Raises:
+        DataError: a file is missing, or the two sides (or the expected count) differ in lines.
+    """
+    src_path = multi30k_file(split, src_lang, data_dir, mirror)
+    tgt_path = multi30k_file(split, tgt_lang, data_dir, mirror)
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    expected = MULTI30K_LINES[split]
+    for path, lines in ((src_path, src), (tgt_path, tgt)):
+        if len(lines) != expected:
+            raise DataError(f"{path} has {len(lines)} lines, Multi30k {split} has {expected}; delete it to fetch again")
+    if max_sentences:
+        src, tgt = src[:max_sentences], tgt[:max_sentences]
+    return datasets.Dataset.from_dict({"src": src, "tgt": tgt})
+
+
+def multi30k_file(split: str, lang: str, data_dir: str | Path, mirror: str | Path | None) -> Path:
+    """Path of ``{split}.{lang}.gz`` under ``data_dir/multi30k``, fetched there on first use.
+
+    Tries the mirror folder first, then the upstream repository.
+
+    Raises:
+        DataError: unknown split or language pair, or the file is neither in the mirror nor
+            downloadable (the message says what to set).
+    """
+    if split not in MULTI30K_LINES:
+        raise DataError(f"Multi30k has no split {split!r}; splits: {', '.join(MULTI30K_LINES)}")
+    if (split, lang) in MULTI30K_MISSING:
+        raise DataError(f"Multi30k split {split!r} has no {lang!r} side; choose another split or language")
+    name = f"{split}.{lang}.gz"
+    target = Path(data_dir) / "multi30k" / name
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if mirror:
+        source = Path(mirror) / name
+        if not source.exists():
+            raise DataError(f"{source} not found in the Multi30k mirror (MT_DATA_MIRROR / data.mirror = {mirror})")
+        _atomic_copy(source, target)
+        return target
+    url = f"{MULTI30K_URL}/{name}"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            _atomic_write(target, response.read())
+    except (urllib.error.URLError, OSError) as error:
+        raise DataError(
+            f"cannot download {url} ({error}); with no network, set MT_DATA_MIRROR to a folder "
+            f"holding the Multi30k raw files {{train,val,test_2016_flickr,test_2017_flickr}}.{{de,en,fr,cs}}.gz"
+        ) from None
+    log.info("downloaded %s", url)
+    return target
+
+
+def _atomic_write(target: Path, payload: bytes) -> None:
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+        tmp.write(payload)
+    os.replace(tmp.name, target)
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp, open(source, "rb") as src:
+        shutil.copyfileobj(src, tmp)
+    os.replace(tmp.name, target)
 
 
 # ------------------------------------------------------------------------------ Hugging Face
@@ -322,8 +386,40 @@ def _pairs_stream(split: datasets.IterableDataset, cfg: DataConfig, where: str) 
 
 
 # ------------------------------------------------------------------------------ local files
+def split_lines(raw: bytes, source: str) -> list[str]:
+    """Decode UTF-8 bytes into lines, splitting on ``\n`` only.
+
+    ``str.splitlines`` would also split on form feeds, U+2028 and other separators inside a
+    line, breaking the one-line-in, one-line-out contract. A trailing ``\r`` is dropped from
+    each line; invalid UTF-8 is replaced by U+FFFD with one warning naming ``source``.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        log.warning("%s: invalid UTF-8 (first at byte %d) replaced by U+FFFD", source, error.start)
+        text = raw.decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it does not start a new one
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def read_lines(path: Path) -> list[str]:
+    """Lines of a plain or gzipped UTF-8 text file (see :func:`split_lines`).
+
+    Raises:
+        DataError: the file is missing or not readable.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            return split_lines(f.read(), str(path))
+    except (OSError, EOFError) as error:
+        raise DataError(f"cannot read {path}: {error}") from None
+
+
 def iter_lines(path: Path) -> Iterator[str]:
-    """Lines of a plain or gzipped UTF-8 file, read in chunks, split as :func:`mt.data.split_lines`
+    """Lines of a plain or gzipped UTF-8 file, read in chunks, split as :func:`split_lines`
     does (on ``\\n`` only; invalid UTF-8 replaced, with a warning per chunk).
 
     Raises:

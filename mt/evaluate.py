@@ -10,7 +10,7 @@ import sacrebleu
 import torch
 
 from mt.config import DecodingConfig
-from mt.data import pad
+from mt.batching import pad
 from mt.decoding import beam_search, greedy_search
 from mt.model import Transformer
 from mt.tokenizer import Tokenizer

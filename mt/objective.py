@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mt.data import Batch
+from mt.batching import Batch
 from mt.device import autocast
 from mt.model import Transformer
 

@@ -52,8 +52,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mt import batching
 from mt import corpora
-from mt import data as corpus
 from mt import distributed
 from mt.align import aer_report
 from mt.average import average_run, step_checkpoints
@@ -298,7 +298,7 @@ class StepResult:
     grad_norm: float
 
 
-def train_step(opt: Optimization, batches: Sequence[corpus.Batch], update_tokens: int) -> StepResult:
+def train_step(opt: Optimization, batches: Sequence[batching.Batch], update_tokens: int) -> StepResult:
     """One update from this process's share of the update's batches.
 
     Gradients of the batches are summed (DDP all-reduces once, after the last) and scaled so
@@ -350,7 +350,7 @@ def epoch_updates(
 
     Returns: updates → batches → indices of training pairs.
     """
-    batches = corpus.token_batches(src_lens, tgt_lens, cfg.batch_tokens, True, cfg.seed + epoch)
+    batches = batching.token_batches(src_lens, tgt_lens, cfg.batch_tokens, True, cfg.seed + epoch)
     return [batches[i : i + group_size] for i in range(0, len(batches) - group_size + 1, group_size)]
 
 

@@ -4,22 +4,29 @@
 sentencepiece model, tokenizes with caching, drops over-long training pairs and builds the
 validation batches and the gold alignment set. Under torchrun rank 0 runs it first and fills
 the caches; the other ranks then read them (:func:`mt.distributed.main_first`).
+
+Its steps are public for the benchmarks that rebuild training's data: :func:`load_tokenizer`
+(sentencepiece trained once per inputs, cached under ``data_dir/cache``) and :func:`tokenize`
+(a text dataset's token ids, cached under a hash of the texts and the models);
+:func:`encode_stream` is the streamed counterpart (``data.streaming``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 
-from mt import corpora
-from mt import data as corpus
+from mt import batching, corpora
 from mt import distributed
 from mt.aer import GoldAlignment, load_gold
 from mt.checkpoint import save_checkpoint
@@ -53,13 +60,13 @@ class TrainingData:
     train_tgt: Sequence[Sequence[int]]
     src_lens: list[int]
     tgt_lens: list[int]
-    valid_batches: list[corpus.Batch]
+    valid_batches: list[batching.Batch]
     gold: GoldAlignment | None = None
     gold_segmentations: list[Segmentation] | None = None
 
-    def batch(self, indices: list[int]) -> corpus.Batch:
-        """The training pairs at ``indices`` as one padded batch (:func:`mt.data.collate`)."""
-        return corpus.collate([self.train_src[i] for i in indices], [self.train_tgt[i] for i in indices], indices)
+    def batch(self, indices: list[int]) -> batching.Batch:
+        """The training pairs at ``indices`` as one padded batch (:func:`mt.batching.collate`)."""
+        return batching.collate([self.train_src[i] for i in indices], [self.train_tgt[i] for i in indices], indices)
 
     def write_tokenizer(self, out_dir: Path, src_lang: str, tgt_lang: str) -> None:
         """``sentencepiece.model`` (joint) or ``sentencepiece.{src_lang,tgt_lang}.model`` in the run dir."""
@@ -83,6 +90,61 @@ def load_tokenizer(cfg: TokenizerConfig, train_set, cache_dir: Path) -> Tokenize
     tokenizer = Tokenizer.train(train_set["src"], train_set["tgt"], cfg)
     save_checkpoint(tokenizer.state(), path)
     return tokenizer
+
+
+def tokenize(dataset: datasets.Dataset, tokenizer: Tokenizer, cache_dir: str | Path | None = None) -> datasets.Dataset:
+    """Add columns ``src_ids`` and ``tgt_ids`` (piece ids, no specials).
+
+    With ``cache_dir`` the result is saved under a hash of the texts and the tokenizer models
+    and loaded from there by the next run with the same inputs.
+    """
+
+    def encode(batch: dict) -> dict:
+        return {"src_ids": tokenizer.encode_src(batch["src"]), "tgt_ids": tokenizer.encode_tgt(batch["tgt"])}
+
+    if cache_dir is None:
+        return dataset.map(encode, batched=True, batch_size=2000)
+    digest = hashlib.sha256()
+    state = tokenizer.state()
+    for part in (state["src_model"], state["tgt_model"], *dataset["src"], *dataset["tgt"]):
+        digest.update(part if isinstance(part, bytes) else part.encode() + b"\n")
+    path = Path(cache_dir) / f"tokenized-{digest.hexdigest()[:16]}"
+    if path.exists():
+        return datasets.load_from_disk(str(path))
+    tokenized = dataset.map(encode, batched=True, batch_size=2000)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tokenized.save_to_disk(str(tmp))
+    os.replace(tmp, path)
+    return datasets.load_from_disk(str(path))
+
+
+def encode_stream(
+    pairs: Iterable[dict], tokenizer: Tokenizer, max_len: int, chunk_size: int = 10_000
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Tokenize a stream of ``{"src", "tgt"}`` pairs chunk by chunk, keeping only the ids.
+
+    Pairs with an empty side or more than ``max_len`` pieces on either side are dropped (as the
+    in-memory training path does) and counted in one log line.
+
+    Returns:
+        src_ids, tgt_ids: one int32 array of piece ids (no specials) per kept pair, in stream
+        order; ``src_ids[i]`` and ``tgt_ids[i]`` are the two sides of one pair.
+    """
+    src_out: list[np.ndarray] = []
+    tgt_out: list[np.ndarray] = []
+    total = 0
+    iterator = iter(pairs)
+    while chunk := list(itertools.islice(iterator, chunk_size)):
+        total += len(chunk)
+        src_ids = tokenizer.encode_src([pair["src"] for pair in chunk])
+        tgt_ids = tokenizer.encode_tgt([pair["tgt"] for pair in chunk])
+        for s, t in zip(src_ids, tgt_ids):
+            if 0 < len(s) <= max_len and 0 < len(t) <= max_len:
+                src_out.append(np.asarray(s, dtype=np.int32))
+                tgt_out.append(np.asarray(t, dtype=np.int32))
+    dropped = total - len(src_out)
+    log.info("encoded %d training pairs; dropped %d longer than data.max_len=%d or empty", total, dropped, max_len)
+    return src_out, tgt_out
 
 
 def load_run_gold(data_cfg: DataConfig) -> GoldAlignment:
@@ -130,15 +192,15 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
         else:
             tokenizer = load_tokenizer(cfg.tokenizer, splits["train"], cache_dir)
         if data_cfg.streaming:  # token ids only (int32 arrays), already filtered by data.max_len
-            train_src, train_tgt = corpora.encode_stream(splits["train"], tokenizer, data_cfg.max_len)
+            train_src, train_tgt = encode_stream(splits["train"], tokenizer, data_cfg.max_len)
         else:
-            train_src, train_tgt = _kept_pairs(corpus.tokenize(splits["train"], tokenizer, cache_dir), data_cfg.max_len)
-    valid_set = corpus.tokenize(splits["valid"], tokenizer)
+            train_src, train_tgt = _kept_pairs(tokenize(splits["train"], tokenizer, cache_dir), data_cfg.max_len)
+    valid_set = tokenize(splits["valid"], tokenizer)
     valid_src = [ids[: data_cfg.max_len] for ids in valid_set["src_ids"]]
     valid_tgt = [ids[: data_cfg.max_len] for ids in valid_set["tgt_ids"]]
     valid_batches = [
-        corpus.collate([valid_src[i] for i in b], [valid_tgt[i] for i in b], b)
-        for b in corpus.token_batches(
+        batching.collate([valid_src[i] for i in b], [valid_tgt[i] for i in b], b)
+        for b in batching.token_batches(
             [len(s) for s in valid_src], [len(t) for t in valid_tgt], cfg.train.batch_tokens, shuffle=False
         )
     ]

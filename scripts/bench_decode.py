@@ -201,7 +201,7 @@ def print_sweep(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    from mt import data as corpus
+    from mt import corpora
     from mt.checkpoint import load_for_inference
     from mt.errors import MtError
     from mt.model import Transformer
@@ -250,7 +250,7 @@ def main() -> None:
             src_lang, tgt_lang = "de", "en"
             decoding = DecodingConfig(max_len_a=0.0, max_len_b=args.length)
             what = f"random weights, output forced to {args.length} tokens"
-        test = corpus.load_split("test_2016_flickr", src_lang, tgt_lang, args.data_dir, mirror, args.max_sentences)
+        test = corpora.load_split("test_2016_flickr", src_lang, tgt_lang, args.data_dir, mirror, args.max_sentences)
     except MtError as error:
         sys.exit(f"bench_decode: error: {error}")
     if args.batch_size:

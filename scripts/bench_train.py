@@ -310,7 +310,7 @@ class MarianObjective(torch.nn.Module):
 def measure_one(system: str, args: argparse.Namespace) -> dict:
     """In the subprocess: build one system, train on the saved batches with ``mt.train.train_step``,
     time the steps after the warm-up."""
-    from mt.data import Batch
+    from mt.batching import Batch
     from mt.model import Transformer
     from mt.tokenizer import PAD_ID
     from mt.train import build_optimization, train_step

@@ -43,7 +43,7 @@ def main() -> None:
     src, tgt = list(gold.src), list(gold.tgt)
     extra = 0
     if args.multi30k:
-        from mt.data import load_split
+        from mt.corpora import load_split
 
         split = load_split("train", gold.src_lang, gold.tgt_lang, args.data_dir, os.environ.get("MT_DATA_MIRROR"))
         src, tgt = [*split["src"], *src], [*split["tgt"], *tgt]

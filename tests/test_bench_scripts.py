@@ -11,7 +11,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from mt.data import Batch, collate
+from mt.batching import Batch, collate
 from mt.decoding import beam_search, greedy_search
 from mt.model import Transformer
 from mt.objective import sequence_loss

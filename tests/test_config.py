@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from mt.config import Config, from_hydra
-from mt.data import collate
+from mt.batching import collate
 from mt.errors import ConfigError
 from mt.model import Transformer
 from mt.objective import sequence_loss

@@ -17,9 +17,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from mt.config import DataConfig, TokenizerConfig, from_hydra
-from mt.corpora import encode_stream, load_splits, split_label, text_sample
+from mt.corpora import load_splits, split_label, text_sample
 from mt.errors import ConfigError, DataError
 from mt.tokenizer import Tokenizer
+from mt.training_data import encode_stream
 
 from conftest import REPO
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from mt import data as data_module
+from mt import batching
 from mt import train as train_module
 from mt.checkpoint import load_checkpoint
 from mt.config import from_hydra
@@ -108,7 +108,7 @@ def _config(tmp_path: Path, mirror: str | None, *overrides: str):
 def test_accumulated_batches_make_the_update_of_their_union(tmp_path, multi30k_mirror, monkeypatch):
     """accum_steps=2 over batches [0..3] and [4..7] = one update on the batch [0..7]: the loss is
     normalised by the tokens of the whole update, and padding changes nothing."""
-    real_batches = data_module.token_batches
+    real_batches = batching.token_batches
 
     def fixed_batches(groups):
         def token_batches(src_lens, tgt_lens, batch_tokens, shuffle, seed=0):
@@ -118,7 +118,7 @@ def test_accumulated_batches_make_the_update_of_their_union(tmp_path, multi30k_m
 
     states = {}
     for name, groups, accum in (("accumulated", [[0, 1, 2, 3], [4, 5, 6, 7]], 2), ("union", [list(range(8))], 1)):
-        monkeypatch.setattr(data_module, "token_batches", fixed_batches(groups))
+        monkeypatch.setattr(batching, "token_batches", fixed_batches(groups))
         config = _config(tmp_path, multi30k_mirror, "train.max_steps=1", "train.valid_every=1", f"train.accum_steps={accum}")
         train_module.train(config, tmp_path / name)
         states[name] = load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["model"]

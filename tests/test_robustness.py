@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from mt.aer import format_pharaoh, parse_pharaoh
 from mt.checkpoint import save_checkpoint
 from mt.config import DecodingConfig, TokenizerConfig, to_dict
-from mt.data import split_lines
+from mt.corpora import split_lines
 from mt.evaluate import translate
 from mt.model import Transformer
 from mt.tokenizer import Tokenizer

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mt.config import TrainConfig
-from mt.data import collate
+from mt.batching import collate
 from mt.train import Optimization, TrainState, build_optimization, early_stop, epoch_updates, train_step
 
 
@@ -104,9 +104,9 @@ def test_every_update_has_a_full_group_of_batches(n_pairs):
     torch.manual_seed(0)
     lens = torch.randint(1, 30, (n_pairs,)).tolist()
     cfg = TrainConfig(batch_tokens=64, seed=3)
-    from mt import data as corpus
+    from mt import batching
 
-    batches = corpus.token_batches(lens, lens, cfg.batch_tokens, True, cfg.seed + 1)
+    batches = batching.token_batches(lens, lens, cfg.batch_tokens, True, cfg.seed + 1)
     for group_size in (2, 3):
         updates = epoch_updates(lens, lens, cfg, epoch=1, group_size=group_size)
         assert all(len(group) == group_size for group in updates)

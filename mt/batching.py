@@ -1,0 +1,103 @@
+"""Token-budget batches of padded tensors: pair indices grouped by length, then padded.
+
+:func:`token_batches` groups dataset indices into batches of similar length under a token
+budget; :func:`collate` turns one batch's piece ids into a :class:`Batch` of padded tensors
+(BOS/EOS added); :func:`pad` right-pads id lists for any caller that batches sentences.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mt.tokenizer import Tokenizer
+
+
+@dataclass
+class Batch:
+    """Padded tensors of one batch.
+
+    Attributes:
+        src_ids: (batch, src_len) long, source pieces + EOS, right-padded.
+        tgt_in: (batch, tgt_len) long, BOS + target pieces, right-padded (decoder input).
+        tgt_out: (batch, tgt_len) long, target pieces + EOS, right-padded (labels).
+        indices: (batch,) positions of the pairs in the dataset.
+    """
+
+    src_ids: torch.Tensor
+    tgt_in: torch.Tensor
+    tgt_out: torch.Tensor
+    indices: list[int]
+
+    @property
+    def n_tgt_tokens(self) -> int:
+        """Real (non-pad) target tokens, EOS included."""
+        return int((self.tgt_out != Tokenizer.pad_id).sum())
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.src_ids.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.indices)
+
+
+def pad(sequences: Sequence[Sequence[int]], pad_id: int = Tokenizer.pad_id) -> torch.Tensor:
+    """Right-pad id lists into a (len(sequences), longest) long tensor."""
+    longest = max(len(s) for s in sequences)
+    out = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        out[row, : len(sequence)] = torch.as_tensor(sequence, dtype=torch.long)
+    return out
+
+
+def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], indices: list[int]) -> Batch:
+    """Piece ids without specials → a :class:`Batch` (EOS appended, BOS prepended)."""
+    bos, eos = Tokenizer.bos_id, Tokenizer.eos_id
+    return Batch(
+        src_ids=pad([[*s, eos] for s in src]),
+        tgt_in=pad([[bos, *t] for t in tgt]),
+        tgt_out=pad([[*t, eos] for t in tgt]),
+        indices=indices,
+    )
+
+
+def token_batches(
+    src_lens: Sequence[int],
+    tgt_lens: Sequence[int],
+    batch_tokens: int,
+    shuffle: bool,
+    seed: int = 0,
+) -> list[list[int]]:
+    """Group pair indices into batches of similar length under a token budget.
+
+    Pairs are sorted by (source length, target length) — with a seeded random tie-break when
+    shuffling — and cut greedily so that sentences × longest side (padding included, +1 for
+    EOS/BOS) stays within ``batch_tokens``; the batch order is then shuffled (fairseq's
+    ``batch_by_size``).
+
+    Args:
+        src_lens, tgt_lens: lengths in pieces, without specials.
+        batch_tokens: budget in tokens; a single pair longer than it gets a batch of its own.
+        shuffle: randomise tie order and batch order with ``seed`` (training).
+
+    Returns:
+        batches of dataset indices; every index appears exactly once.
+    """
+    rng = random.Random(seed)
+    keys = [rng.random() if shuffle else 0.0 for _ in src_lens]
+    order = sorted(range(len(src_lens)), key=lambda i: (src_lens[i], tgt_lens[i], keys[i]))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        length = max(src_lens[i], tgt_lens[i]) + 1
+        if current and max(longest, length) * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, length)
+    if current:
+        batches.append(current)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
