@@ -302,6 +302,7 @@ class MultiHeadAttention(nn.Module):
         mask: torch.Tensor | None = None,
         need_weights: bool = False,
         cache: Cache | None = None,
+        causal: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attend from ``x`` to ``memory`` (cross-attention) or to ``x`` itself (self-attention).
 
@@ -313,6 +314,8 @@ class MultiHeadAttention(nn.Module):
             cache: dict for incremental decoding, updated in place. Self-attention appends
                 this step's keys/values to ``cache["k"]``/``cache["v"]``; cross-attention
                 computes them from ``memory`` on the first call and reuses them afterwards.
+            causal: override the module's ``causal`` for this call (False: a causal
+                self-attention sees the whole sequence, e.g. the full-context alignment pass).
 
         Returns:
             out: (batch, tgt_len, d_model).
@@ -339,7 +342,8 @@ class MultiHeadAttention(nn.Module):
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)  # (batch, n_heads, src_len, head_dim)
             v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
         dropout_p = self.dropout if self.training else 0.0
-        out, weights = self.kernel(q, k, v, mask, self.causal, dropout_p, need_weights)
+        causal = self.causal if causal is None else causal
+        out, weights = self.kernel(q, k, v, mask, causal, dropout_p, need_weights)
         batch, _, tgt_len, _ = out.shape
         out = out.transpose(1, 2).reshape(batch, tgt_len, self.n_heads * self.head_dim)  # (batch, tgt_len, d_model)
         return self.out_proj(out), weights

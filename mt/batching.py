@@ -25,12 +25,17 @@ class Batch:
         tgt_in: (batch, tgt_len) long, BOS + target pieces, right-padded (decoder input).
         tgt_out: (batch, tgt_len) long, target pieces + EOS, right-padded (labels).
         indices: (batch,) positions of the pairs in the dataset.
+        alignment: (batch, tgt_len, src_len) float or None: the gold alignment of each target
+            piece (row t: the piece ``tgt_out[:, t]`` predicts) over source pieces, each linked
+            row normalised to sum to 1, rows without links (EOS, padding) all zero; for the
+            guided-alignment loss (:class:`mt.objective.Objective`).
     """
 
     src_ids: torch.Tensor
     tgt_in: torch.Tensor
     tgt_out: torch.Tensor
     indices: list[int]
+    alignment: torch.Tensor | None = None
 
     @property
     def n_tgt_tokens(self) -> int:
@@ -38,7 +43,8 @@ class Batch:
         return int((self.tgt_out != Tokenizer.pad_id).sum())
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(self.src_ids.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.indices)
+        alignment = self.alignment.to(device) if self.alignment is not None else None
+        return Batch(self.src_ids.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.indices, alignment)
 
 
 def pad(sequences: Sequence[Sequence[int]], pad_id: int = Tokenizer.pad_id) -> torch.Tensor:
@@ -50,15 +56,39 @@ def pad(sequences: Sequence[Sequence[int]], pad_id: int = Tokenizer.pad_id) -> t
     return out
 
 
-def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], indices: list[int]) -> Batch:
-    """Piece ids without specials → a :class:`Batch` (EOS appended, BOS prepended)."""
+def collate(
+    src: Sequence[Sequence[int]],
+    tgt: Sequence[Sequence[int]],
+    indices: list[int],
+    links: Sequence[Sequence[tuple[int, int]]] | None = None,
+) -> Batch:
+    """Piece ids without specials → a :class:`Batch` (EOS appended, BOS prepended).
+
+    Args:
+        links: per pair, ``(src_piece, tgt_piece)`` links over its pieces (0-based, specials
+            not counted), e.g. an (n_links, 2) int array; gives the batch its ``alignment``.
+    """
     bos, eos = Tokenizer.bos_id, Tokenizer.eos_id
+    src_ids = pad([[*s, eos] for s in src])
+    tgt_out = pad([[*t, eos] for t in tgt])
     return Batch(
-        src_ids=pad([[*s, eos] for s in src]),
+        src_ids=src_ids,
         tgt_in=pad([[bos, *t] for t in tgt]),
-        tgt_out=pad([[*t, eos] for t in tgt]),
+        tgt_out=tgt_out,
         indices=indices,
+        alignment=None if links is None else alignment_targets(links, tgt_out.size(1), src_ids.size(1)),
     )
+
+
+def alignment_targets(links: Sequence[Sequence[tuple[int, int]]], tgt_len: int, src_len: int) -> torch.Tensor:
+    """Gold piece links → G̃: (batch, tgt_len, src_len) float32, G̃[b, t, s] = 1 / (links of target
+    piece t) when source piece s is one of them, rows without links all zero (Garg et al. 2019, §4).
+    """
+    out = torch.zeros(len(links), tgt_len, src_len)
+    for row, pair_links in enumerate(links):
+        for s, t in pair_links:
+            out[row, t, s] = 1.0
+    return out / out.sum(-1, keepdim=True).clamp_min(1.0)
 
 
 def token_batches(

@@ -101,6 +101,7 @@ class DecoderLayer(nn.Module):
         src_mask: torch.Tensor,
         cache: dict[str, Cache] | None = None,
         need_weights: bool = False,
+        full_context: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One decoder layer.
 
@@ -111,6 +112,8 @@ class DecoderLayer(nn.Module):
             cache: ``{"self_attention": {...}, "cross_attention": {...}}`` for incremental
                 decoding (updated in place), or None.
             need_weights: return the cross-attention weights.
+            full_context: self-attention without the future mask: each target position sees
+                the whole target (Garg et al. 2019's full-context alignment pass).
 
         Returns:
             x: (batch, tgt_len, d_model).
@@ -118,7 +121,7 @@ class DecoderLayer(nn.Module):
         """
         self_cache = cache["self_attention"] if cache is not None else None
         cross_cache = cache["cross_attention"] if cache is not None else None
-        h, _ = self.self_attention(self.self_attention_norm(x), cache=self_cache)
+        h, _ = self.self_attention(self.self_attention_norm(x), cache=self_cache, causal=False if full_context else None)
         x = x + self.dropout(h)
         h, cross_weights = self.cross_attention(
             self.cross_attention_norm(x),

@@ -147,6 +147,36 @@ class Transformer(nn.Module):
                 cross_weights.append(weights)
         return self.decoder_norm(x), cross_weights
 
+    def decode_with_alignment(
+        self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor, layer: int, full_context: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced decoding that also returns the cross-attention of one decoder layer,
+        the layer a guided-alignment loss supervises (Garg et al. 2019, §4).
+
+        Only that layer computes its weights; the others keep the fused attention kernel.
+
+        Args:
+            tgt_in, memory, src_mask: as :meth:`decode` (no cache).
+            layer: 0-based decoder layer; negative counts from the top (-1 = last).
+            full_context: take the weights from an extra pass of that layer over the same
+                input states without the future mask, so that target position t sees the whole
+                target (Garg et al. 2019's full-context alignment); the decoding itself stays causal.
+
+        Returns:
+            hidden: (batch, tgt_len, d_model), exactly :meth:`decode`'s.
+            weights: (batch, n_heads, tgt_len, src_len), rows sum to 1 over real source positions.
+        """
+        layer = range(len(self.decoder_layers))[layer]  # IndexError for a layer the decoder lacks
+        x = self._embed(self.tgt_embedding, tgt_in)
+        weights = None
+        for i, decoder_layer in enumerate(self.decoder_layers):
+            if i == layer and full_context:
+                _, weights = decoder_layer(x, memory, src_mask, need_weights=True, full_context=True)
+            x, layer_weights = decoder_layer(x, memory, src_mask, need_weights=i == layer and not full_context)
+            if i == layer and not full_context:
+                weights = layer_weights
+        return self.decoder_norm(x), weights
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (..., d_model) → (..., tgt_vocab) unnormalised scores."""
         return self.output_proj(hidden)

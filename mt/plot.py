@@ -99,8 +99,8 @@ def learning_curves_figure(records: Sequence[dict]):
     """The learning curves of a run: one panel per quantity, x = training step.
 
     Panels (see :data:`CURVE_PANELS`): train and val loss, the objective's named terms other
-    than cross-entropy (``train_{term}``/``val_{term}``, e.g. an alignment loss) when the records
-    have them, val BLEU and chrF, learning rate, target tokens/s, and AER when the records have it, with one thin line per decoder layer
+    than cross-entropy (``{term}_loss``/``val_{term}_loss``, e.g. ``align_loss``) when the
+    records have them, val BLEU and chrF, learning rate, target tokens/s, and AER when the records have it, with one thin line per decoder layer
     and method from ``aer_by_layer``. A series is drawn over the records that have the key.
 
     Args:
@@ -112,10 +112,12 @@ def learning_curves_figure(records: Sequence[dict]):
     from matplotlib.figure import Figure
 
     panels = [(title, series) for title, series in CURVE_PANELS if any(k in r for r in records for k, _ in series)]
-    # the objective's named terms besides cross-entropy (train_{term}, val_{term}), one panel
-    terms = sorted({k[len("train_") :] for r in records for k in r if k.startswith("train_")} - {"loss", "xent"})
+    # the objective's named terms besides cross-entropy ({term}_loss, val_{term}_loss), one panel
+    term_keys = {k for r in records for k in r if k.endswith("_loss") and not k.startswith(("train_", "val_"))}
+    terms = sorted({k[: -len("_loss")] for k in term_keys} - {"xent"})
     if terms:
-        panels.insert(1, ("loss terms (nats/token)", [(f"{p}_{t}", f"{p} {t}") for t in terms for p in ("train", "val")]))
+        series = [(key, label) for t in terms for key, label in ((f"{t}_loss", f"train {t}"), (f"val_{t}_loss", f"val {t}"))]
+        panels.insert(1, ("loss terms (nats/token)", series))
     if not panels:  # no validation yet: one empty loss panel rather than no picture
         panels = [CURVE_PANELS[0]]
     n_cols = 2 if len(panels) > 1 else 1

@@ -20,8 +20,8 @@ Everything a run produces goes into ``out_dir``:
 - ``checkpoints/step-S.pt``: the last ``train.keep_checkpoints`` validation checkpoints, and
   ``checkpoints/averaged.pt`` with ``train.average_last``;
 - ``metrics.jsonl``: one JSON object per validation with step, epoch, train_loss (the label
-  smoothed objective per target token), ``train_{term}`` for each named term of the objective
-  (``train_xent``), val_loss (plain cross-entropy per target token) and ``val_{term}``,
+  smoothed objective per target token), ``{term}_loss`` for each named term of the objective
+  (``xent_loss``), val_loss (plain cross-entropy per target token) and ``val_{term}_loss``,
   val_bleu, val_chrf, lr, tokens_per_s (target tokens per second of training since the previous
   validation), elapsed_s (wall-clock since training started, validations included) and
   nonfinite_steps (updates skipped for a non-finite loss or gradient, in total); with
@@ -157,9 +157,9 @@ class LossMeter:
             self.terms[name] = self.terms.get(name, 0.0) + value
 
     def per_token(self) -> dict[str, float]:
-        """``{"train_loss": …, "train_{term}": …}`` in nats per target token."""
+        """``{"train_loss": …, "{term}_loss": …}`` in nats per target token."""
         tokens = max(self.tokens, 1)
-        return {"train_loss": self.loss / tokens, **{f"train_{k}": v / tokens for k, v in self.terms.items()}}
+        return {"train_loss": self.loss / tokens, **{f"{k}_loss": v / tokens for k, v in self.terms.items()}}
 
     def tokens_per_s(self, now: float | None = None) -> float:
         return self.tokens / max((now or time.perf_counter()) - self.started, 1e-9)
@@ -322,7 +322,7 @@ def train_step(opt: Optimization, batches: Sequence[batching.Batch], update_toke
         batch = batch.to(opt.device)
         with contextlib.nullcontext() if k == len(batches) - 1 else opt.no_sync():  # all-reduce once
             with autocast(opt.device, opt.precision):
-                total, batch_terms, _ = opt.objective(batch.src_ids, batch.tgt_in, batch.tgt_out)
+                total, batch_terms, _ = opt.objective(batch.src_ids, batch.tgt_in, batch.tgt_out, batch.alignment)
             # DDP averages over processes: scale so the update is the mean over all its tokens
             opt.scaler.scale(total * (opt.world_size / update_tokens)).backward()
         loss += float(total.detach())
@@ -358,8 +358,8 @@ def epoch_updates(
 def validate(model: Transformer, data: TrainingData, cfg: Config, device: torch.device, precision: str) -> dict:
     """Validation metrics of ``model``; writes nothing and leaves the model in eval mode.
 
-    Returns: ``val_loss`` (plain cross-entropy per target token), ``val_{term}`` per objective
-        term, ``val_bleu`` and ``val_chrf`` (sacreBLEU, ``train.valid_beam_size``), and with a gold
+    Returns: ``val_loss`` (plain cross-entropy per target token), ``val_{term}_loss`` per
+        objective term, ``val_bleu`` and ``val_chrf`` (sacreBLEU, ``train.valid_beam_size``), and with a gold
         alignment set ``aer`` and ``aer_by_layer`` (:func:`mt.align.aer_report`).
     """
     losses = validation_losses(model, data.valid_batches, device, precision)
@@ -372,7 +372,7 @@ def validate(model: Transformer, data: TrainingData, cfg: Config, device: torch.
     scores = score(hypotheses, data.splits["valid"]["tgt"])
     return {
         "val_loss": losses["xent"],
-        **{f"val_{name}": value for name, value in losses.items()},
+        **{f"val_{name}_loss": value for name, value in losses.items()},
         "val_bleu": scores["bleu"],
         "val_chrf": scores["chrf"],
         **alignment,

@@ -296,7 +296,7 @@ class MarianObjective(torch.nn.Module):
         super().__init__()
         self.model, self.label_smoothing, self.pad_id = model, label_smoothing, pad_id
 
-    def forward(self, src_ids: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor):
+    def forward(self, src_ids: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor, alignment=None):
         import torch.nn.functional as F
 
         logits = self.model(

@@ -104,9 +104,12 @@ def test_curves_plot_every_series_against_its_steps():
 
 
 def test_named_objective_terms_get_a_panel_of_their_own():
-    plain = learning_curves_figure([record(100, train_xent=4.0, val_xent=4.5)])
+    plain = learning_curves_figure([record(100, xent_loss=4.0, val_xent_loss=4.5)])
     assert not any(ax.get_title().startswith("loss terms") for ax in plain.axes)  # xent is the loss panel's
-    records = [record(step, train_xent=4.0, val_xent=4.5, train_align=1.0 - step / 1000, val_align=0.9) for step in (100, 200)]
+    records = [
+        record(step, xent_loss=4.0, val_xent_loss=4.5, align_loss=1.0 - step / 1000, val_align_loss=0.9)
+        for step in (100, 200)
+    ]
     fig = learning_curves_figure(records)
     panel = next(ax for ax in fig.axes if ax.get_title().startswith("loss terms"))
     lines = {line.get_label(): list(line.get_ydata()) for line in panel.lines}

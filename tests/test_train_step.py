@@ -84,8 +84,8 @@ def test_a_nonfinite_gradient_skips_the_update(tiny_model):
     from mt.objective import Objective
 
     class NanObjective(Objective):
-        def forward(self, src_ids, tgt_in, tgt_out):
-            total, terms, n = super().forward(src_ids, tgt_in, tgt_out)
+        def forward(self, *batch):
+            total, terms, n = super().forward(*batch)
             return total * float("nan"), terms, n
 
     model = tiny_model.train()
