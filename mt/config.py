@@ -14,13 +14,18 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mt.attention import check_site
 from mt.errors import ConfigError, require
 
+# The YAML files of the checkout; absolute: Hydra would resolve a relative path as a Python
+# package ("pkg://configs").
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 LANGUAGES = ("de", "en", "fr", "cs")  # Multi30k's
 DATA_SOURCES = ("multi30k", "hf", "files")
 FILE_FORMATS = ("text", "tsv", "jsonl")
@@ -251,9 +256,9 @@ class TrainConfig:
     batch_tokens: int = 4096
     max_steps: int = 0
     max_epochs: int = 0
-    max_minutes: float = 0.0
+    max_minutes: float = 60.0
     lr: float = 1e-3
-    warmup_steps: int = 1000
+    warmup_steps: int = 800
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     weight_decay: float = 0.0001
     label_smoothing: float = 0.1
@@ -301,6 +306,18 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
+
+
+def register_schema() -> None:
+    """Store the schema's defaults in Hydra's config store as ``schema``, the first entry of the
+    defaults list of ``configs/train.yaml``.
+
+    Every key then exists, with its default, before the YAML files (which hold only differences)
+    and the command line are merged in, so ``data.data_dir=…`` overrides without a ``+``. The
+    node is untyped: types are checked by :func:`from_hydra`, which reports them in one line.
+    Call it before Hydra composes ``train`` (``mt-train`` does); calling it again is harmless.
+    """
+    ConfigStore.instance().store(name="schema", node=to_dict(Config()))
 
 
 def from_hydra(cfg: DictConfig) -> Config:

@@ -10,13 +10,15 @@ import pytest
 import torch
 from hypothesis import settings
 
-from mt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig, TokenizerConfig
+from mt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig, TokenizerConfig, register_schema
 from mt.model import Transformer
 from mt.tokenizer import Tokenizer
 
 # no per-example deadline: a loaded machine must not fail a test on timing (speed lives in scripts/)
 settings.register_profile("mt", deadline=None)
 settings.load_profile("mt")
+
+register_schema()  # the tests compose configs/train.yaml, whose defaults list starts from the schema
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_MIRROR = REPO.parent / "shared" / "corpora" / "multi30k"

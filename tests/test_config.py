@@ -1,5 +1,6 @@
 """Every config file composes and fits the schema; bad values stop at start-up with one line."""
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from mt.config import Config, from_hydra
 from mt.data import collate
@@ -17,8 +19,10 @@ from mt.train import sequence_loss
 
 from conftest import REPO
 
-CONFIG_DIR = str(REPO / "configs")
-GROUP_FILES = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "configs")
+CONFIGS = REPO / "configs"
+CONFIG_DIR = str(CONFIGS)
+GROUP_FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent != CONFIGS)
+REQUIRED = {"data/hf": ["data.path=corpus"], "data/files": ["data.path=corpus"]}  # their ??? values
 
 
 def compose_config(overrides=()):
@@ -26,10 +30,11 @@ def compose_config(overrides=()):
         return compose(config_name="train", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: str(p.relative_to(REPO / "configs")))
+@pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_config_file_composes_into_the_schema_builds_a_model_and_trains(path):
-    group = str(path.parent.relative_to(REPO / "configs"))
+    group = str(path.parent.relative_to(CONFIGS))
     overrides = [f"{group}={path.stem}"] + ([] if group == "experiment" else ["experiment=smoke"])
+    overrides += REQUIRED.get(f"{group}/{path.stem}", [])
     config = from_hydra(compose_config(overrides))
     assert isinstance(config, Config)
     torch.manual_seed(0)
@@ -48,6 +53,57 @@ def test_every_config_file_composes_into_the_schema_builds_a_model_and_trains(pa
         optimizer.step()
         losses.append(float(loss.detach()) / n_tokens)
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+
+
+def flat(node: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
+    items = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            items.update(flat(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
+def test_default_recipe_is_the_schema(monkeypatch):
+    """``mt-train`` with no overrides trains ``Config()``: defaults live in mt/config.py only."""
+    monkeypatch.delenv("MT_DATA_MIRROR", raising=False)  # the one default read from the environment
+    composed = flat(dataclasses.asdict(from_hydra(compose_config())))
+    schema = flat(dataclasses.asdict(Config()))
+    differences = {key: (composed.get(key), schema.get(key)) for key in composed.keys() | schema.keys()}
+    differences = {key: pair for key, pair in differences.items() if pair[0] != pair[1]}
+    assert not differences, f"configs/ (composed, mt/config.py): {differences}"
+
+
+def package_of(path: Path) -> str:
+    """The key prefix of a config file's values: its group (``model.encoder.self_attention.``),
+    or none for the root config and ``# @package _global_`` files (experiments)."""
+    group = path.parent.relative_to(CONFIGS)
+    return "" if not group.parts or "@package _global_" in path.read_text() else ".".join(group.parts) + "."
+
+
+def identity_keys(path: Path) -> set[str]:
+    """Keys that name the option, allowed to repeat a schema default: an attention file's
+    ``type``, a data file's ``source``."""
+    group = str(path.parent.relative_to(CONFIGS))
+    return {"type"} if group.endswith("attention") else {"source"} if group == "data" else set()
+
+
+@pytest.mark.parametrize("path", [CONFIGS / "train.yaml", *GROUP_FILES], ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_config_files_hold_only_differences_from_the_schema(path):
+    """A YAML value equal to the schema's default is a second copy of it, free to drift: each
+    file holds only differences (``???``, required, always differs)."""
+    package = package_of(path)
+    schema = flat(dataclasses.asdict(Config()))
+    values = flat(OmegaConf.to_container(OmegaConf.load(path)) or {})
+    repeated = [
+        f"{package}{key}: {value!r}"
+        for key, value in values.items()
+        if key != "defaults" and not key.startswith("hydra.") and key not in identity_keys(path)
+        and schema.get(f"{package}{key}", object()) == value
+    ]
+    assert not repeated, f"{path.relative_to(REPO)} repeats defaults of mt/config.py (drop them): {repeated}"
 
 
 def test_overrides_reach_each_attention_site():

@@ -358,23 +358,25 @@ def test_group_files_set_the_source():
 @pytest.mark.parametrize(
     "overrides, key",
     [
+        (["data=files"], "data.path"),  # ??? in data/files.yaml: required
         (["data=hf", "data.path=null"], "data.path"),
         (["data=files", "data.path=null"], "data.path"),
-        (["data=files", "data.format=csv"], "data.format"),
-        (["data=files", "data.src_column=a", "data.tgt_column=b"], "data.src_column"),
-        (["data=hf", "data.src_column=german"], "data.tgt_column"),
-        (["data=hf", "data.src_column=x", "data.tgt_column=x"], "data.tgt_column"),
-        (["data=hf", "data.src_lang='pt BR'"], "data.src_lang"),
-        (["data=hf", "data.tgt_lang=de"], "data.tgt_lang"),
-        (["data=hf", "data.source=tfds"], "data.source"),
-        (["data=hf", "data.streaming=true", "data.tokenizer_sample=0"], "data.tokenizer_sample"),
+        (["data=files", "data.path=corpus", "data.format=csv"], "data.format"),
+        (["data=files", "data.path=corpus", "data.src_column=a", "data.tgt_column=b"], "data.src_column"),
+        (["data=hf", "data.path=corpus", "data.src_column=german"], "data.tgt_column"),
+        (["data=hf", "data.path=corpus", "data.src_column=x", "data.tgt_column=x"], "data.tgt_column"),
+        (["data=hf", "data.path=corpus", "data.src_lang='pt BR'"], "data.src_lang"),
+        (["data=hf", "data.path=corpus", "data.tgt_lang=de"], "data.tgt_lang"),
+        (["data=hf", "data.path=corpus", "data.source=tfds"], "data.source"),
+        (["data=hf", "data.path=corpus", "data.streaming=true", "data.tokenizer_sample=0"], "data.tokenizer_sample"),
         (
-            ["data=files", "data.streaming=true", "data.alignment_gold=g/deen", "data.alignment_gold_train_copies=2"],
+            ["data=files", "data.path=corpus", "data.streaming=true"]
+            + ["data.alignment_gold=g/deen", "data.alignment_gold_train_copies=2"],
             "data.alignment_gold_train_copies",
         ),
         (["data.name=wmt14"], "data.name"),
         (["data.src_lang=pt"], "data.src_lang"),
-        (["data=files", "data.max_valid_sentences=-1"], "data.max_valid_sentences"),
+        (["data=files", "data.path=corpus", "data.max_valid_sentences=-1"], "data.max_valid_sentences"),
     ],
 )
 def test_invalid_data_values_name_their_key(overrides, key):
