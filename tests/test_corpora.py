@@ -355,10 +355,19 @@ def test_group_files_set_the_source():
     assert from_hydra(compose_config()).data.source == "multi30k"
 
 
+def test_hf_local_folder_needs_only_data_path(parquet_folder, tmp_path, monkeypatch):
+    """``data=hf data.path=FOLDER`` loads a local folder: no Hub configuration name to unset."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path))  # the Arrow cache goes here
+    data = from_hydra(compose_config(["data=hf", f"data.path={parquet_folder}"])).data
+    assert data.name is None
+    check_all_splits(load_splits(data))
+
+
 @pytest.mark.parametrize(
     "overrides, key",
     [
-        (["data=files"], "data.path"),  # ??? in data/files.yaml: required
+        (["data=hf"], "data.path"),  # ??? in data/hf.yaml: required
+        (["data=files"], "data.path"),
         (["data=hf", "data.path=null"], "data.path"),
         (["data=files", "data.path=null"], "data.path"),
         (["data=files", "data.path=corpus", "data.format=csv"], "data.format"),
