@@ -49,9 +49,9 @@ def _train_app(cfg: DictConfig) -> None:
 
 def train_main() -> None:
     """``mt-train [HYDRA OVERRIDES]``: train with the config composed from ``configs/train.yaml``."""
-    from mt.config import CONFIG_DIR, register_schema
+    from mt.config import CONFIG_DIR, register_with_hydra
 
-    register_schema()  # configs/train.yaml starts from the schema's defaults
+    register_with_hydra()  # the schema's defaults under configs/train.yaml; the run dir's resolver
     hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(_train_app)()
 
 

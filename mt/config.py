@@ -308,16 +308,19 @@ class Config:
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
 
 
-def register_schema() -> None:
-    """Store the schema's defaults in Hydra's config store as ``schema``, the first entry of the
-    defaults list of ``configs/train.yaml``.
+def register_with_hydra() -> None:
+    """Prepare Hydra to compose ``configs/train.yaml``; call it first (``mt-train`` does).
 
-    Every key then exists, with its default, before the YAML files (which hold only differences)
-    and the command line are merged in, so ``data.data_dir=…`` overrides without a ``+``. The
-    node is untyped: types are checked by :func:`from_hydra`, which reports them in one line.
-    Call it before Hydra composes ``train`` (``mt-train`` does); calling it again is harmless.
+    Stores the schema's defaults in Hydra's config store as ``schema``, the first entry of the
+    root defaults list: every key then exists, with its default, before the YAML files (which
+    hold only differences) and the command line are merged in, so ``data.data_dir=…`` overrides
+    without a ``+``. The node is untyped: types are checked by :func:`from_hydra`, which reports
+    them in one line. Also registers the resolver ``mt.or`` (``${mt.or:VALUE,FALLBACK}``:
+    FALLBACK when VALUE is null) that names the run dir after the experiment. Calling it again
+    is harmless.
     """
     ConfigStore.instance().store(name="schema", node=to_dict(Config()))
+    OmegaConf.register_new_resolver("mt.or", lambda value, fallback: fallback if value is None else value, replace=True)
 
 
 def from_hydra(cfg: DictConfig) -> Config:

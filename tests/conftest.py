@@ -10,7 +10,14 @@ import pytest
 import torch
 from hypothesis import settings
 
-from mt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig, TokenizerConfig, register_schema
+from mt.config import (
+    AttentionConfig,
+    DecoderConfig,
+    EncoderConfig,
+    ModelConfig,
+    TokenizerConfig,
+    register_with_hydra,
+)
 from mt.model import Transformer
 from mt.tokenizer import Tokenizer
 
@@ -18,7 +25,7 @@ from mt.tokenizer import Tokenizer
 settings.register_profile("mt", deadline=None)
 settings.load_profile("mt")
 
-register_schema()  # the tests compose configs/train.yaml, whose defaults list starts from the schema
+register_with_hydra()  # the tests compose configs/train.yaml, which starts from the schema's defaults
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_MIRROR = REPO.parent / "shared" / "corpora" / "multi30k"

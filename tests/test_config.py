@@ -159,3 +159,14 @@ def test_mt_train_reports_bad_config_in_one_line_before_data_work(tmp_path):
     assert "must divide model.d_model = 250" in lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()  # stopped before fetching any data
+
+
+@pytest.mark.parametrize("overrides, folder", [([], "default"), (["experiment=smoke"], "smoke")])
+def test_run_dir_is_named_after_the_experiment(overrides, folder, tmp_path):
+    mt_train = Path(sys.executable).parent / "mt-train"
+    # a bad value stops the run right after Hydra made its run dir
+    args = [str(mt_train), *overrides, "train.lr=0", f"data.data_dir={tmp_path / 'data'}"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    run_dirs = [path.parent for path in (tmp_path / "outputs").glob("*/*/*/.hydra")]
+    assert [run_dir.relative_to(tmp_path).parts[:2] for run_dir in run_dirs] == [("outputs", folder)]
