@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -341,6 +342,29 @@ def from_hydra(cfg: DictConfig) -> Config:
         config.data.mirror = os.environ.get("MT_DATA_MIRROR") or None
     validate(config)
     return config
+
+
+def model_preset(name: str) -> ModelConfig:
+    """The model that ``mt-train model=NAME`` trains, composed from ``configs/`` (the YAML files
+    are the one description of each preset) with every other group at its default.
+
+    Args:
+        name: a file of ``configs/model/``: ``transformer`` (the schema's default), ``base`` or
+            ``big`` (Vaswani et al. 2017, Table 3).
+
+    Raises:
+        ValueError: no such preset (the message lists them).
+        ConfigError: the preset's values are invalid.
+
+    Not for use inside a running Hydra app (Hydra is initialised once per process at a time).
+    """
+    presets = sorted(path.stem for path in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
+    if name not in presets:
+        raise ValueError(f"unknown model preset {name!r}; valid: {', '.join(presets)}")
+    register_with_hydra()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"model={name}"])
+    return from_hydra(cfg).model
 
 
 def validate(config: Config) -> None:

@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mt.config import Config, from_hydra
+from mt.config import Config, from_hydra, model_preset
 from mt.data import collate
 from mt.errors import ConfigError
 from mt.model import Transformer
@@ -125,6 +125,58 @@ def test_overrides_reach_each_attention_site():
     model = Transformer(config.model, 100, 100, pad_id=0)
     assert model.decoder_layers[0].cross_attention.n_heads == 2
     assert model.encoder_layers[0].self_attention.head_dim == 8
+
+
+# name → d_model, ffn_dim, layers per side, heads at every site, dropout (Vaswani et al. 2017, Table 3)
+PRESETS = {
+    "transformer": (256, 1024, 3, 4, 0.1),
+    "base": (512, 2048, 6, 8, 0.1),
+    "big": (1024, 4096, 6, 16, 0.3),
+}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize(
+    "variants",
+    [
+        [],
+        ["model/decoder/cross_attention=topk"],
+        ["model/encoder/self_attention=local", "model/decoder/self_attention=topk"],
+    ],
+    ids=["full", "topk-cross", "local-topk-self"],
+)
+def test_model_presets_set_heads_at_every_site_whatever_the_variant(preset, variants):
+    model = from_hydra(compose_config([f"model={preset}", *variants])).model
+    d_model, ffn_dim, n_layers, n_heads, dropout = PRESETS[preset]
+    assert (model.d_model, model.ffn_dim, model.dropout) == (d_model, ffn_dim, dropout)
+    assert (model.encoder.n_layers, model.decoder.n_layers) == (n_layers, n_layers)
+    sites = {
+        "model/encoder/self_attention": model.encoder.self_attention,
+        "model/decoder/self_attention": model.decoder.self_attention,
+        "model/decoder/cross_attention": model.decoder.cross_attention,
+    }
+    assert [site.n_heads for site in sites.values()] == [n_heads] * 3
+    chosen = dict(variant.split("=") for variant in variants)
+    assert [site.type for site in sites.values()] == [chosen.get(group, "full") for group in sites]
+
+
+def test_model_preset_base_builds_transformer_base():
+    cfg = model_preset("base")
+    assert cfg == from_hydra(compose_config(["model=base"])).model
+    model = Transformer(cfg, 8000, 8000, pad_id=0)
+    assert len(model.encoder_layers) == len(model.decoder_layers) == 6
+    for layer in model.decoder_layers:
+        for attention in (layer.self_attention, layer.cross_attention):
+            assert (attention.n_heads, attention.head_dim) == (8, 64)
+        assert layer.ffn.in_proj.weight.shape == (2048, 512)
+    # 65M parameters with a shared 37k vocabulary (Vaswani et al. 2017, Table 3); 8k: 29k rows of 512 fewer
+    n_parameters = sum(p.numel() for p in model.parameters())
+    assert abs(n_parameters - (65e6 - 29_000 * 512)) < 0.1 * 65e6
+
+
+def test_unknown_model_preset_lists_the_presets():
+    with pytest.raises(ValueError, match="valid: base, big, transformer"):
+        model_preset("huge")
 
 
 @pytest.mark.parametrize(
