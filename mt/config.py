@@ -1,11 +1,13 @@
-"""The configuration schema: one dataclass per config node.
+"""The configuration schema: one dataclass per config node, and the one place defaults live.
 
-Hydra composes the YAML files under ``configs/``; :func:`from_hydra` merges the result into
-these dataclasses, which catches misspelt keys and wrong types inside YAML files (Hydra alone
-does not), then :func:`validate` checks the values that types cannot express. Everything after
-start-up receives plain dataclasses, each constructor only its own slice.
+Hydra composes ``configs/train.yaml``, starting from these defaults (:func:`register_with_hydra`)
+and merging the YAML files, which select groups and hold only differences; :func:`from_hydra`
+merges the result into these dataclasses, which catches misspelt keys and wrong types inside
+YAML files (Hydra alone does not), then :func:`validate` checks the values that types cannot
+express. Everything after start-up receives plain dataclasses, each constructor only its own
+slice.
 
-This module and ``cli.py`` are the only ones that know about OmegaConf.
+This module and ``cli.py`` are the only ones that know about Hydra and OmegaConf.
 """
 
 from __future__ import annotations
@@ -137,10 +139,11 @@ class DataConfig:
         alignment_gold_train_copies: add the gold set's sentence pairs, text only (never its
             links), this many times to the training data, as unsupervised aligners train on
             the text they align; 0 = not at all.
-        path: ``hf``: a Hub dataset id (``wmt14``, ``Helsinki-NLP/opus_books``), a builder name
-            (``parquet``, ``json``, ``csv``, with ``data_files``), a local folder of
-            parquet/json/csv files named after their splits, or a ``DatasetDict.save_to_disk``
-            folder. ``files``: the folder holding the split files.
+        path: required by ``hf`` and ``files``. ``hf``: a Hub dataset id (``wmt14``,
+            ``Helsinki-NLP/opus_books``), a builder name (``parquet``, ``json``, ``csv``, with
+            ``data_files``), a local folder of parquet/json/csv files named after their splits,
+            or a ``DatasetDict.save_to_disk`` folder. ``files``: the folder holding the split
+            files.
         revision: ``hf``: Hub revision (branch, tag or commit), e.g. ``refs/convert/parquet``
             for a script-based dataset; None = main.
         data_files: ``hf``: ``{split: file or glob}`` passed to ``load_dataset``; None = the
