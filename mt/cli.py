@@ -34,11 +34,6 @@ def _run(prog: str, body: Callable[[], None]) -> None:
 
 
 # ----------------------------------------------------------------------------------- mt-train
-# An absolute path: Hydra would resolve a relative one as a Python package ("pkg://configs").
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _train_app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -54,7 +49,10 @@ def _train_app(cfg: DictConfig) -> None:
 
 def train_main() -> None:
     """``mt-train [HYDRA OVERRIDES]``: train with the config composed from ``configs/train.yaml``."""
-    _train_app()
+    from mt.config import CONFIG_DIR, register_with_hydra
+
+    register_with_hydra()  # the schema's defaults under configs/train.yaml; the run dir's resolver
+    hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(_train_app)()
 
 
 # ------------------------------------------------------------------------ shared CLI pieces

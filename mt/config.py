@@ -1,11 +1,13 @@
-"""The configuration schema: one dataclass per config node.
+"""The configuration schema: one dataclass per config node, and the one place defaults live.
 
-Hydra composes the YAML files under ``configs/``; :func:`from_hydra` merges the result into
-these dataclasses, which catches misspelt keys and wrong types inside YAML files (Hydra alone
-does not), then :func:`validate` checks the values that types cannot express. Everything after
-start-up receives plain dataclasses, each constructor only its own slice.
+Hydra composes ``configs/train.yaml``, starting from these defaults (:func:`register_with_hydra`)
+and merging the YAML files, which select groups and hold only differences; :func:`from_hydra`
+merges the result into these dataclasses, which catches misspelt keys and wrong types inside
+YAML files (Hydra alone does not), then :func:`validate` checks the values that types cannot
+express. Everything after start-up receives plain dataclasses, each constructor only its own
+slice.
 
-This module and ``cli.py`` are the only ones that know about OmegaConf.
+This module and ``cli.py`` are the only ones that know about Hydra and OmegaConf.
 """
 
 from __future__ import annotations
@@ -14,17 +16,23 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mt.errors import ConfigError
+from mt.attention import check_site
+from mt.errors import ConfigError, require
 
+# The YAML files of the checkout; absolute: Hydra would resolve a relative path as a Python
+# package ("pkg://configs").
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 LANGUAGES = ("de", "en", "fr", "cs")  # Multi30k's
 DATA_SOURCES = ("multi30k", "hf", "files")
 FILE_FORMATS = ("text", "tsv", "jsonl")
 POSITIONAL_EMBEDDINGS = ("sinusoidal", "learned", "none")
-POSITION_TYPES = ("absolute", "rope")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZER_IMPLS = ("fused", "foreach", "for-loop")
 
@@ -35,7 +43,8 @@ class AttentionConfig:
 
     Attributes:
         type: attention variant, one of ``mt.attention.ATTENTION_TYPES``: ``full``, ``local``
-            (sliding window, self-attention sites only), ``topk`` (explicit sparse attention).
+            (sliding window, self-attention sites only), ``topk`` (explicit sparse attention);
+            :func:`mt.attention.check_site` checks a site's settings.
         n_heads: number of query heads; must divide ``model.d_model``.
         n_kv_heads: number of key/value heads (grouped-query attention, Ainslie et al. 2023);
             must divide ``n_heads``; 1 = multi-query attention; None = ``n_heads``.
@@ -130,10 +139,11 @@ class DataConfig:
         alignment_gold_train_copies: add the gold set's sentence pairs, text only (never its
             links), this many times to the training data, as unsupervised aligners train on
             the text they align; 0 = not at all.
-        path: ``hf``: a Hub dataset id (``wmt14``, ``Helsinki-NLP/opus_books``), a builder name
-            (``parquet``, ``json``, ``csv``, with ``data_files``), a local folder of
-            parquet/json/csv files named after their splits, or a ``DatasetDict.save_to_disk``
-            folder. ``files``: the folder holding the split files.
+        path: required by ``hf`` and ``files``. ``hf``: a Hub dataset id (``wmt14``,
+            ``Helsinki-NLP/opus_books``), a builder name (``parquet``, ``json``, ``csv``, with
+            ``data_files``), a local folder of parquet/json/csv files named after their splits,
+            or a ``DatasetDict.save_to_disk`` folder. ``files``: the folder holding the split
+            files.
         revision: ``hf``: Hub revision (branch, tag or commit), e.g. ``refs/convert/parquet``
             for a script-based dataset; None = main.
         data_files: ``hf``: ``{split: file or glob}`` passed to ``load_dataset``; None = the
@@ -250,9 +260,9 @@ class TrainConfig:
     batch_tokens: int = 4096
     max_steps: int = 0
     max_epochs: int = 0
-    max_minutes: float = 0.0
+    max_minutes: float = 60.0
     lr: float = 1e-3
-    warmup_steps: int = 1000
+    warmup_steps: int = 800
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     weight_decay: float = 0.0001
     label_smoothing: float = 0.1
@@ -302,6 +312,21 @@ class Config:
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
 
 
+def register_with_hydra() -> None:
+    """Prepare Hydra to compose ``configs/train.yaml``; call it first (``mt-train`` does).
+
+    Stores the schema's defaults in Hydra's config store as ``schema``, the first entry of the
+    root defaults list: every key then exists, with its default, before the YAML files (which
+    hold only differences) and the command line are merged in, so ``data.data_dir=…`` overrides
+    without a ``+``. The node is untyped: types are checked by :func:`from_hydra`, which reports
+    them in one line. Also registers the resolver ``mt.or`` (``${mt.or:VALUE,FALLBACK}``:
+    FALLBACK when VALUE is null) that names the run dir after the experiment. Calling it again
+    is harmless.
+    """
+    ConfigStore.instance().store(name="schema", node=to_dict(Config()))
+    OmegaConf.register_new_resolver("mt.or", lambda value, fallback: fallback if value is None else value, replace=True)
+
+
 def from_hydra(cfg: DictConfig) -> Config:
     """Merge a composed Hydra config into the schema and validate it.
 
@@ -322,9 +347,27 @@ def from_hydra(cfg: DictConfig) -> Config:
     return config
 
 
-def _require(condition: bool, key: str, value: object, allowed: str) -> None:
-    if not condition:
-        raise ConfigError(f"config key '{key}' = {value!r}: {allowed}")
+def model_preset(name: str) -> ModelConfig:
+    """The model that ``mt-train model=NAME`` trains, composed from ``configs/`` (the YAML files
+    are the one description of each preset) with every other group at its default.
+
+    Args:
+        name: a file of ``configs/model/``: ``transformer`` (the schema's default), ``base`` or
+            ``big`` (Vaswani et al. 2017, Table 3).
+
+    Raises:
+        ValueError: no such preset (the message lists them).
+        ConfigError: the preset's values are invalid.
+
+    Not for use inside a running Hydra app (Hydra is initialised once per process at a time).
+    """
+    presets = sorted(path.stem for path in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
+    if name not in presets:
+        raise ValueError(f"unknown model preset {name!r}; valid: {', '.join(presets)}")
+    register_with_hydra()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"model={name}"])
+    return from_hydra(cfg).model
 
 
 def validate(config: Config) -> None:
@@ -333,18 +376,16 @@ def validate(config: Config) -> None:
     Raises:
         ConfigError: naming the first offending key, its value and what is allowed.
     """
-    from mt.attention import ATTENTION_TYPES  # the attention module owns its variant names
-
     model = config.model
-    _require(model.d_model > 0, "model.d_model", model.d_model, "must be > 0")
-    _require(model.ffn_dim > 0, "model.ffn_dim", model.ffn_dim, "must be > 0")
-    _require(model.activation in ("relu", "gelu"), "model.activation", model.activation, "allowed: relu, gelu")
-    _require(model.max_positions > 1, "model.max_positions", model.max_positions, "must be > 1")
-    _require(0 <= model.dropout < 1, "model.dropout", model.dropout, "must be in [0, 1)")
-    _require(0 <= model.ffn_dropout < 1, "model.ffn_dropout", model.ffn_dropout, "must be in [0, 1)")
+    require(model.d_model > 0, "model.d_model", model.d_model, "must be > 0")
+    require(model.ffn_dim > 0, "model.ffn_dim", model.ffn_dim, "must be > 0")
+    require(model.activation in ("relu", "gelu"), "model.activation", model.activation, "allowed: relu, gelu")
+    require(model.max_positions > 1, "model.max_positions", model.max_positions, "must be > 1")
+    require(0 <= model.dropout < 1, "model.dropout", model.dropout, "must be in [0, 1)")
+    require(0 <= model.ffn_dropout < 1, "model.ffn_dropout", model.ffn_dropout, "must be in [0, 1)")
     for side, n_layers in (("encoder", model.encoder.n_layers), ("decoder", model.decoder.n_layers)):
-        _require(n_layers > 0, f"model.{side}.n_layers", n_layers, "must be > 0")
-    _require(
+        require(n_layers > 0, f"model.{side}.n_layers", n_layers, "must be > 0")
+    require(
         model.positional_embedding in POSITIONAL_EMBEDDINGS,
         "model.positional_embedding",
         model.positional_embedding,
@@ -356,57 +397,22 @@ def validate(config: Config) -> None:
         "model.decoder.cross_attention": model.decoder.cross_attention,
     }
     for key, site in sites.items():
-        cross = key.endswith("cross_attention")
-        _require(site.type in ATTENTION_TYPES, f"{key}.type", site.type, "allowed: " + ", ".join(ATTENTION_TYPES))
-        _require(
-            not (cross and site.type == "local"),
-            f"{key}.type",
-            site.type,
-            "local is for self-attention sites; allowed here: "
-            + ", ".join(t for t in ATTENTION_TYPES if t != "local"),
-        )
-        _require(site.n_heads > 0, f"{key}.n_heads", site.n_heads, "must be > 0")
-        _require(
-            model.d_model % site.n_heads == 0,
-            f"{key}.n_heads",
-            site.n_heads,
-            f"must divide model.d_model = {model.d_model}",
-        )
-        if site.n_kv_heads is not None:
-            _require(
-                1 <= site.n_kv_heads <= site.n_heads and site.n_heads % site.n_kv_heads == 0,
-                f"{key}.n_kv_heads",
-                site.n_kv_heads,
-                f"must be between 1 and n_heads = {site.n_heads} and divide it",
-            )
-        _require(0 <= site.dropout < 1, f"{key}.dropout", site.dropout, "must be in [0, 1)")
-        _require(site.window >= 1, f"{key}.window", site.window, "must be >= 1")
-        _require(site.top_k >= 1, f"{key}.top_k", site.top_k, "must be >= 1")
-        allowed_positions = ("absolute",) if cross else POSITION_TYPES
-        _require(
-            site.positions in allowed_positions,
-            f"{key}.positions",
-            site.positions,
-            "allowed: " + ", ".join(allowed_positions) + (" (rope is for self-attention sites)" if cross else ""),
-        )
-        if site.positions == "rope":
-            head_dim = model.d_model // site.n_heads
-            _require(head_dim % 2 == 0, f"{key}.n_heads", site.n_heads, f"rope needs an even head_dim, got {head_dim}")
+        check_site(site, key, model.d_model, self_attention=not key.endswith("cross_attention"))
 
     data = config.data
     _validate_source(data)
-    _require(data.src_lang != data.tgt_lang, "data.tgt_lang", data.tgt_lang, "must differ from data.src_lang")
-    _require(data.max_len > 0, "data.max_len", data.max_len, "must be > 0")
-    _require(
+    require(data.src_lang != data.tgt_lang, "data.tgt_lang", data.tgt_lang, "must differ from data.src_lang")
+    require(data.max_len > 0, "data.max_len", data.max_len, "must be > 0")
+    require(
         data.max_len + 1 <= model.max_positions,
         "data.max_len",
         data.max_len,
         f"must be < model.max_positions = {model.max_positions} (EOS/BOS take one position)",
     )
     copies = data.alignment_gold_train_copies
-    _require(copies >= 0, "data.alignment_gold_train_copies", copies, "must be >= 0")
-    _require(not copies or data.alignment_gold, "data.alignment_gold_train_copies", copies, "needs data.alignment_gold")
-    _require(
+    require(copies >= 0, "data.alignment_gold_train_copies", copies, "must be >= 0")
+    require(not copies or data.alignment_gold, "data.alignment_gold_train_copies", copies, "needs data.alignment_gold")
+    require(
         not (copies and data.streaming),
         "data.alignment_gold_train_copies",
         copies,
@@ -414,9 +420,9 @@ def validate(config: Config) -> None:
     )
 
     tok = config.tokenizer
-    _require(tok.model_type in ("unigram", "bpe"), "tokenizer.model_type", tok.model_type, "allowed: unigram, bpe")
-    _require(tok.vocab_size >= 16, "tokenizer.vocab_size", tok.vocab_size, "must be >= 16")
-    _require(
+    require(tok.model_type in ("unigram", "bpe"), "tokenizer.model_type", tok.model_type, "allowed: unigram, bpe")
+    require(tok.vocab_size >= 16, "tokenizer.vocab_size", tok.vocab_size, "must be >= 16")
+    require(
         tok.joint or not model.share_embeddings,
         "model.share_embeddings",
         model.share_embeddings,
@@ -424,91 +430,91 @@ def validate(config: Config) -> None:
     )
 
     train = config.train
-    _require(train.precision in PRECISIONS, "train.precision", train.precision, "allowed: " + ", ".join(PRECISIONS))
-    _require(
+    require(train.precision in PRECISIONS, "train.precision", train.precision, "allowed: " + ", ".join(PRECISIONS))
+    require(
         train.optimizer_impl in OPTIMIZER_IMPLS,
         "train.optimizer_impl",
         train.optimizer_impl,
         "allowed: " + ", ".join(OPTIMIZER_IMPLS),
     )
-    _require(train.accum_steps >= 1, "train.accum_steps", train.accum_steps, "must be >= 1")
-    _require(train.keep_checkpoints >= 0, "train.keep_checkpoints", train.keep_checkpoints, "must be >= 0")
-    _require(train.average_last >= 0, "train.average_last", train.average_last, "must be >= 0")
-    _require(train.heatmap_sentences >= 0, "train.heatmap_sentences", train.heatmap_sentences, "must be >= 0")
-    _require(train.batch_tokens > 0, "train.batch_tokens", train.batch_tokens, "must be > 0")
-    _require(
+    require(train.accum_steps >= 1, "train.accum_steps", train.accum_steps, "must be >= 1")
+    require(train.keep_checkpoints >= 0, "train.keep_checkpoints", train.keep_checkpoints, "must be >= 0")
+    require(train.average_last >= 0, "train.average_last", train.average_last, "must be >= 0")
+    require(train.heatmap_sentences >= 0, "train.heatmap_sentences", train.heatmap_sentences, "must be >= 0")
+    require(train.batch_tokens > 0, "train.batch_tokens", train.batch_tokens, "must be > 0")
+    require(
         train.batch_tokens >= data.max_len + 1,
         "train.batch_tokens",
         train.batch_tokens,
         f"must hold one sentence of data.max_len + 1 = {data.max_len + 1} tokens",
     )
-    _require(train.lr > 0, "train.lr", train.lr, "must be > 0")
-    _require(train.warmup_steps >= 0, "train.warmup_steps", train.warmup_steps, "must be >= 0")
-    _require(len(train.betas) == 2, "train.betas", train.betas, "must be two numbers")
-    _require(0 <= train.label_smoothing < 1, "train.label_smoothing", train.label_smoothing, "must be in [0, 1)")
-    _require(train.valid_every > 0, "train.valid_every", train.valid_every, "must be > 0")
-    _require(train.valid_beam_size > 0, "train.valid_beam_size", train.valid_beam_size, "must be > 0")
-    _require(
+    require(train.lr > 0, "train.lr", train.lr, "must be > 0")
+    require(train.warmup_steps >= 0, "train.warmup_steps", train.warmup_steps, "must be >= 0")
+    require(len(train.betas) == 2, "train.betas", train.betas, "must be two numbers")
+    require(0 <= train.label_smoothing < 1, "train.label_smoothing", train.label_smoothing, "must be in [0, 1)")
+    require(train.valid_every > 0, "train.valid_every", train.valid_every, "must be > 0")
+    require(train.valid_beam_size > 0, "train.valid_beam_size", train.valid_beam_size, "must be > 0")
+    require(
         train.max_steps > 0 or train.max_epochs > 0 or train.max_minutes > 0 or train.patience > 0,
         "train.max_steps",
         train.max_steps,
         "set train.max_steps, train.max_epochs, train.max_minutes or train.patience, or training never ends",
     )
     check_device(train.device, "train.device")
-    _require(train.max_nonfinite >= 1, "train.max_nonfinite", train.max_nonfinite, "must be >= 1")
+    require(train.max_nonfinite >= 1, "train.max_nonfinite", train.max_nonfinite, "must be >= 1")
 
     decoding = config.decoding
-    _require(decoding.beam_size > 0, "decoding.beam_size", decoding.beam_size, "must be > 0")
-    _require(decoding.batch_size > 0, "decoding.batch_size", decoding.batch_size, "must be > 0")
-    _require(decoding.max_len_a >= 0, "decoding.max_len_a", decoding.max_len_a, "must be >= 0")
-    _require(decoding.max_len_b > 0, "decoding.max_len_b", decoding.max_len_b, "must be > 0")
+    require(decoding.beam_size > 0, "decoding.beam_size", decoding.beam_size, "must be > 0")
+    require(decoding.batch_size > 0, "decoding.batch_size", decoding.batch_size, "must be > 0")
+    require(decoding.max_len_a >= 0, "decoding.max_len_a", decoding.max_len_a, "must be >= 0")
+    require(decoding.max_len_b > 0, "decoding.max_len_b", decoding.max_len_b, "must be > 0")
 
 
 def _validate_source(data: DataConfig) -> None:
     """The data keys that depend on ``data.source`` (see :class:`DataConfig`)."""
-    _require(data.source in DATA_SOURCES, "data.source", data.source, "allowed: " + ", ".join(DATA_SOURCES))
+    require(data.source in DATA_SOURCES, "data.source", data.source, "allowed: " + ", ".join(DATA_SOURCES))
     languages = (("data.src_lang", data.src_lang), ("data.tgt_lang", data.tgt_lang))
     if data.source == "multi30k":
-        _require(data.name == "multi30k", "data.name", data.name, "allowed: multi30k")
+        require(data.name == "multi30k", "data.name", data.name, "allowed: multi30k")
         for key, lang in languages:
-            _require(lang in LANGUAGES, key, lang, "allowed: " + ", ".join(LANGUAGES))
-        _require(not data.streaming, "data.streaming", data.streaming, "only for data.source=hf or files")
+            require(lang in LANGUAGES, key, lang, "allowed: " + ", ".join(LANGUAGES))
+        require(not data.streaming, "data.streaming", data.streaming, "only for data.source=hf or files")
     else:
         for key, lang in languages:
-            _require(bool(re.fullmatch(r"[^\s/]+", lang)), key, lang, "must be a language code (no spaces or '/')")
-        _require(bool(data.path), "data.path", data.path, f"required for data.source={data.source}")
-        _require(
+            require(bool(re.fullmatch(r"[^\s/]+", lang)), key, lang, "must be a language code (no spaces or '/')")
+        require(bool(data.path), "data.path", data.path, f"required for data.source={data.source}")
+        require(
             (data.src_column is None) == (data.tgt_column is None),
             "data.src_column" if data.src_column is None else "data.tgt_column",
             data.src_column if data.src_column is None else data.tgt_column,
             "data.src_column and data.tgt_column go together (or neither: the translation column)",
         )
-        _require(
+        require(
             data.src_column is None or data.src_column != data.tgt_column,
             "data.tgt_column",
             data.tgt_column,
             "must differ from data.src_column",
         )
-        _require(bool(data.translation_column), "data.translation_column", data.translation_column, "must not be empty")
+        require(bool(data.translation_column), "data.translation_column", data.translation_column, "must not be empty")
     if data.source == "files":
-        _require(data.format in FILE_FORMATS, "data.format", data.format, "allowed: " + ", ".join(FILE_FORMATS))
-        _require(
+        require(data.format in FILE_FORMATS, "data.format", data.format, "allowed: " + ", ".join(FILE_FORMATS))
+        require(
             data.src_column is None or data.format == "jsonl",
             "data.src_column",
             data.src_column,
             f"only for data.format=jsonl (data.format={data.format})",
         )
     for key in ("train_split", "valid_split", "test_split"):
-        _require(bool(getattr(data, key)), f"data.{key}", getattr(data, key), "must not be empty")
+        require(bool(getattr(data, key)), f"data.{key}", getattr(data, key), "must not be empty")
     for key in ("max_train_sentences", "max_valid_sentences", "max_test_sentences"):
-        _require(getattr(data, key) >= 0, f"data.{key}", getattr(data, key), "must be >= 0 (0 = all)")
-    _require(data.tokenizer_sample > 0, "data.tokenizer_sample", data.tokenizer_sample, "must be > 0")
+        require(getattr(data, key) >= 0, f"data.{key}", getattr(data, key), "must be >= 0 (0 = all)")
+    require(data.tokenizer_sample > 0, "data.tokenizer_sample", data.tokenizer_sample, "must be > 0")
 
 
 def check_device(device: str, key: str) -> None:
     """Raise ConfigError unless ``device`` is auto, cpu, cuda or cuda:N."""
     valid = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
-    _require(valid, key, device, "allowed: auto, cpu, cuda, cuda:N")
+    require(valid, key, device, "allowed: auto, cpu, cuda, cuda:N")
 
 
 def to_dict(node: object) -> dict:

@@ -15,3 +15,13 @@ class DataError(MtError):
 
 class CheckpointError(MtError):
     """A checkpoint cannot be read or is not one of ours; the message names the file."""
+
+
+def require(condition: bool, key: str, value: object, allowed: str) -> None:
+    """Stop on a bad config value, in the one message format every check shares.
+
+    Raises:
+        ConfigError: ``config key 'KEY' = VALUE: ALLOWED`` unless ``condition`` holds.
+    """
+    if not condition:
+        raise ConfigError(f"config key '{key}' = {value!r}: {allowed}")

@@ -76,16 +76,17 @@ import time
 
 import torch
 
-from mt.config import AttentionConfig, DataConfig, DecoderConfig, EncoderConfig, ModelConfig, TrainConfig
+from mt.config import DataConfig, ModelConfig, TrainConfig, model_preset
 
 SYSTEMS = {"ours": "ours (mt.model.Transformer)", "hf": "reference (transformers.MarianMTModel)"}
 
 
 # ------------------------------------------------------------------------ shared with bench_decode.py
 def model_config(name: str, attention_dropout: float | None = None) -> ModelConfig:
-    """``default``: ``ModelConfig()`` (256, 3+3 layers, 4 heads, FFN 1024); ``base``: Transformer-base
-    (512, 6+6 layers, 8 heads, FFN 2048; Vaswani et al. 2017, Table 3). ``attention_dropout``
-    replaces the dropout of every attention site (None = the config's)."""
+    """``default``: ``ModelConfig()`` (256, 3+3 layers, 4 heads, FFN 1024); ``base``: the preset
+    ``model=base``, Transformer-base (512, 6+6 layers, 8 heads, FFN 2048; Vaswani et al. 2017,
+    Table 3). ``attention_dropout`` replaces the dropout of every attention site (None = the
+    config's)."""
     cfg = _named_model_config(name)
     if attention_dropout is not None:
         for site in (cfg.encoder.self_attention, cfg.decoder.self_attention, cfg.decoder.cross_attention):
@@ -97,16 +98,7 @@ def _named_model_config(name: str) -> ModelConfig:
     if name == "default":
         return ModelConfig()
     if name == "base":
-
-        def site() -> AttentionConfig:
-            return AttentionConfig(n_heads=8)
-
-        return ModelConfig(
-            d_model=512,
-            ffn_dim=2048,
-            encoder=EncoderConfig(n_layers=6, self_attention=site()),
-            decoder=DecoderConfig(n_layers=6, self_attention=site(), cross_attention=site()),
-        )
+        return model_preset("base")  # configs/model/base.yaml, as mt-train model=base
     raise ValueError(f"unknown model {name!r}; valid: default, base")
 
 

@@ -10,13 +10,22 @@ import pytest
 import torch
 from hypothesis import settings
 
-from mt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig, TokenizerConfig
+from mt.config import (
+    AttentionConfig,
+    DecoderConfig,
+    EncoderConfig,
+    ModelConfig,
+    TokenizerConfig,
+    register_with_hydra,
+)
 from mt.model import Transformer
 from mt.tokenizer import Tokenizer
 
 # no per-example deadline: a loaded machine must not fail a test on timing (speed lives in scripts/)
 settings.register_profile("mt", deadline=None)
 settings.load_profile("mt")
+
+register_with_hydra()  # the tests compose configs/train.yaml, which starts from the schema's defaults
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_MIRROR = REPO.parent / "shared" / "corpora" / "multi30k"

@@ -9,11 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from mt.attention import MultiHeadAttention, full_attention, local_attention, rotary, topk_attention
+from mt.attention import (
+    ATTENTION_TYPES,
+    MultiHeadAttention,
+    check_site,
+    full_attention,
+    local_attention,
+    rotary,
+    topk_attention,
+)
 from mt.config import AttentionConfig
+from mt.errors import ConfigError
 from mt.model import Transformer
 
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 
 
 def naive(q, k, v, allowed):
@@ -209,3 +218,23 @@ def test_invalid_attention_settings_stop_with_one_line(tmp_path, override, key, 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert f"config key '{key}'" in lines[0] and allowed in lines[0]
+
+
+SITES = {  # config group → is it self-attention
+    "model/encoder/self_attention": True,
+    "model/decoder/self_attention": True,
+    "model/decoder/cross_attention": False,
+}
+
+
+@pytest.mark.parametrize("group, self_attention", SITES.items(), ids=list(SITES))
+def test_each_site_group_offers_exactly_the_variants_it_may_run(group, self_attention):
+    offered = {path.stem for path in (REPO / "configs" / group).glob("*.yaml")}
+    allowed = {name for name, variant in ATTENTION_TYPES.items() if self_attention or not variant.self_attention_only}
+    assert offered == allowed
+
+
+def test_a_variant_checks_only_its_own_knobs():
+    check_site(AttentionConfig(type="full", window=0, top_k=0), "site", 16, self_attention=True)
+    with pytest.raises(ConfigError, match=r"^config key 'site\.window' = 0: must be >= 1$"):
+        check_site(AttentionConfig(type="local", window=0), "site", 16, self_attention=True)

@@ -1,5 +1,6 @@
 """Every config file composes and fits the schema; bad values stop at start-up with one line."""
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -8,17 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from mt.config import Config, from_hydra
 from mt.batching import collate
+from mt.config import Config, from_hydra, model_preset
 from mt.errors import ConfigError
 from mt.model import Transformer
 from mt.objective import sequence_loss
 
 from conftest import REPO
 
-CONFIG_DIR = str(REPO / "configs")
-GROUP_FILES = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "configs")
+CONFIGS = REPO / "configs"
+CONFIG_DIR = str(CONFIGS)
+GROUP_FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent != CONFIGS)
+REQUIRED = {"data/hf": ["data.path=corpus"], "data/files": ["data.path=corpus"]}  # their ??? values
 
 
 def compose_config(overrides=()):
@@ -26,10 +30,11 @@ def compose_config(overrides=()):
         return compose(config_name="train", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: str(p.relative_to(REPO / "configs")))
+@pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_config_file_composes_into_the_schema_builds_a_model_and_trains(path):
-    group = str(path.parent.relative_to(REPO / "configs"))
+    group = str(path.parent.relative_to(CONFIGS))
     overrides = [f"{group}={path.stem}"] + ([] if group == "experiment" else ["experiment=smoke"])
+    overrides += REQUIRED.get(f"{group}/{path.stem}", [])
     config = from_hydra(compose_config(overrides))
     assert isinstance(config, Config)
     torch.manual_seed(0)
@@ -48,6 +53,57 @@ def test_every_config_file_composes_into_the_schema_builds_a_model_and_trains(pa
         optimizer.step()
         losses.append(float(loss.detach()) / n_tokens)
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+
+
+def flat(node: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
+    items = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            items.update(flat(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
+def test_default_recipe_is_the_schema(monkeypatch):
+    """``mt-train`` with no overrides trains ``Config()``: defaults live in mt/config.py only."""
+    monkeypatch.delenv("MT_DATA_MIRROR", raising=False)  # the one default read from the environment
+    composed = flat(dataclasses.asdict(from_hydra(compose_config())))
+    schema = flat(dataclasses.asdict(Config()))
+    differences = {key: (composed.get(key), schema.get(key)) for key in composed.keys() | schema.keys()}
+    differences = {key: pair for key, pair in differences.items() if pair[0] != pair[1]}
+    assert not differences, f"configs/ (composed, mt/config.py): {differences}"
+
+
+def package_of(path: Path) -> str:
+    """The key prefix of a config file's values: its group (``model.encoder.self_attention.``),
+    or none for the root config and ``# @package _global_`` files (experiments)."""
+    group = path.parent.relative_to(CONFIGS)
+    return "" if not group.parts or "@package _global_" in path.read_text() else ".".join(group.parts) + "."
+
+
+def identity_keys(path: Path) -> set[str]:
+    """Keys that name the option, allowed to repeat a schema default: an attention file's
+    ``type``, a data file's ``source``."""
+    group = str(path.parent.relative_to(CONFIGS))
+    return {"type"} if group.endswith("attention") else {"source"} if group == "data" else set()
+
+
+@pytest.mark.parametrize("path", [CONFIGS / "train.yaml", *GROUP_FILES], ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_config_files_hold_only_differences_from_the_schema(path):
+    """A YAML value equal to the schema's default is a second copy of it, free to drift: each
+    file holds only differences (``???``, required, always differs)."""
+    package = package_of(path)
+    schema = flat(dataclasses.asdict(Config()))
+    values = flat(OmegaConf.to_container(OmegaConf.load(path)) or {})
+    repeated = [
+        f"{package}{key}: {value!r}"
+        for key, value in values.items()
+        if key != "defaults" and not key.startswith("hydra.") and key not in identity_keys(path)
+        and schema.get(f"{package}{key}", object()) == value
+    ]
+    assert not repeated, f"{path.relative_to(REPO)} repeats defaults of mt/config.py (drop them): {repeated}"
 
 
 def test_overrides_reach_each_attention_site():
@@ -69,6 +125,58 @@ def test_overrides_reach_each_attention_site():
     model = Transformer(config.model, 100, 100, pad_id=0)
     assert model.decoder_layers[0].cross_attention.n_heads == 2
     assert model.encoder_layers[0].self_attention.head_dim == 8
+
+
+# name → d_model, ffn_dim, layers per side, heads at every site, dropout (Vaswani et al. 2017, Table 3)
+PRESETS = {
+    "transformer": (256, 1024, 3, 4, 0.1),
+    "base": (512, 2048, 6, 8, 0.1),
+    "big": (1024, 4096, 6, 16, 0.3),
+}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize(
+    "variants",
+    [
+        [],
+        ["model/decoder/cross_attention=topk"],
+        ["model/encoder/self_attention=local", "model/decoder/self_attention=topk"],
+    ],
+    ids=["full", "topk-cross", "local-topk-self"],
+)
+def test_model_presets_set_heads_at_every_site_whatever_the_variant(preset, variants):
+    model = from_hydra(compose_config([f"model={preset}", *variants])).model
+    d_model, ffn_dim, n_layers, n_heads, dropout = PRESETS[preset]
+    assert (model.d_model, model.ffn_dim, model.dropout) == (d_model, ffn_dim, dropout)
+    assert (model.encoder.n_layers, model.decoder.n_layers) == (n_layers, n_layers)
+    sites = {
+        "model/encoder/self_attention": model.encoder.self_attention,
+        "model/decoder/self_attention": model.decoder.self_attention,
+        "model/decoder/cross_attention": model.decoder.cross_attention,
+    }
+    assert [site.n_heads for site in sites.values()] == [n_heads] * 3
+    chosen = dict(variant.split("=") for variant in variants)
+    assert [site.type for site in sites.values()] == [chosen.get(group, "full") for group in sites]
+
+
+def test_model_preset_base_builds_transformer_base():
+    cfg = model_preset("base")
+    assert cfg == from_hydra(compose_config(["model=base"])).model
+    model = Transformer(cfg, 8000, 8000, pad_id=0)
+    assert len(model.encoder_layers) == len(model.decoder_layers) == 6
+    for layer in model.decoder_layers:
+        for attention in (layer.self_attention, layer.cross_attention):
+            assert (attention.n_heads, attention.head_dim) == (8, 64)
+        assert layer.ffn.in_proj.weight.shape == (2048, 512)
+    # 65M parameters with a shared 37k vocabulary (Vaswani et al. 2017, Table 3); 8k: 29k rows of 512 fewer
+    n_parameters = sum(p.numel() for p in model.parameters())
+    assert abs(n_parameters - (65e6 - 29_000 * 512)) < 0.1 * 65e6
+
+
+def test_unknown_model_preset_lists_the_presets():
+    with pytest.raises(ValueError, match="valid: base, big, transformer"):
+        model_preset("huge")
 
 
 @pytest.mark.parametrize(
@@ -103,3 +211,14 @@ def test_mt_train_reports_bad_config_in_one_line_before_data_work(tmp_path):
     assert "must divide model.d_model = 250" in lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()  # stopped before fetching any data
+
+
+@pytest.mark.parametrize("overrides, folder", [([], "default"), (["experiment=smoke"], "smoke")])
+def test_run_dir_is_named_after_the_experiment(overrides, folder, tmp_path):
+    mt_train = Path(sys.executable).parent / "mt-train"
+    # a bad value stops the run right after Hydra made its run dir
+    args = [str(mt_train), *overrides, "train.lr=0", f"data.data_dir={tmp_path / 'data'}"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    run_dirs = [path.parent for path in (tmp_path / "outputs").glob("*/*/*/.hydra")]
+    assert [run_dir.relative_to(tmp_path).parts[:2] for run_dir in run_dirs] == [("outputs", folder)]

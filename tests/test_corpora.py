@@ -356,26 +356,37 @@ def test_group_files_set_the_source():
     assert from_hydra(compose_config()).data.source == "multi30k"
 
 
+def test_hf_local_folder_needs_only_data_path(parquet_folder, tmp_path, monkeypatch):
+    """``data=hf data.path=FOLDER`` loads a local folder: no Hub configuration name to unset."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path))  # the Arrow cache goes here
+    data = from_hydra(compose_config(["data=hf", f"data.path={parquet_folder}"])).data
+    assert data.name is None
+    check_all_splits(load_splits(data))
+
+
 @pytest.mark.parametrize(
     "overrides, key",
     [
+        (["data=hf"], "data.path"),  # ??? in data/hf.yaml: required
+        (["data=files"], "data.path"),
         (["data=hf", "data.path=null"], "data.path"),
         (["data=files", "data.path=null"], "data.path"),
-        (["data=files", "data.format=csv"], "data.format"),
-        (["data=files", "data.src_column=a", "data.tgt_column=b"], "data.src_column"),
-        (["data=hf", "data.src_column=german"], "data.tgt_column"),
-        (["data=hf", "data.src_column=x", "data.tgt_column=x"], "data.tgt_column"),
-        (["data=hf", "data.src_lang='pt BR'"], "data.src_lang"),
-        (["data=hf", "data.tgt_lang=de"], "data.tgt_lang"),
-        (["data=hf", "data.source=tfds"], "data.source"),
-        (["data=hf", "data.streaming=true", "data.tokenizer_sample=0"], "data.tokenizer_sample"),
+        (["data=files", "data.path=corpus", "data.format=csv"], "data.format"),
+        (["data=files", "data.path=corpus", "data.src_column=a", "data.tgt_column=b"], "data.src_column"),
+        (["data=hf", "data.path=corpus", "data.src_column=german"], "data.tgt_column"),
+        (["data=hf", "data.path=corpus", "data.src_column=x", "data.tgt_column=x"], "data.tgt_column"),
+        (["data=hf", "data.path=corpus", "data.src_lang='pt BR'"], "data.src_lang"),
+        (["data=hf", "data.path=corpus", "data.tgt_lang=de"], "data.tgt_lang"),
+        (["data=hf", "data.path=corpus", "data.source=tfds"], "data.source"),
+        (["data=hf", "data.path=corpus", "data.streaming=true", "data.tokenizer_sample=0"], "data.tokenizer_sample"),
         (
-            ["data=files", "data.streaming=true", "data.alignment_gold=g/deen", "data.alignment_gold_train_copies=2"],
+            ["data=files", "data.path=corpus", "data.streaming=true"]
+            + ["data.alignment_gold=g/deen", "data.alignment_gold_train_copies=2"],
             "data.alignment_gold_train_copies",
         ),
         (["data.name=wmt14"], "data.name"),
         (["data.src_lang=pt"], "data.src_lang"),
-        (["data=files", "data.max_valid_sentences=-1"], "data.max_valid_sentences"),
+        (["data=files", "data.path=corpus", "data.max_valid_sentences=-1"], "data.max_valid_sentences"),
     ],
 )
 def test_invalid_data_values_name_their_key(overrides, key):
