@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 
-from mt import corpora
+from mt import alignment_targets, corpora
 from mt import data as corpus
 from mt import distributed
 from mt.aer import GoldAlignment, load_gold
@@ -45,6 +46,9 @@ class TrainingData:
         valid_batches: the validation split as padded batches (fixed order).
         gold: the ``data.alignment_gold`` set oriented src→tgt, or None.
         gold_segmentations: its pairs segmented into pieces and words, or None.
+        train_links: with ``data.alignments``, one (n_links, 2) int array per training pair
+            (columns src_piece, tgt_piece: positions in ``train_src``/``train_tgt``, no BOS/EOS)
+            for guided alignment (:mod:`mt.alignment_targets`); None when ``data.alignments=none``.
     """
 
     tokenizer: Tokenizer
@@ -56,6 +60,7 @@ class TrainingData:
     valid_batches: list[corpus.Batch]
     gold: GoldAlignment | None = None
     gold_segmentations: list[Segmentation] | None = None
+    train_links: list[np.ndarray] | None = None
 
     def write_tokenizer(self, out_dir: Path, src_lang: str, tgt_lang: str) -> None:
         """``sentencepiece.model`` (joint) or ``sentencepiece.{src_lang,tgt_lang}.model`` in the run dir."""
@@ -105,9 +110,10 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
         DataError: corpus files missing or inconsistent.  ConfigError: a gold set of another pair.
     """
     data_cfg = cfg.data
-    gold = None
+    gold, train_links = None, None
     with distributed.main_first(context):
         splits = corpora.load_splits(data_cfg)  # train: an IterableDataset with data.streaming
+        n_corpus_pairs = None if data_cfg.streaming else len(splits["train"])
         if data_cfg.alignment_gold:
             gold = load_run_gold(data_cfg)
             if data_cfg.alignment_gold_train_copies:  # text only: the links are never trained on
@@ -128,7 +134,11 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
         if data_cfg.streaming:  # token ids only (int32 arrays), already filtered by data.max_len
             train_src, train_tgt = corpora.encode_stream(splits["train"], tokenizer, data_cfg.max_len)
         else:
-            train_src, train_tgt = _kept_pairs(corpus.tokenize(splits["train"], tokenizer, cache_dir), data_cfg.max_len)
+            tokenized = corpus.tokenize(splits["train"], tokenizer, cache_dir)
+            train_src, train_tgt, kept = _kept_pairs(tokenized, data_cfg.max_len)
+            if data_cfg.alignments != "none":  # guided-alignment targets, in step with the kept pairs
+                texts = list(splits["train"]["src"]), list(splits["train"]["tgt"])
+                train_links = alignment_targets.training_links(data_cfg, *texts, tokenizer, kept, cache_dir, n_corpus_pairs)
     valid_set = corpus.tokenize(splits["valid"], tokenizer)
     valid_src = [ids[: data_cfg.max_len] for ids in valid_set["src_ids"]]
     valid_tgt = [ids[: data_cfg.max_len] for ids in valid_set["tgt_ids"]]
@@ -148,15 +158,17 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
         valid_batches=valid_batches,
         gold=gold,
         gold_segmentations=segment(tokenizer, gold.src, gold.tgt, cfg.model.max_positions - 1) if gold else None,
+        train_links=train_links,
     )
 
 
-def _kept_pairs(train_set: datasets.Dataset, max_len: int) -> tuple[list[list[int]], list[list[int]]]:
+def _kept_pairs(train_set: datasets.Dataset, max_len: int) -> tuple[list[list[int]], list[list[int]], list[int]]:
     """The tokenized pairs with 1 … ``max_len`` pieces on both sides, as plain lists (the
-    training loop indexes them every step; a datasets Column would re-read Arrow)."""
+    training loop indexes them every step; a datasets Column would re-read Arrow), and their
+    indexes in ``train_set``."""
     train_src, train_tgt = list(train_set["src_ids"]), list(train_set["tgt_ids"])
     keep = [i for i, (s, t) in enumerate(zip(train_src, train_tgt)) if 0 < len(s) <= max_len and 0 < len(t) <= max_len]
     if len(keep) < len(train_src):
         log.info("dropped %d training pairs longer than data.max_len=%d or empty", len(train_src) - len(keep), max_len)
         train_src, train_tgt = [train_src[i] for i in keep], [train_tgt[i] for i in keep]
-    return train_src, train_tgt
+    return train_src, train_tgt, keep

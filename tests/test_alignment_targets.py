@@ -1,5 +1,5 @@
 """Alignment targets for guided alignment: word links → piece links on hand-made cases, the
-links file's errors, the cache, and eflomal end to end."""
+links file's errors, the cache, the kept-pair bookkeeping of prepare_data, and eflomal end to end."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from mt.alignment_targets import (
     unit_tokens,
     word_to_piece_links,
 )
-from mt.config import DataConfig, TokenizerConfig, from_hydra
+from mt.config import Config, DataConfig, TokenizerConfig, from_hydra
+from mt.distributed import Context
 from mt.errors import ConfigError, DataError
+from mt.training_data import prepare_data
 from mt.tokenizer import Piece
 from mt.words import NO_WORD, piece_words, segment, words_of
 
@@ -234,6 +236,70 @@ def test_missing_eflomal_is_one_line_naming_the_key(bilingual_tokenizer, monkeyp
     with pytest.raises(ConfigError, match=r"'data\.alignments' = 'eflomal'.*pip install") as error:
         training_links(DataConfig(alignments="eflomal"), ["a"], ["b"], bilingual_tokenizer, [0], tmp_path)
     assert "\n" not in str(error.value)
+
+
+# ------------------------------------------------------------------------------ prepare_data
+
+TRAIN = [
+    ("Ein Hund rennt im Park.", "A dog runs in the park."),
+    ("Ein Hund rennt im Park und zwei Männer spielen Fußball im Park.", "A dog runs in the park and two men play soccer."),
+    ("", ""),  # empty: dropped
+    ("Zwei Männer spielen Fußball.", "Two men play soccer."),
+]
+LINKS = ["0-0 1-1 2-2 3-3 4-5", "0-0 11-10", "", "0-0 1-1 2-2 3-3"]
+
+
+def write_corpus(folder, gold_prefix=None):
+    for split, pairs in (("train", TRAIN), ("valid", TRAIN[:1]), ("test", TRAIN[:1])):
+        (folder / f"{split}.de").write_text("".join(src + "\n" for src, _ in pairs))
+        (folder / f"{split}.en").write_text("".join(tgt + "\n" for _, tgt in pairs))
+    if gold_prefix:
+        (folder / f"{gold_prefix}.src-tgt").write_text("Zwei Hunde ||| Two dogs\n")
+        (folder / f"{gold_prefix}.talp").write_text("1-2 2-1\n")  # crossing: never the fake aligner's
+
+
+def run_config(folder, **data) -> Config:
+    cfg = Config()
+    cfg.data = DataConfig(
+        source="files", name=None, path=str(folder), src_lang="de", tgt_lang="en", train_split="train",
+        valid_split="valid", test_split="test", data_dir=str(folder / "data"), max_len=30, **data,
+    )
+    cfg.tokenizer = TokenizerConfig(vocab_size=60)
+    cfg.model.max_positions = 64
+    return cfg
+
+
+def test_prepare_data_keeps_links_in_step_with_kept_pairs(tmp_path):
+    write_corpus(tmp_path)
+    (tmp_path / "links.txt").write_text("\n".join(LINKS) + "\n")
+    data = prepare_data(run_config(tmp_path, alignments="file", alignments_path=str(tmp_path / "links.txt")), Context(), None)
+    assert len(data.train_src) == 2  # the long pair (> 30 pieces) and the empty one were dropped
+    assert len(data.train_links) == len(data.train_src)
+    for k, i in enumerate([0, 3]):  # kept pair k is training pair i
+        src, tgt = TRAIN[i]
+        assert data.train_src[k] == data.tokenizer.encode_src([src])[0]
+        word_links = [tuple(map(int, link.split("-"))) for link in LINKS[i].split()]
+        expected = word_to_piece_links(word_links, *piece_owners(data.tokenizer, src, tgt))
+        np.testing.assert_array_equal(data.train_links[k], expected)
+        assert data.train_links[k][:, 0].max() < len(data.train_src[k])
+        assert data.train_links[k][:, 1].max() < len(data.train_tgt[k])
+    assert prepare_data(run_config(tmp_path), Context(), None).train_links is None
+
+
+def test_gold_copies_get_aligner_links_never_gold_links(tmp_path, fake_aligner):
+    write_corpus(tmp_path, gold_prefix="deen")
+    gold = dict(alignment_gold=str(tmp_path / "deen"), alignment_gold_train_copies=2)
+    data = prepare_data(run_config(tmp_path, alignments="eflomal", alignments_unit="word", **gold), Context(), None)
+    (src_tokens, _), = fake_aligner
+    assert src_tokens[-2:] == [["Zwei", "Hunde"], ["Zwei", "Hunde"]]  # the copies' text was aligned
+    assert len(data.train_links) == len(data.train_src) == 4
+    owners = piece_owners(data.tokenizer, "Zwei Hunde", "Two dogs")
+    diagonal = word_to_piece_links([(0, 0), (1, 1)], *owners)  # the fake aligner's links, not the gold 0-1 1-0
+    np.testing.assert_array_equal(data.train_links[-1], diagonal)
+    # a links file may cover the corpus pairs only: the copies then get none
+    (tmp_path / "links.txt").write_text("\n".join(LINKS) + "\n")
+    data = prepare_data(run_config(tmp_path, alignments="file", alignments_path=str(tmp_path / "links.txt"), **gold), Context(), None)
+    assert [len(pair) for pair in data.train_links[-2:]] == [0, 0]
 
 
 # ------------------------------------------------------------------------------ eflomal end to end
