@@ -163,6 +163,17 @@ class DataConfig:
         streaming: ``hf``/``files``: read the training split as a stream instead of loading it
             (for corpora bigger than memory): only its token ids are kept.
         tokenizer_sample: with ``streaming``, sentencepiece trains on the first N training pairs.
+        alignments: word-alignment targets of each training pair, for guided alignment (Garg
+            et al. 2019; :mod:`mt.alignment_targets`): ``none``, ``eflomal`` (align the training
+            split with eflomal at start-up, cached in ``data_dir/cache``; extra ``[baselines]``)
+            or ``file`` (read ``alignments_path``). Not with ``streaming``.
+        alignments_path: ``file``: 0-based Pharaoh ``src_word-tgt_word`` links over whitespace
+            words, one line per training pair (blank = none), before ``max_len`` filtering.
+        alignments_symmetrize: ``eflomal``: how the two directions combine, one of
+            ``mt.symmetrize.HEURISTICS`` (``intersect``, ``union``, ``grow-diag-final-and``).
+        alignments_unit: ``eflomal``: align sentencepiece pieces directly (``piece``) or
+            whitespace words whose links then cover all their pieces (``word``: on CzEnAli as
+            good at grow-diag-final-and and faster, see the README).
     """
 
     source: str = "multi30k"
@@ -191,6 +202,10 @@ class DataConfig:
     format: str = "text"
     streaming: bool = False
     tokenizer_sample: int = 1_000_000
+    alignments: str = "none"
+    alignments_path: str | None = None
+    alignments_symmetrize: str = "grow-diag-final-and"
+    alignments_unit: str = "word"
 
 
 @dataclass
@@ -472,6 +487,9 @@ def validate(config: Config) -> None:
 
 def _validate_source(data: DataConfig) -> None:
     """The data keys that depend on ``data.source`` (see :class:`DataConfig`)."""
+    from mt.alignment_targets import SOURCES, UNITS  # the modules that own these names
+    from mt.symmetrize import HEURISTICS
+
     require(data.source in DATA_SOURCES, "data.source", data.source, "allowed: " + ", ".join(DATA_SOURCES))
     languages = (("data.src_lang", data.src_lang), ("data.tgt_lang", data.tgt_lang))
     if data.source == "multi30k":
@@ -509,6 +527,26 @@ def _validate_source(data: DataConfig) -> None:
     for key in ("max_train_sentences", "max_valid_sentences", "max_test_sentences"):
         require(getattr(data, key) >= 0, f"data.{key}", getattr(data, key), "must be >= 0 (0 = all)")
     require(data.tokenizer_sample > 0, "data.tokenizer_sample", data.tokenizer_sample, "must be > 0")
+    require(data.alignments in SOURCES, "data.alignments", data.alignments, "allowed: " + ", ".join(SOURCES))
+    require(
+        data.alignments == "none" or not data.streaming,
+        "data.alignments",
+        data.alignments,
+        "needs a non-streaming corpus (data.streaming=false); set it to none",
+    )
+    require(
+        data.alignments != "file" or bool(data.alignments_path),
+        "data.alignments_path",
+        data.alignments_path,
+        "required for data.alignments=file",
+    )
+    require(
+        data.alignments_symmetrize in HEURISTICS,
+        "data.alignments_symmetrize",
+        data.alignments_symmetrize,
+        "allowed: " + ", ".join(HEURISTICS),
+    )
+    require(data.alignments_unit in UNITS, "data.alignments_unit", data.alignments_unit, "allowed: " + ", ".join(UNITS))
 
 
 def check_device(device: str, key: str) -> None:

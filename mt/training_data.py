@@ -26,7 +26,7 @@ import datasets
 import numpy as np
 import torch
 
-from mt import batching, corpora
+from mt import alignment_targets, batching, corpora
 from mt import distributed
 from mt.aer import GoldAlignment, load_gold
 from mt.checkpoint import save_checkpoint
@@ -52,6 +52,9 @@ class TrainingData:
         valid_batches: the validation split as padded batches (fixed order).
         gold: the ``data.alignment_gold`` set oriented src→tgt, or None.
         gold_segmentations: its pairs segmented into pieces and words, or None.
+        train_links: with ``data.alignments``, one (n_links, 2) int array per training pair
+            (columns src_piece, tgt_piece: positions in ``train_src``/``train_tgt``, no BOS/EOS)
+            for guided alignment (:mod:`mt.alignment_targets`); None when ``data.alignments=none``.
     """
 
     tokenizer: Tokenizer
@@ -63,6 +66,7 @@ class TrainingData:
     valid_batches: list[batching.Batch]
     gold: GoldAlignment | None = None
     gold_segmentations: list[Segmentation] | None = None
+    train_links: list[np.ndarray] | None = None
 
     def batch(self, indices: list[int]) -> batching.Batch:
         """The training pairs at ``indices`` as one padded batch (:func:`mt.batching.collate`)."""
@@ -171,9 +175,10 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
         DataError: corpus files missing or inconsistent.  ConfigError: a gold set of another pair.
     """
     data_cfg = cfg.data
-    gold = None
+    gold, train_links = None, None
     with distributed.main_first(context):
         splits = corpora.load_splits(data_cfg)  # train: an IterableDataset with data.streaming
+        n_corpus_pairs = None if data_cfg.streaming else len(splits["train"])
         if data_cfg.alignment_gold:
             gold = load_run_gold(data_cfg)
             if data_cfg.alignment_gold_train_copies:  # text only: the links are never trained on
@@ -194,7 +199,10 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
         if data_cfg.streaming:  # token ids only (int32 arrays), already filtered by data.max_len
             train_src, train_tgt = encode_stream(splits["train"], tokenizer, data_cfg.max_len)
         else:
-            train_src, train_tgt = _kept_pairs(tokenize(splits["train"], tokenizer, cache_dir), data_cfg.max_len)
+            train_src, train_tgt, kept = _kept_pairs(tokenize(splits["train"], tokenizer, cache_dir), data_cfg.max_len)
+            if data_cfg.alignments != "none":  # guided-alignment targets, in step with the kept pairs
+                texts = list(splits["train"]["src"]), list(splits["train"]["tgt"])
+                train_links = alignment_targets.training_links(data_cfg, *texts, tokenizer, kept, cache_dir, n_corpus_pairs)
     valid_set = tokenize(splits["valid"], tokenizer)
     valid_src = [ids[: data_cfg.max_len] for ids in valid_set["src_ids"]]
     valid_tgt = [ids[: data_cfg.max_len] for ids in valid_set["tgt_ids"]]
@@ -214,15 +222,17 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
         valid_batches=valid_batches,
         gold=gold,
         gold_segmentations=segment(tokenizer, gold.src, gold.tgt, cfg.model.max_positions - 1) if gold else None,
+        train_links=train_links,
     )
 
 
-def _kept_pairs(train_set: datasets.Dataset, max_len: int) -> tuple[list[list[int]], list[list[int]]]:
+def _kept_pairs(train_set: datasets.Dataset, max_len: int) -> tuple[list[list[int]], list[list[int]], list[int]]:
     """The tokenized pairs with 1 … ``max_len`` pieces on both sides, as plain lists (the
-    training loop indexes them every step; a datasets Column would re-read Arrow)."""
+    training loop indexes them every step; a datasets Column would re-read Arrow), and their
+    indexes in ``train_set``."""
     train_src, train_tgt = list(train_set["src_ids"]), list(train_set["tgt_ids"])
     keep = [i for i, (s, t) in enumerate(zip(train_src, train_tgt)) if 0 < len(s) <= max_len and 0 < len(t) <= max_len]
     if len(keep) < len(train_src):
         log.info("dropped %d training pairs longer than data.max_len=%d or empty", len(train_src) - len(keep), max_len)
         train_src, train_tgt = [train_src[i] for i in keep], [train_tgt[i] for i in keep]
-    return train_src, train_tgt
+    return train_src, train_tgt, keep

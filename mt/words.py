@@ -2,7 +2,7 @@
 piece-level attention into word-level matrices.
 
 Gold alignments and users think in whitespace words; the model sees pieces. Each piece is
-assigned to the word its character span overlaps most, so ``▁`` markers, words split into
+assigned to the word holding the last character of its span, so ``▁`` markers, words split into
 several pieces and punctuation glued to a word (``dog,``) land on the right word; a piece
 with no surface (a lone ``▁``) goes with its neighbour; a word that encodes to no piece
 (characters the normalizer deletes) owns no column or row and so gets no link.
@@ -31,10 +31,13 @@ def words_of(text: str) -> tuple[list[str], list[tuple[int, int]]]:
 
 
 def piece_words(pieces: Sequence[Piece], spans: Sequence[tuple[int, int]]) -> list[int]:
-    """Word index of each piece: the word its character span overlaps most.
+    """Word index of each piece: the word holding the last character of its span.
 
+    sentencepiece gives a piece's span the whitespace and the characters the normalizer deleted
+    in front of it (`` \u200b r`` for ``▁r``), so its surface ends the span and the last
+    character tells its word (the largest overlap would give ``▁r`` to a ``\u200b`` word).
     A piece with no surface of its own (a lone ``▁``, whose span covers only whitespace and
-    characters the normalizer deleted) or that overlaps no word takes the word of the next
+    deleted characters) or whose last character is in no word takes the word of the next
     piece that has one, else of the previous; :data:`NO_WORD` when the text has no words.
     So a word made only of deleted characters (``\u200b``) owns no piece.
 
@@ -42,12 +45,10 @@ def piece_words(pieces: Sequence[Piece], spans: Sequence[tuple[int, int]]) -> li
     """
     owners = []
     for piece in pieces:
-        best, best_overlap = NO_WORD, 0
-        if piece.piece.replace("▁", ""):
-            for j, (begin, end) in enumerate(spans):
-                overlap = min(end, piece.end) - max(begin, piece.begin)
-                if overlap > best_overlap:
-                    best, best_overlap = j, overlap
+        best = NO_WORD
+        if piece.piece.replace("▁", "") and piece.end > piece.begin:
+            last = piece.end - 1
+            best = next((j for j, (begin, end) in enumerate(spans) if begin <= last < end), NO_WORD)
         owners.append(best)
     for i in range(len(owners)):  # pieces without a word: borrow a neighbour's
         if owners[i] == NO_WORD:

@@ -4,8 +4,15 @@ The baseline for ``mt-align``'s AER table: eflomal aligns the gold set's own tex
 with more bitext in front of it), both directions, and our scorer (:mod:`mt.aer`) and
 symmetrization (:mod:`mt.symmetrize`) turn that into the same table rows as for the models.
 
+``--unit piece`` measures the choice behind ``data.alignments_unit`` (guided-alignment targets,
+:mod:`mt.alignment_targets`): a joint unigram sentencepiece model is trained on the same text
+(as ``mt-train`` would) and eflomal aligns its pieces; a word pair is linked when any of their
+pieces are. ``--unit word`` (default) aligns whitespace words. Either way the links go through
+the piece mapping training uses, and the time printed is that of computing them all (tokens,
+eflomal, grow-diag-final-and, piece links).
+
     pip install -e ".[baselines]"
-    python scripts/eflomal_baseline.py --gold ../shared/alignments/czenali/encs [--multi30k]
+    python scripts/eflomal_baseline.py --gold ../shared/alignments/czenali/encs [--multi30k] [--unit piece]
 
 Prints one row per direction/heuristic, then one JSON object ``{heuristic: AER}``.
 """
@@ -16,12 +23,15 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from mt.aer import load_gold, read_pharaoh, score_alignments
+import numpy as np
+
+from mt.aer import load_gold, score_alignments
+from mt.alignment_targets import UNITS, piece_owners, piece_to_word_links, run_eflomal, unit_tokens, word_to_piece_links
+from mt.config import TokenizerConfig
 from mt.symmetrize import HEURISTICS, symmetrize
+from mt.tokenizer import Tokenizer
 
 
 def main() -> None:
@@ -33,9 +43,11 @@ def main() -> None:
     )
     parser.add_argument("--lowercase", action="store_true", help="lowercase both sides first")
     parser.add_argument("--data-dir", default="data", help="Multi30k cache folder (default: data)")
+    parser.add_argument("--unit", choices=UNITS, default="word", help="what eflomal aligns (default: word)")
+    parser.add_argument("--vocab-size", type=int, default=8000, help="sentencepiece pieces (default: 8000)")
     args = parser.parse_args()
     try:
-        import eflomal
+        import eflomal  # noqa: F401
     except ImportError:
         sys.exit("eflomal is not installed: pip install -e '.[baselines]'")
 
@@ -51,23 +63,33 @@ def main() -> None:
     if args.lowercase:
         src, tgt = [s.lower() for s in src], [t.lower() for t in tgt]
 
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        forward_path, reverse_path = Path(tmp) / "forward", Path(tmp) / "reverse"
-        aligner = eflomal.Aligner()
-        aligner.align(
-            [s + "\n" for s in src], [t + "\n" for t in tgt],
-            links_filename_fwd=str(forward_path), links_filename_rev=str(reverse_path),
-        )
-        # both files are source-first Pharaoh lines; keep the gold set's pairs (the last ones)
-        forward = [set(links) for links in read_pharaoh(forward_path)[extra:]]
-        reverse = [set(links) for links in read_pharaoh(reverse_path)[extra:]]
+    print(f"training a {args.vocab_size}-piece joint unigram sentencepiece model", file=sys.stderr)
+    tokenizer = Tokenizer.train(src, tgt, TokenizerConfig(vocab_size=args.vocab_size))
+    start = time.perf_counter()  # what data.alignments=eflomal computes at start-up
+    forward, reverse = run_eflomal(*unit_tokens(tokenizer, src, tgt, args.unit))
+    eflomal_seconds = time.perf_counter() - start
+    links = [symmetrize(f, r, "grow-diag-final-and") for f, r in zip(forward, reverse)]
+    if args.unit == "word":  # every piece of a word takes the word's links
+        owners = [piece_owners(tokenizer, s, t) for s, t in zip(src, tgt)]
+        links = [word_to_piece_links(pair, *owner) for pair, owner in zip(links, owners)]
     seconds = time.perf_counter() - start
+    print(f"{sum(len(pair) for pair in links)} grow-diag-final-and piece links", file=sys.stderr)
 
+    forward, reverse = forward[extra:], reverse[extra:]  # the gold set's pairs
+    owners = [piece_owners(tokenizer, s, t) for s, t in zip(src[extra:], tgt[extra:])]
     rows = {"forward": forward, "reverse": reverse}
     for heuristic in HEURISTICS:
         rows[heuristic] = [symmetrize(f, r, heuristic) for f, r in zip(forward, reverse)]
-    print(f"eflomal on {len(gold)} gold pairs{f' + {extra} Multi30k pairs' if extra else ''}, {seconds:.1f} s")
+    for name, pairs in rows.items():  # to pieces as training sees them, then back to words to score
+        if args.unit == "word":
+            pairs = [word_to_piece_links(pair, *owner) for pair, owner in zip(pairs, owners)]
+        else:
+            pairs = [np.array(sorted(pair), dtype=np.int64).reshape(-1, 2) for pair in pairs]
+        rows[name] = [piece_to_word_links(pair, *owner) for pair, owner in zip(pairs, owners)]
+    print(
+        f"eflomal on {args.unit}s of {len(gold)} gold pairs{f' + {extra} Multi30k pairs' if extra else ''}: "
+        f"{eflomal_seconds:.1f} s eflomal, {seconds:.1f} s for all piece links"
+    )
     print(f"{'links':<22}{'precision':>10}{'recall':>10}{'F1':>8}{'AER':>8}")
     results = {}
     for name, links in rows.items():

@@ -1,0 +1,353 @@
+"""Piece-level word-alignment targets for guided alignment training (Garg et al. 2019).
+
+Garg et al. (2019, *Jointly Learning to Align and Translate with Transformer Models*) supervise
+one cross-attention head with alignments from a statistical aligner. This module produces them:
+for every kept training pair, links ``(src_piece, tgt_piece)`` between positions of the token-id
+lists :func:`mt.training_data.prepare_data` trains on (no BOS/EOS).
+
+Where the links come from (``data.alignments``):
+
+- ``eflomal``: eflomal (Östling & Tiedemann 2016) aligns the training split both ways, on
+  sentencepiece pieces or on whitespace words (``data.alignments_unit``), and the two directions
+  are symmetrized (``data.alignments_symmetrize``, e.g. grow-diag-final-and, Koehn et al. 2003).
+  The result is cached in ``data.data_dir/cache`` under a hash of text, tokenizer and settings.
+- ``file``: 0-based Pharaoh ``src_word-tgt_word`` links over whitespace words, one line per
+  training pair (``data.alignments_path``).
+
+Word links become piece links the standard way (as fairseq's and OpenNMT's guided-alignment
+preprocessing on subwords): every piece of the source word is linked to every piece of the
+target word. Pieces belong to words as in :mod:`mt.words` (character-span overlap), so split
+words and glued punctuation land on the right word and a word with no pieces loses its links.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mt.aer import read_pharaoh
+from mt.config import DataConfig
+from mt.errors import ConfigError, DataError
+from mt.symmetrize import symmetrize
+from mt.tokenizer import Tokenizer
+from mt.words import NO_WORD, Segmentation, piece_words, words_of
+
+log = logging.getLogger(__name__)
+
+Link = tuple[int, int]
+SOURCES = ("none", "eflomal", "file")
+UNITS = ("piece", "word")
+_CACHE_FORMAT = 1  # bump when the stored links change meaning
+
+
+def word_to_piece_links(
+    word_links: Iterable[Link], src_owner: Sequence[int], tgt_owner: Sequence[int]
+) -> np.ndarray:
+    """Every piece of source word i linked to every piece of target word j, for each link (i, j).
+
+    Args:
+        word_links: 0-based ``(src_word, tgt_word)`` links.
+        src_owner, tgt_owner: (src_len,), (tgt_len,) the word of each piece, or ``NO_WORD``
+            (see :func:`mt.words.piece_words`).
+
+    Returns: (n_links, 2) int32, columns src_piece, tgt_piece, sorted, no duplicates; links of a
+        word that owns no piece vanish.
+    """
+    src_pieces_of, tgt_pieces_of = _pieces_of(src_owner), _pieces_of(tgt_owner)
+    links = {
+        (s, t)
+        for i, j in word_links
+        for s in src_pieces_of.get(i, ())
+        for t in tgt_pieces_of.get(j, ())
+    }
+    return _as_array(links)
+
+
+def piece_to_word_links(piece_links: np.ndarray, src_owner: Sequence[int], tgt_owner: Sequence[int]) -> set[Link]:
+    """Word pair (i, j) is linked when any piece of i is linked to any piece of j.
+
+    Args:
+        piece_links: (n_links, 2) int, columns src_piece, tgt_piece.
+        src_owner, tgt_owner: the word of each piece, as in :func:`word_to_piece_links`.
+
+    Returns: 0-based ``(src_word, tgt_word)`` links; pieces of no word are skipped.
+    """
+    words = {(src_owner[s], tgt_owner[t]) for s, t in piece_links.tolist()}
+    return {(i, j) for i, j in words if i != NO_WORD and j != NO_WORD}
+
+
+def piece_owners(tokenizer: Tokenizer, src_text: str, tgt_text: str) -> tuple[list[int], list[int]]:
+    """The word of each piece of a pair as training encodes it (source, target; no specials).
+
+    Returns: src_owner (src_len,), tgt_owner (tgt_len,): whitespace-word index of each piece
+        (:func:`mt.words.piece_words`), ``NO_WORD`` only when a side has no words.
+    """
+    return (
+        piece_words(tokenizer.src_pieces(src_text), words_of(src_text)[1]),
+        piece_words(tokenizer.tgt_pieces(tgt_text), words_of(tgt_text)[1]),
+    )
+
+
+def segmentation_piece_links(segmentation: Segmentation, word_links: Iterable[Link]) -> np.ndarray:
+    """:func:`word_to_piece_links` for a pair segmented by :func:`mt.words.segment` (e.g. the
+    gold set's ``TrainingData.gold_segmentations``); pieces cut off by its truncation get no link.
+
+    Returns: (n_links, 2) int32, columns src_piece, tgt_piece.
+    """
+    src_pool = segmentation.src_pool[:-1]  # (src_len, n_src_words); the last row is EOS
+    if not (segmentation.src_words and segmentation.tgt_words):
+        return _as_array([])
+    src_owner = np.where(src_pool.any(axis=1), src_pool.argmax(axis=1), NO_WORD)
+    tgt_pool = segmentation.tgt_pool  # (n_tgt_words, tgt_len)
+    tgt_owner = np.where(tgt_pool.any(axis=0), tgt_pool.argmax(axis=0), NO_WORD)
+    return word_to_piece_links(word_links, src_owner.tolist(), tgt_owner.tolist())
+
+
+def read_word_links(
+    path: str | Path, src_texts: Sequence[str], tgt_texts: Sequence[str], n_first: int | None = None
+) -> list[list[Link]]:
+    """0-based Pharaoh word links (``i-j`` = source word i, target word j) of each pair.
+
+    Args:
+        path: one line per pair of the texts; a blank line = no links for that pair.
+        n_first: the file may instead hold lines for just the first ``n_first`` pairs (the
+            training split before the gold copies); the remaining pairs get no links.
+
+    Returns: one link list per pair of the texts.
+
+    Raises:
+        DataError: the file is missing, a line does not parse, a link points past the words of
+            its pair, or the line count matches neither count of pairs; named ``FILE:LINE``.
+    """
+    links = read_pharaoh(path)
+    n_pairs = len(src_texts)
+    if len(links) not in (n_pairs, n_first):
+        expected = f"{n_first} (or {n_pairs} with the gold copies)" if n_first else str(n_pairs)
+        line = n_pairs + 1 if len(links) > n_pairs else len(links)  # the first extra line, or the last one
+        where = f"{path}:{line}" if line else str(path)
+        raise DataError(
+            f"{where}: the file has {len(links)} lines, but the training split has {expected} pairs "
+            "(one line per pair, blank = no links)"
+        )
+    for number, (pair_links, src, tgt) in enumerate(zip(links, src_texts, tgt_texts), 1):
+        n_src, n_tgt = len(src.split()), len(tgt.split())
+        bad = [(i, j) for i, j in pair_links if i >= n_src or j >= n_tgt]
+        if bad:
+            i, j = bad[0]
+            raise DataError(f"{path}:{number}: link {i}-{j} is outside a {n_src}×{n_tgt}-word pair (0-based)")
+    if len(links) < n_pairs:
+        log.info("%s covers the first %d training pairs; the other %d get no links", path, len(links), n_pairs - len(links))
+    return links + [[] for _ in range(n_pairs - len(links))]
+
+
+def unit_tokens(
+    tokenizer: Tokenizer, src_texts: Sequence[str], tgt_texts: Sequence[str], unit: str
+) -> tuple[list[list[str]], list[list[str]]]:
+    """The tokens eflomal aligns: whitespace words (``word``) or the pieces training sees (``piece``).
+
+    Returns: src_tokens, tgt_tokens: one list per text, no token containing whitespace; piece
+        tokens are piece strings (``▁dog``; an unknown piece's surface), one per training id.
+
+    Raises:
+        ValueError: an unknown unit (the message lists the valid ones).
+    """
+    if unit == "word":
+        return [text.split() for text in src_texts], [text.split() for text in tgt_texts]
+    if unit == "piece":
+        return _piece_tokens(tokenizer.src, src_texts), _piece_tokens(tokenizer.tgt, tgt_texts)
+    raise ValueError(f"unknown alignment unit {unit!r}; choose one of {', '.join(UNITS)}")
+
+
+def run_eflomal(
+    src_tokens: Sequence[Sequence[str]], tgt_tokens: Sequence[Sequence[str]]
+) -> tuple[list[list[Link]], list[list[Link]]]:
+    """Align token sequences both ways with eflomal (Östling & Tiedemann 2016).
+
+    eflomal lowercases tokens, is stochastic (no seed), runs its samplers in parallel threads,
+    and leaves sentences of more than about 1,000 tokens unaligned.
+
+    Args:
+        src_tokens, tgt_tokens: one token list per pair (:func:`unit_tokens`); tokens must not
+            contain whitespace.
+
+    Returns: forward (src→tgt model) and reverse (tgt→src model) links of each pair, both as
+        0-based ``(src_token, tgt_token)``; combine them with :func:`mt.symmetrize.symmetrize`.
+
+    Raises:
+        ConfigError: eflomal is not installed (named as ``data.alignments``).
+    """
+    eflomal = _import_eflomal()
+    with tempfile.TemporaryDirectory(prefix="mt-eflomal-") as tmp:
+        forward_path, reverse_path = Path(tmp) / "forward", Path(tmp) / "reverse"
+        eflomal.Aligner().align(
+            [" ".join(tokens) + "\n" for tokens in src_tokens],
+            [" ".join(tokens) + "\n" for tokens in tgt_tokens],
+            links_filename_fwd=str(forward_path),
+            links_filename_rev=str(reverse_path),
+        )
+        # both files are source-first Pharaoh lines, one per pair
+        forward, reverse = read_pharaoh(forward_path), read_pharaoh(reverse_path)
+    if not len(forward) == len(reverse) == len(src_tokens):
+        raise RuntimeError(f"eflomal wrote {len(forward)}/{len(reverse)} lines for {len(src_tokens)} pairs")
+    return forward, reverse
+
+
+def compute_links(
+    cfg: DataConfig, src_texts: Sequence[str], tgt_texts: Sequence[str], tokenizer: Tokenizer, n_file_pairs: int | None = None
+) -> list[np.ndarray]:
+    """Piece links of every pair of the texts (no caching; see :func:`training_links`).
+
+    Args:
+        cfg: ``alignments`` (``eflomal`` or ``file``), ``alignments_unit``,
+            ``alignments_symmetrize``, ``alignments_path``.
+        n_file_pairs: ``file`` only: see :func:`read_word_links` (``n_first``).
+
+    Returns: one (n_links, 2) int32 array per pair, columns src_piece, tgt_piece, indexes into
+        ``tokenizer.encode_src`` / ``encode_tgt`` of the pair's texts.
+
+    Raises:
+        DataError: ``file``: see :func:`read_word_links`.  ConfigError: eflomal missing.
+    """
+    if cfg.alignments == "eflomal":
+        log.info(
+            "aligning %d training pairs with eflomal on %ss, both directions (1-2 minutes per 30k short pairs on 2 cores)",
+            len(src_texts), cfg.alignments_unit,
+        )
+        start = time.perf_counter()
+        forward, reverse = run_eflomal(*unit_tokens(tokenizer, src_texts, tgt_texts, cfg.alignments_unit))
+        links = [symmetrize(f, r, cfg.alignments_symmetrize) for f, r in zip(forward, reverse)]
+        log.info("eflomal aligned %d pairs in %.0f s", len(src_texts), time.perf_counter() - start)
+        if cfg.alignments_unit == "piece":
+            return [_as_array(pair) for pair in links]
+    elif cfg.alignments == "file":
+        links = read_word_links(cfg.alignments_path, src_texts, tgt_texts, n_file_pairs)
+    else:
+        raise ValueError(f"no links to compute for data.alignments={cfg.alignments!r}")
+    owners: dict[tuple[str, str], tuple[list[int], list[int]]] = {}  # gold copies repeat their texts
+    piece_links = []
+    for src, tgt, word_links in zip(src_texts, tgt_texts, links):
+        if (src, tgt) not in owners:
+            owners[src, tgt] = piece_owners(tokenizer, src, tgt)
+        piece_links.append(word_to_piece_links(word_links, *owners[src, tgt]))
+    return piece_links
+
+
+def training_links(
+    cfg: DataConfig,
+    src_texts: Sequence[str],
+    tgt_texts: Sequence[str],
+    tokenizer: Tokenizer,
+    kept: Sequence[int],
+    cache_dir: str | Path,
+    n_file_pairs: int | None = None,
+) -> list[np.ndarray] | None:
+    """Alignment targets of the kept training pairs, computed once and cached (the prepare_data hook).
+
+    Links are computed for every pair of the training split (so a new ``data.max_len`` reuses
+    the cache) and stored in ``cache_dir/alignments-HASH.npz``, the hash covering the texts,
+    the tokenizer's model bytes and the settings (and the links file's bytes for ``file``).
+
+    Args:
+        cfg: the ``data`` config node; ``alignments=none`` returns None.
+        src_texts, tgt_texts: the training split as the tokenizer sees it (gold copies included).
+        kept: indexes into the texts of the pairs training keeps (``_kept_pairs``), in order.
+        n_file_pairs: ``file`` only: pairs of ``data.train_split`` before any gold copies.
+
+    Returns: one (n_links, 2) int64 array per kept pair (views of one array), columns src_piece,
+        tgt_piece: positions in that pair's ``train_src`` / ``train_tgt`` ids (no BOS/EOS), sorted;
+        an empty (0, 2) array = no links. None when ``cfg.alignments == "none"``.
+
+    Raises:
+        DataError: a bad links file (``FILE:LINE``).  ConfigError: eflomal missing.
+    """
+    if cfg.alignments == "none":
+        return None
+    if cfg.alignments == "eflomal":
+        _import_eflomal()  # fail before hashing the corpus
+    path = Path(cache_dir) / f"alignments-{_cache_key(cfg, src_texts, tgt_texts, tokenizer)}.npz"
+    if path.exists():
+        log.info("alignment targets from the cache %s", path)
+    else:
+        save_links(compute_links(cfg, src_texts, tgt_texts, tokenizer, n_file_pairs), path)
+    links = load_links(path)  # the same arrays whether computed now or cached
+    kept_links = [links[i] for i in kept]
+    n_links = sum(len(pair) for pair in kept_links)
+    n_with = sum(len(pair) > 0 for pair in kept_links)
+    log.info("alignment targets: %d of %d kept pairs have links (%d links)", n_with, len(kept_links), n_links)
+    return kept_links
+
+
+def save_links(links: Sequence[np.ndarray], path: str | Path) -> None:
+    """Store per-pair link arrays compactly (flattened links + offsets, ``.npz``), atomically."""
+    flat = np.concatenate([np.asarray(pair).reshape(-1, 2) for pair in links]) if links else np.zeros((0, 2))
+    dtype = np.int16 if flat.size == 0 or flat.max() < np.iinfo(np.int16).max else np.int32
+    offsets = np.cumsum([0, *(len(pair) for pair in links)], dtype=np.int64)  # (n_pairs + 1,)
+    buffer = io.BytesIO()
+    np.savez(buffer, links=flat.astype(dtype), offsets=offsets)
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def load_links(path: str | Path) -> list[np.ndarray]:
+    """Inverse of :func:`save_links`: one (n_links, 2) int64 array per pair, views of one array."""
+    with np.load(path, allow_pickle=False) as stored:
+        flat, offsets = stored["links"].astype(np.int64), stored["offsets"]  # int64: torch indexes with it
+    return [flat[begin:end] for begin, end in zip(offsets[:-1], offsets[1:])]
+
+
+def _cache_key(cfg: DataConfig, src_texts: Sequence[str], tgt_texts: Sequence[str], tokenizer: Tokenizer) -> str:
+    settings = {"format": _CACHE_FORMAT, "alignments": cfg.alignments}
+    if cfg.alignments == "eflomal":
+        settings |= {"unit": cfg.alignments_unit, "symmetrize": cfg.alignments_symmetrize}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    if cfg.alignments == "file" and Path(cfg.alignments_path).is_file():
+        digest.update(Path(cfg.alignments_path).read_bytes())
+    state = tokenizer.state()
+    digest.update(state["src_model"] + state["tgt_model"])
+    for line in (*src_texts, *tgt_texts):
+        digest.update(line.encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def _piece_tokens(processor, texts: Sequence[str]) -> list[list[str]]:
+    """Pieces of each text as eflomal tokens: the piece string (an unknown piece's own surface,
+    not ``<unk>``), or ``<ID>`` for one that is empty or holds whitespace (eflomal splits on it)."""
+    texts = list(texts)
+    return [
+        [piece if piece.split() == [piece] else f"<{piece_id}>" for piece, piece_id in zip(pieces, ids)]
+        for pieces, ids in zip(processor.encode(texts, out_type=str), processor.encode(texts))
+    ]
+
+
+def _pieces_of(owner: Sequence[int]) -> dict[int, list[int]]:
+    pieces: dict[int, list[int]] = {}
+    for position, word in enumerate(owner):
+        if word != NO_WORD:
+            pieces.setdefault(word, []).append(position)
+    return pieces
+
+
+def _as_array(links: Iterable[Link]) -> np.ndarray:
+    return np.array(sorted(links), dtype=np.int32).reshape(-1, 2)
+
+
+def _import_eflomal():
+    try:
+        import eflomal
+    except ImportError:
+        raise ConfigError(
+            "config key 'data.alignments' = 'eflomal': the eflomal package is not installed; "
+            "pip install -e \".[baselines]\""
+        ) from None
+    return eflomal
