@@ -8,7 +8,11 @@ word alignments off the cross-attention of one layer (:data:`METHODS`):
   choosing the word, which tends to look one source word ahead;
 - ``shift``: Shift-Att (Chen et al. 2020, "Accurate Word Alignment Induction from Neural
   Machine Translation", EMNLP): piece y_i takes the row where it is the decoder *input*
-  (row i), i.e. the step that predicts y_{i+1}.
+  (row i), i.e. the step that predicts y_{i+1};
+- ``supervised``: the heads a guided-alignment loss trained (``model.alignment``: its layer,
+  its first ``heads`` heads, its full-context pass; Garg et al. 2019), read as ``attention``
+  reads them, which is the row the loss supervised. The default for a checkpoint trained with
+  ``train.alignment_weight`` > 0 (:func:`default_method`).
 
 The source EOS soaks up much of the attention mass (fairseq issue 4446): its column is
 dropped and each row renormalised over real source words, so special tokens never appear in
@@ -37,8 +41,17 @@ from mt.words import Segmentation, segment
 
 log = logging.getLogger(__name__)
 
-METHODS = ("attention", "shift")
+METHODS = ("attention", "shift", "supervised")
 DEFAULT_METHOD = "attention"
+
+
+def default_method(checkpoint_info: dict) -> str:
+    """``supervised`` for a checkpoint trained with guided alignment, else :data:`DEFAULT_METHOD`.
+
+    Args:
+        checkpoint_info: :func:`mt.checkpoint.load_for_inference`'s info (``alignment_supervised``).
+    """
+    return "supervised" if checkpoint_info.get("alignment_supervised") else DEFAULT_METHOD
 
 
 def default_layer(n_layers: int) -> int:
@@ -68,7 +81,7 @@ def method_rows(attention: np.ndarray, method: str) -> np.ndarray:
     Raises:
         ValueError: an unknown method.
     """
-    if method == "attention":
+    if method in ("attention", "supervised"):
         return attention[..., :-1, :]  # rows predicting y_1..y_n; the EOS-predicting row goes
     if method == "shift":
         return attention[..., 1:, :]  # rows whose input is y_1..y_n; the BOS-input row goes
@@ -129,12 +142,15 @@ def teacher_forced_attention(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    full_context_layer: int | None = None,
 ) -> list[np.ndarray]:
     """Cross-attention of every decoder layer and head, teacher-forced, in length-sorted batches.
 
     Args:
         src_ids, tgt_ids: piece ids without specials (EOS/BOS are added here).
         progress: show a tqdm bar over batches.
+        full_context_layer: this layer's weights come from its pass without the future mask
+            (:meth:`mt.model.Transformer.decode_with_alignment`), as guided alignment trained it.
 
     Returns: per pair, (n_layers, n_heads, len(tgt) + 1, len(src) + 1) float32: rows are the
         decoder inputs BOS, y_1..y_n; columns the source pieces and EOS.
@@ -152,6 +168,8 @@ def teacher_forced_attention(
         tgt_in = pad([[bos, *tgt_ids[k]] for k in batch]).to(device)
         memory, src_mask = model.encode(src)
         _, weights = model.decode(tgt_in, memory, src_mask, need_weights=True)
+        if full_context_layer is not None:
+            weights[full_context_layer] = model.decode_with_alignment(tgt_in, memory, src_mask, full_context_layer, True)[1]
         stacked = torch.stack(weights, dim=1).float().cpu().numpy()  # (batch, n_layers, n_heads, tgt_len, src_len)
         for row, k in enumerate(batch):
             out[k] = stacked[row, :, :, : len(tgt_ids[k]) + 1, : len(src_ids[k]) + 1].copy()
@@ -163,6 +181,9 @@ def _check_choice(model: Transformer, method: str, layer: int | None, heads: Seq
         raise ValueError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     n_layers = len(model.decoder_layers)
     n_heads = model.decoder_layers[0].cross_attention.n_heads
+    if method == "supervised":  # the heads guided alignment trained, unless asked otherwise
+        layer = model.cfg.alignment.layer if layer is None else layer
+        heads = list(range(model.cfg.alignment.heads)) if heads is None else heads
     layer = default_layer(n_layers) if layer is None else layer
     if not -n_layers <= layer < n_layers:
         raise ValueError(f"--layer {layer} out of range: the decoder has {n_layers} layers (0..{n_layers - 1})")
@@ -180,6 +201,7 @@ def attend(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    full_context_layer: int | None = None,
 ) -> tuple[list[Segmentation], list[np.ndarray]]:
     """Segment the pairs and run the teacher-forced passes: the inputs of every extraction.
 
@@ -192,7 +214,7 @@ def attend(
     if len(src_texts) != len(tgt_texts):
         raise ValueError(f"{len(src_texts)} source but {len(tgt_texts)} target sentences")
     segmentations = segment(tokenizer, src_texts, tgt_texts, model.cfg.max_positions - 1)
-    return segmentations, segmented_attention(model, segmentations, batch_size, device, progress)
+    return segmentations, segmented_attention(model, segmentations, batch_size, device, progress, full_context_layer)
 
 
 def segmented_attention(
@@ -201,6 +223,7 @@ def segmented_attention(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    full_context_layer: int | None = None,
 ) -> list[np.ndarray]:
     """:func:`teacher_forced_attention` over already segmented pairs (their pieces)."""
     return teacher_forced_attention(
@@ -210,6 +233,7 @@ def segmented_attention(
         batch_size,
         device,
         progress,
+        full_context_layer,
     )
 
 
@@ -255,7 +279,8 @@ def align(
             numbers of texts.
     """
     layer, heads = _check_choice(model, method, layer, heads)
-    segmentations, attention = attend(model, tokenizer, src_texts, tgt_texts, batch_size, device, progress)
+    full_context = layer if method == "supervised" and model.cfg.alignment.full_context else None
+    segmentations, attention = attend(model, tokenizer, src_texts, tgt_texts, batch_size, device, progress, full_context)
     matrices, links = word_links(segmentations, attention, method, layer, heads, threshold)
     return [
         PairAlignment(
@@ -316,17 +341,32 @@ def aer_report(
     gold: GoldAlignment,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
+    supervised: bool = False,
 ) -> dict:
     """AER on a gold set (oriented as the model translates) for every method and layer.
 
-    Returns: ``{"aer": AER of DEFAULT_METHOD at default_layer, "aer_by_layer": {method: [AER
-    of layer 0, 1, …]}}``, rates in [0, 1].
+    Args:
+        supervised: the model trains with guided alignment: ``aer`` is then the supervised
+            heads' (``supervised`` method), also given as ``aer_supervised``; with
+            ``model.alignment.full_context`` that layer's ``aer_by_layer`` entries read the
+            full-context pass too.
+
+    Returns: ``{"aer": AER of the default method and layer, "aer_by_layer": {method: [AER of
+    layer 0, 1, …] (all heads)}}`` (and ``aer_supervised``), rates in [0, 1].
     """
-    attention = segmented_attention(model, segmentations, batch_size, device)
+    alignment = model.cfg.alignment
+    full_context = alignment.layer % len(model.decoder_layers) if supervised and alignment.full_context else None
+    attention = segmented_attention(model, segmentations, batch_size, device, full_context_layer=full_context)
     by_layer = {
-        method: [round(s.aer, 5) for s in layer_scores(segmentations, attention, gold, method)] for method in METHODS
+        method: [round(s.aer, 5) for s in layer_scores(segmentations, attention, gold, method)]
+        for method in ("attention", "shift")
     }
-    return {"aer": by_layer[DEFAULT_METHOD][default_layer(len(model.decoder_layers))], "aer_by_layer": by_layer}
+    report = {"aer": by_layer[DEFAULT_METHOD][default_layer(len(model.decoder_layers))], "aer_by_layer": by_layer}
+    if supervised:
+        layer, heads = _check_choice(model, "supervised", None, None)
+        _, links = word_links(segmentations, attention, "supervised", layer, heads)
+        report["aer"] = report["aer_supervised"] = round(score_alignments(links, gold.sure, gold.possible).aer, 5)
+    return report
 
 
 def symmetrize_alignments(

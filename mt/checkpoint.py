@@ -104,7 +104,8 @@ def load_for_inference(
 
     Returns:
         model, tokenizer, info with ``src_lang``, ``tgt_lang``, ``decoding``
-        (:class:`~mt.config.DecodingConfig`), ``step`` and ``path``.
+        (:class:`~mt.config.DecodingConfig`), ``step``, ``path`` and ``alignment_supervised``
+        (trained with ``train.alignment_weight`` > 0).
 
     Raises:
         CheckpointError: see :func:`load_checkpoint`.
@@ -125,5 +126,7 @@ def load_for_inference(
         "decoding": DecodingConfig(**state.get("decoding", {})),
         "step": state.get("step"),
         "path": str(resolve_checkpoint(path)),
+        # trained with guided alignment: mt-align reads the supervised heads by default
+        "alignment_supervised": state.get("config", {}).get("train", {}).get("alignment_weight", 0.0) > 0,
     }
     return model, tokenizer, info

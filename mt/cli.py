@@ -136,9 +136,10 @@ def translate_main(argv: Sequence[str] | None = None) -> None:
         parser.error("--align goes with --output-format jsonl")
 
     def body() -> None:
+        from mt.align import default_method
         from mt.evaluate import translate_nbest
 
-        model, tokenizer, _, decoding = _load(args)
+        model, tokenizer, info, decoding = _load(args)
         if args.n_best > decoding.beam_size:
             raise MtError(f"--n-best {args.n_best} exceeds the beam size {decoding.beam_size} (raise --beam-size)")
         sentences = args.sentences if args.sentences else _read_stdin()
@@ -149,7 +150,9 @@ def translate_main(argv: Sequence[str] | None = None) -> None:
         if args.output_format == "jsonl":
             alignments = {}
             if args.align:
-                alignments = _best_alignments(model, tokenizer, sentences, nbest, decoding.batch_size, args.device)
+                alignments = _best_alignments(
+                    model, tokenizer, sentences, nbest, decoding.batch_size, args.device, default_method(info)
+                )
             for index, (source, hypotheses) in enumerate(zip(sentences, nbest)):
                 record = _translation_record(index, source, hypotheses, alignments.get(index))
                 sys.stdout.write(_json_line(record) + "\n")
@@ -165,14 +168,15 @@ def translate_main(argv: Sequence[str] | None = None) -> None:
     _run("mt-translate", body)
 
 
-def _best_alignments(model, tokenizer, sentences, nbest, batch_size: int, device: str) -> dict:
+def _best_alignments(model, tokenizer, sentences, nbest, batch_size: int, device: str, method: str) -> dict:
     """``--align``: input line index → :class:`~mt.align.PairAlignment` of its best hypothesis (blank lines: none)."""
     from mt.align import align
 
     indices = [i for i, hypotheses in enumerate(nbest) if hypotheses]
     sources = [sentences[i] for i in indices]
     targets = [nbest[i][0].text for i in indices]
-    return dict(zip(indices, align(model, tokenizer, sources, targets, batch_size=batch_size, device=device)))
+    alignments = align(model, tokenizer, sources, targets, method=method, batch_size=batch_size, device=device)
+    return dict(zip(indices, alignments))
 
 
 def _translation_record(index: int, source: str, hypotheses, alignment) -> dict:
@@ -324,9 +328,10 @@ def align_main(argv: Sequence[str] | None = None) -> None:
         "links) to FILE, or to DIR/alignments.html without FILE; put an inline pair before --html",
     )
     parser.add_argument(
-        "--method", choices=METHODS, default=DEFAULT_METHOD,
-        help=f"attention: the row predicting each target word; shift: Shift-Att, the row where it is the decoder "
-        f"input (default: {DEFAULT_METHOD})",
+        "--method", choices=METHODS,
+        help="attention: the row predicting each target word; shift: Shift-Att, the row where it is the decoder "
+        "input; supervised: the heads guided alignment trained (model.alignment) (default: supervised for a "
+        f"checkpoint trained with train.alignment_weight > 0, else {DEFAULT_METHOD})",
     )
     parser.add_argument(
         "--layer", type=_layer,
@@ -362,11 +367,12 @@ def align_main(argv: Sequence[str] | None = None) -> None:
 
     def body() -> None:
         from mt.aer import format_pharaoh, format_scores, score_alignments
-        from mt.align import align, format_table, symmetrize_alignments, write_alignments
+        from mt.align import align, default_method, format_table, symmetrize_alignments, write_alignments
         from mt.checkpoint import load_for_inference
         from mt.evaluate import translate
 
         model, tokenizer, info, decoding = _load(args)
+        args.method = args.method or default_method(info)
         src_lang, tgt_lang = info["src_lang"], info["tgt_lang"]
         gold = _oriented_gold(args.gold, src_lang, tgt_lang, "--gold") if args.gold else None
         dev_gold = _oriented_gold(args.dev_gold, src_lang, tgt_lang, "--dev-gold") if args.dev_gold else None
@@ -426,12 +432,15 @@ def _write_alignment_view(args: argparse.Namespace, model, alignments, layer: in
     from mt.html_view import view_data, write_html
 
     path = Path(args.html or Path(args.out) / "alignments.html")
-    n_layers = len(model.decoder_layers)
+    n_layers, heads = len(model.decoder_layers), args.heads
+    if args.method == "supervised":  # opened at the heads guided alignment trained
+        layer = model.cfg.alignment.layer if layer is None else layer
+        heads = list(range(model.cfg.alignment.heads)) if heads is None else heads
     layer = default_layer(n_layers) if layer is None else layer % n_layers
     title = f"mt-align {Path(args.checkpoint).name}: method {args.method}, layer {layer}"
     if args.reverse_checkpoint:
         title += f", links symmetrized ({args.symmetrize}) with {Path(args.reverse_checkpoint).name}"
-    size = write_html(path, view_data(alignments, args.method, layer, args.heads, gold, title))
+    size = write_html(path, view_data(alignments, args.method, layer, heads, gold, title))
     print(f"wrote the alignment view ({size / 1024:.0f} KiB) to {path}", file=sys.stderr)
 
 

@@ -80,6 +80,25 @@ class DecoderConfig:
 
 
 @dataclass
+class AlignmentConfig:
+    """Which cross-attention heads guided alignment supervises (Garg et al. 2019), and the ones
+    ``mt-align --method supervised`` reads back.
+
+    Attributes:
+        layer: the decoder layer, 0-based; negative counts from the top (-2 = penultimate, as
+            Garg et al. and fairseq's ``--alignment-layer``).
+        heads: how many heads of that layer (the first ones) are supervised; their average is
+            the alignment.
+        full_context: take the supervised weights from an extra pass of that layer without the
+            future mask, so target piece t sees the whole target (Garg et al.'s full context).
+    """
+
+    layer: int = -2
+    heads: int = 1
+    full_context: bool = False
+
+
+@dataclass
 class ModelConfig:
     """Transformer dimensions (Vaswani et al. 2017), pre-norm residual blocks.
 
@@ -96,6 +115,7 @@ class ModelConfig:
         max_positions: longest sequence (in subword tokens, EOS included) the model accepts.
         share_embeddings: one embedding matrix for source and target (needs a joint vocabulary).
         tie_output: output projection shares the target embedding matrix (Press & Wolf 2017).
+        alignment: the cross-attention heads guided alignment trains (``train.alignment_weight``).
     """
 
     d_model: int = 256
@@ -109,6 +129,7 @@ class ModelConfig:
     tie_output: bool = True
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
 
 
 @dataclass
@@ -248,6 +269,8 @@ class TrainConfig:
         warmup_steps: linear warm-up length in updates.
         betas, weight_decay: AdamW settings (Loshchilov & Hutter 2019).
         label_smoothing: label-smoothing epsilon (Szegedy et al. 2016).
+        alignment_weight: λ of the guided-alignment loss (Garg et al. 2019) on the heads
+            ``model.alignment`` names, against the links of ``data.alignments``; 0 = off.
         clip_norm: gradient-norm clipping threshold (0 = off).
         valid_every: validate every N updates (and at the end of training).
         valid_beam_size: beam size of the validation BLEU decode (1 = greedy).
@@ -281,6 +304,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     weight_decay: float = 0.0001
     label_smoothing: float = 0.1
+    alignment_weight: float = 0.0
     clip_norm: float = 1.0
     valid_every: int = 250
     valid_beam_size: int = 1
@@ -413,6 +437,20 @@ def validate(config: Config) -> None:
     }
     for key, site in sites.items():
         check_site(site, key, model.d_model, self_attention=not key.endswith("cross_attention"))
+    n_layers, alignment = model.decoder.n_layers, model.alignment
+    require(
+        -n_layers <= alignment.layer < n_layers,
+        "model.alignment.layer",
+        alignment.layer,
+        f"must name one of the {n_layers} decoder layers (0 … {n_layers - 1}, or -1 … -{n_layers} from the top)",
+    )
+    cross_heads = model.decoder.cross_attention.n_heads
+    require(
+        1 <= alignment.heads <= cross_heads,
+        "model.alignment.heads",
+        alignment.heads,
+        f"must be in 1 … model.decoder.cross_attention.n_heads = {cross_heads}",
+    )
 
     data = config.data
     _validate_source(data)
@@ -466,6 +504,13 @@ def validate(config: Config) -> None:
     require(train.lr > 0, "train.lr", train.lr, "must be > 0")
     require(train.warmup_steps >= 0, "train.warmup_steps", train.warmup_steps, "must be >= 0")
     require(len(train.betas) == 2, "train.betas", train.betas, "must be two numbers")
+    require(train.alignment_weight >= 0, "train.alignment_weight", train.alignment_weight, "must be >= 0")
+    require(
+        train.alignment_weight == 0 or data.alignments != "none",
+        "train.alignment_weight",
+        train.alignment_weight,
+        "needs alignment targets: set data.alignments=eflomal or data.alignments=file",
+    )
     require(0 <= train.label_smoothing < 1, "train.label_smoothing", train.label_smoothing, "must be in [0, 1)")
     require(train.valid_every > 0, "train.valid_every", train.valid_every, "must be > 0")
     require(train.valid_beam_size > 0, "train.valid_beam_size", train.valid_beam_size, "must be > 0")

@@ -258,7 +258,11 @@ def build_optimization(
             same call signature (e.g. a reference model's, in ``scripts/bench_train.py``).
     """
     optimizer, scheduler = build_optimizer(list(model.parameters()), cfg)
-    objective = objective if objective is not None else Objective(model, cfg.label_smoothing)
+    if objective is None:
+        alignment = model.cfg.alignment
+        objective = Objective(
+            model, cfg.label_smoothing, cfg.alignment_weight, alignment.layer, alignment.heads, alignment.full_context
+        )
     no_sync = contextlib.nullcontext
     if context.distributed:
         objective = torch.nn.parallel.DistributedDataParallel(
@@ -368,7 +372,9 @@ def validate(model: Transformer, data: TrainingData, cfg: Config, device: torch.
         hypotheses = translate(model, data.tokenizer, data.splits["valid"]["src"], valid_decoding, device)
         alignment = {}
         if data.gold is not None:
-            alignment = aer_report(model, data.gold_segmentations, data.gold, cfg.decoding.batch_size, device)
+            alignment = aer_report(
+                model, data.gold_segmentations, data.gold, cfg.decoding.batch_size, device, cfg.train.alignment_weight > 0
+            )
     scores = score(hypotheses, data.splits["valid"]["tgt"])
     return {
         "val_loss": losses["xent"],

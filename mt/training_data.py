@@ -70,7 +70,8 @@ class TrainingData:
 
     def batch(self, indices: list[int]) -> batching.Batch:
         """The training pairs at ``indices`` as one padded batch (:func:`mt.batching.collate`)."""
-        return batching.collate([self.train_src[i] for i in indices], [self.train_tgt[i] for i in indices], indices)
+        links = [self.train_links[i] for i in indices] if self.train_links is not None else None
+        return batching.collate([self.train_src[i] for i in indices], [self.train_tgt[i] for i in indices], indices, links)
 
     def write_tokenizer(self, out_dir: Path, src_lang: str, tgt_lang: str) -> None:
         """``sentencepiece.model`` (joint) or ``sentencepiece.{src_lang,tgt_lang}.model`` in the run dir."""

@@ -3,6 +3,7 @@ target rows, the supervised layer's weights and the full-context pass."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,3 +64,63 @@ def test_decode_with_alignment_is_decode_plus_one_layers_weights(tiny_model):
     assert not torch.allclose(full[:, :, 0], weights[1][:, :, 0])
     with pytest.raises(IndexError):
         tiny_model.decode_with_alignment(batch.tgt_in, memory, src_mask, 2)  # a 2-layer decoder
+
+
+def test_supervised_method_reads_the_trained_heads_and_their_full_context_pass(bilingual_tokenizer):
+    from conftest import random_model
+
+    from mt.align import align, default_method
+    from mt.config import AlignmentConfig
+
+    src, tgt = ["Ein Hund rennt im Park."], ["A dog runs in the park."]
+    model = random_model(bilingual_tokenizer)
+    model.cfg.alignment = AlignmentConfig(layer=0, heads=2)
+    supervised = align(model, bilingual_tokenizer, src, tgt, method="supervised")[0]
+    by_hand = align(model, bilingual_tokenizer, src, tgt, method="attention", layer=0, heads=[0, 1])[0]
+    np.testing.assert_allclose(supervised.word_matrix, by_hand.word_matrix)
+    assert supervised.links == by_hand.links
+    model.cfg.alignment = AlignmentConfig(layer=0, heads=2, full_context=True)
+    full = align(model, bilingual_tokenizer, src, tgt, method="supervised")[0]
+    assert not np.allclose(full.word_matrix, by_hand.word_matrix)  # later target words seen too
+    np.testing.assert_allclose(full.attention[1], by_hand.attention[1])  # other layers as before
+    assert default_method({"alignment_supervised": True}) == "supervised"
+    assert default_method({"alignment_supervised": False}) == default_method({}) == "attention"
+
+
+@pytest.mark.integration
+def test_guided_smoke_run_logs_align_loss_and_mt_align_reads_the_supervised_head(tmp_path, multi30k_mirror):
+    """mt-train with links from a file (0-0: first word ↔ first word) → align_loss in metrics.jsonl
+    → mt-align on the checkpoint uses --method supervised without being told."""
+    import gzip
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import SHARED_MIRROR
+
+    n_pairs = 200
+    mirror = Path(multi30k_mirror or SHARED_MIRROR)
+    with gzip.open(mirror / "train.de.gz", "rt", encoding="utf-8") as f:
+        assert all(line.split() for _, line in zip(range(n_pairs), f))  # every pair has a first word
+    (tmp_path / "links.txt").write_text("0-0\n" * n_pairs)
+    bin_dir = Path(sys.executable).parent
+    args = [
+        str(bin_dir / "mt-train"), "experiment=smoke", f"data.max_train_sentences={n_pairs}",
+        "data.max_valid_sentences=8", "data.max_test_sentences=8", "train.max_steps=4", "train.valid_every=2",
+        "data.alignments=file", f"data.alignments_path={tmp_path / 'links.txt'}", "train.alignment_weight=0.5",
+        "model.alignment.layer=0", f"hydra.run.dir={tmp_path / 'run'}", f"data.data_dir={tmp_path / 'data'}",
+        *([f"data.mirror={multi30k_mirror}"] if multi30k_mirror else []),
+    ]  # fmt: skip
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert all(r["align_loss"] > 0 and r["train_loss"] > r["xent_loss"] for r in records)  # λ · align is in the total
+    page = tmp_path / "view.html"
+    aligned = subprocess.run(
+        [str(bin_dir / "mt-align"), str(tmp_path / "run"), "Ein Hund rennt.", "A dog runs.", "--html", str(page)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert aligned.returncode == 0, aligned.stderr[-3000:]
+    assert "method supervised, layer 0" in page.read_text(encoding="utf-8")
