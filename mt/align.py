@@ -42,6 +42,7 @@ from mt.words import Segmentation, segment
 log = logging.getLogger(__name__)
 
 METHODS = ("attention", "shift", "supervised")
+LAYER_METHODS = ("attention", "shift")  # read any layer and heads; supervised reads the trained ones
 DEFAULT_METHOD = "attention"
 
 
@@ -359,7 +360,7 @@ def aer_report(
     attention = segmented_attention(model, segmentations, batch_size, device, full_context_layer=full_context)
     by_layer = {
         method: [round(s.aer, 5) for s in layer_scores(segmentations, attention, gold, method)]
-        for method in ("attention", "shift")
+        for method in LAYER_METHODS
     }
     report = {"aer": by_layer[DEFAULT_METHOD][default_layer(len(model.decoder_layers))], "aer_by_layer": by_layer}
     if supervised:

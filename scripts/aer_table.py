@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from mt.aer import load_gold, score_alignments
-from mt.align import METHODS, attend, default_layer, word_links
+from mt.align import LAYER_METHODS, attend, default_layer, word_links
 from mt.checkpoint import load_for_inference
 from mt.symmetrize import HEURISTICS, symmetrize
 
@@ -63,7 +63,7 @@ def main() -> None:
         print(f"{role}: mean attention on the source EOS (rows predicting target pieces) by layer: "
               + ", ".join(f"{layer}: {100 * mass:.1f}%" for layer, mass in enumerate(eos_mass)))
         argmax[role] = {}
-        for method in METHODS:
+        for method in LAYER_METHODS:
             argmax[role][method] = []
             for layer in range(n_layers):
                 for threshold in [None, *thresholds]:
@@ -79,7 +79,7 @@ def main() -> None:
         return score_alignments(links, gold.sure, gold.possible).aer
 
     if len(argmax) == 2:
-        for method in METHODS:
+        for method in LAYER_METHODS:
             for which in ("default", "best"):
                 chosen = {}
                 for role, by_layer in argmax.items():

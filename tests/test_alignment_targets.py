@@ -307,7 +307,7 @@ def test_gold_copies_get_aligner_links_never_gold_links(tmp_path, fake_aligner):
 
 def test_eflomal_aligns_multi30k_pairs(multi30k_mirror, tmp_path):
     pytest.importorskip("eflomal")
-    from mt.data import load_split
+    from mt.corpora import load_split
     from mt.tokenizer import Tokenizer
 
     split = load_split("train", "de", "en", tmp_path, multi30k_mirror, max_sentences=200)
