@@ -1,4 +1,5 @@
-"""Search: incremental decoding equals full decoding, beam 1 equals greedy, scores are real log-probs."""
+"""Search: incremental decoding equals full decoding, beam 1 equals greedy, scores are real log-probs,
+the GNMT length penalty by hand."""
 
 import pytest
 import torch
@@ -78,10 +79,21 @@ def test_beam_search_beats_or_ties_greedy_and_ranks_by_normalised_score(tiny_mod
         assert len(hyps) == 4
         assert hyps[0].log_prob >= g.log_prob - 1e-4  # with alpha 0 the score is the log-prob
         assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
-    alpha = 1.0
-    for hyps in beam_search(tiny_model, src, beam_size=4, length_penalty_alpha=alpha, max_len_b=8):
-        for h in hyps:
-            assert h.score == pytest.approx(h.log_prob / length_penalty(len(h.tokens) + 1, alpha), abs=1e-5)
+    for alpha in (1.0, 0.6):
+        for hyps in beam_search(tiny_model, src, beam_size=4, length_penalty_alpha=alpha, max_len_b=8):
+            for h in hyps:
+                # GNMT (Wu et al. 2016, eq. 14) over the tokens and EOS, written out rather than imported
+                assert h.score == pytest.approx(h.log_prob / ((5 + len(h.tokens) + 1) / 6) ** alpha, abs=1e-5)
+
+
+def test_length_penalty_is_the_gnmt_formula_by_hand():
+    # ((5 + |Y|) / 6) ** alpha: |Y| = 1 is the neutral length; |Y| = 7 doubles the base
+    assert length_penalty(1, 1.0) == 1.0
+    assert length_penalty(7, 1.0) == pytest.approx(2.0)
+    assert length_penalty(7, 0.5) == pytest.approx(2**0.5)
+    assert length_penalty(13, 2.0) == pytest.approx(9.0)
+    assert length_penalty(4, 0.6) == pytest.approx(1.5**0.6)
+    assert length_penalty(25, 0.0) == 1.0
 
 
 def test_hypotheses_respect_the_length_limit(tiny_model):
@@ -168,3 +180,4 @@ def test_n_best_are_the_best_distinct_hypotheses_of_the_beam(tiny_model):
         assert [h.score for h in all_hyps] == sorted((h.score for h in all_hyps), reverse=True)
     with pytest.raises(ValueError, match="n_best"):
         beam_search(tiny_model, src, beam_size=3, n_best=4)
+

@@ -1,19 +1,21 @@
 """mt-translate --n-best / --output-format jsonl / --align, and translate_nbest under it."""
 
+import dataclasses
 import io
 import json
 import sys
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from mt.checkpoint import save_checkpoint
 from mt.cli import align_main, translate_main
-from mt.config import DecodingConfig, to_dict
+from mt.config import DecodingConfig, from_hydra, to_dict
 from mt.evaluate import translate, translate_nbest
 from mt.tokenizer import Tokenizer
 
-from conftest import random_model
+from conftest import REPO, random_model
 
 SOURCES = ["Ein Hund rennt im Park.", "Zwei Männer spielen.", "Fußball im Park", "Hund"]
 DECODING = DecodingConfig(beam_size=4, max_len_a=1.0, max_len_b=4, batch_size=3)
@@ -147,3 +149,38 @@ def test_n_best_above_the_beam_is_a_one_line_error(checkpoint, capsys, monkeypat
     code, out, err = run_cli(translate_main, [checkpoint, "Hund", *argv], capsys, monkeypatch)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err and err.startswith("mt-translate: error:")
+
+
+def gnmt_scores_hold(hypotheses, alpha):
+    """Each hypothesis's (a jsonl record) score is its log-prob over ((5 + |Y|) / 6) ** alpha, |Y|
+    counting the pieces and EOS (Wu et al. 2016, eq. 14); the formula written out, not imported."""
+    assert any(len(h["pieces"]) > 1 for h in hypotheses)  # some penalty is not 1 whatever alpha
+    for h in hypotheses:
+        assert h["score"] == pytest.approx(h["log_prob"] / ((5 + len(h["pieces"])) / 6) ** alpha, rel=1e-6)
+    return True
+
+
+def test_length_penalty_reaches_the_search_from_the_config_the_checkpoint_and_the_flag(
+    model, tokenizer, checkpoint, tmp_path, capsys, monkeypatch
+):
+    nbest = translate_nbest(model, tokenizer, SOURCES, DecodingConfig(beam_size=4, length_penalty=0.6, max_len_b=4), 3)
+    assert gnmt_scores_hold([dataclasses.asdict(h) for hyps in nbest for h in hyps], 0.6)
+
+    # decoding.length_penalty on the training command line → the checkpoint's decoding → mt-translate
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = from_hydra(compose(config_name="train", overrides=["decoding.length_penalty=0.6", "decoding.beam_size=4"]))
+    assert cfg.decoding.length_penalty == 0.6
+    state = torch.load(checkpoint, weights_only=True)
+    configured = tmp_path / "configured.pt"
+    save_checkpoint({**state, "decoding": {**to_dict(cfg.decoding), "max_len_a": 1.0, "max_len_b": 4}}, configured)
+
+    def jsonl(path, *flags):
+        code, out, _ = run_cli(translate_main, [str(path), "--n-best", "3", "--output-format", "jsonl", *flags, *SOURCES],
+                               capsys, monkeypatch)
+        assert code == 0
+        return [h for line in out.splitlines() for h in json.loads(line)["hypotheses"]]
+
+    assert gnmt_scores_hold(jsonl(configured), 0.6)
+    assert gnmt_scores_hold(jsonl(configured, "--length-penalty", "2.5"), 2.5)  # the flag beats the checkpoint
+    assert gnmt_scores_hold(jsonl(checkpoint, "--length-penalty", "0.6"), 0.6)
+    assert gnmt_scores_hold(jsonl(checkpoint), 1.0)  # the checkpoint has none: the schema default
