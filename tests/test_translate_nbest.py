@@ -68,12 +68,63 @@ def test_n_best_is_sorted_distinct_and_led_by_the_one_best(model, tokenizer):
         assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
         assert len({tuple(h.pieces) for h in hyps}) == 3
         assert all(h.pieces[-1] == "</s>" and len(h.token_log_probs) == len(h.pieces) for h in hyps)
-    greedy = DecodingConfig(beam_size=1, max_len_a=1.0, max_len_b=4)
-    assert [h[0].text for h in translate_nbest(model, tokenizer, SOURCES, greedy)] == translate(
-        model, tokenizer, SOURCES, greedy
-    )
     with pytest.raises(ValueError, match="n_best"):
-        translate_nbest(model, tokenizer, SOURCES, greedy, n_best=2)
+        translate_nbest(model, tokenizer, SOURCES, DecodingConfig(beam_size=1), n_best=2)
+
+
+def plain_greedy(model, tokenizer, source, max_len_a, max_len_b):
+    """Greedy decoding written plainly, sharing no code with mt.decoding: encode once, then each
+    step a full (non-incremental) decode of BOS + the prefix and the argmax of the last position's
+    logits over real tokens (PAD and BOS excluded); at the limit of ``a * src_len + b`` tokens
+    (EOS included, src_len counting the source EOS) the last token is EOS.
+
+    Returns: the tokens (without EOS) and the log-prob of each of them then of EOS.
+    """
+    src_ids = torch.tensor([[*tokenizer.encode_src([source])[0], Tokenizer.eos_id]])
+    limit = min(int(src_ids.size(1) * max_len_a + max_len_b), model.cfg.max_positions - 1)
+    tokens, log_probs = [], []
+    with torch.no_grad():
+        memory, src_mask = model.encode(src_ids)
+        for step in range(limit):
+            hidden, _ = model.decode(torch.tensor([[Tokenizer.bos_id, *tokens]]), memory, src_mask)
+            step_log_probs = model.logits(hidden[0, -1]).log_softmax(-1)  # (tgt_vocab,)
+            candidates = step_log_probs.clone()
+            candidates[[Tokenizer.pad_id, Tokenizer.bos_id]] = float("-inf")
+            token = Tokenizer.eos_id if step == limit - 1 else int(candidates.argmax())
+            log_probs.append(float(step_log_probs[token]))
+            if token == Tokenizer.eos_id:
+                break
+            tokens.append(token)
+    return tokens, log_probs
+
+
+def ending_early(tokenizer, threshold=1.4):
+    """A fresh :func:`random_model` whose EOS logit gets +100 wherever the decoder output's first
+    feature exceeds ``threshold``. The random model alone repeats one piece up to the length limit;
+    this way some sentences end at EOS, at different steps, and leave their batch early."""
+    model = random_model(tokenizer)
+    logits = model.logits
+    eos = torch.arange(tokenizer.tgt_vocab_size) == Tokenizer.eos_id
+    model.logits = lambda hidden: logits(hidden) + 100.0 * eos * (hidden[..., :1] > threshold)
+    return model
+
+
+def test_greedy_translations_equal_a_plain_greedy_loop(tokenizer):
+    model = ending_early(tokenizer)
+    greedy = DecodingConfig(beam_size=1, max_len_a=1.0, max_len_b=4, batch_size=3)
+    translations = translate_nbest(model, tokenizer, SOURCES, greedy)
+    assert translate(model, tokenizer, SOURCES, greedy) == [hyps[0].text for hyps in translations]
+    ended = set()
+    for source, hyps in zip(SOURCES, translations):
+        tokens, log_probs = plain_greedy(model, tokenizer, source, greedy.max_len_a, greedy.max_len_b)
+        (best,) = hyps
+        assert best.pieces == [*tokenizer.tgt.id_to_piece(tokens), "</s>"]
+        assert best.text == tokenizer.decode_tgt([tokens])[0]
+        assert best.token_log_probs == pytest.approx(log_probs, abs=1e-4)
+        assert best.score == best.log_prob == pytest.approx(sum(log_probs), abs=1e-4)
+        limit = len(tokenizer.encode_src([source])[0]) + 1 + greedy.max_len_b  # max_len_a = 1
+        ended.add("limit" if len(tokens) + 1 == limit else "eos")
+    assert ended == {"eos", "limit"}  # both ways of stopping are exercised
 
 
 def test_token_log_probs_match_a_teacher_forced_pass(model, tokenizer):
