@@ -12,7 +12,7 @@ import sacrebleu
 
 from mt.aer import parse_pharaoh
 from mt.align import align
-from mt.checkpoint import load_for_inference
+from mt.checkpoint import load_checkpoint, load_for_inference
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -52,6 +52,25 @@ def test_training_writes_every_artefact(smoke_run):
     assert scores["n_sentences"] == 100
     assert scores["bleu_signature"].startswith("nrefs:1|case:mixed") and "tok:13a" in scores["bleu_signature"]
     assert scores["chrf_signature"].startswith("nrefs:1")
+
+
+def test_test_scores_are_sacrebleu_on_the_written_hypotheses_of_the_best_checkpoint(smoke_run):
+    run_dir, _, data_dir = smoke_run
+    # the scores again, by sacreBLEU itself, from the hypothesis file and the raw reference text
+    # (smoke: the first 100 sentences of the test split)
+    hypotheses = (run_dir / "test_2016_flickr.hyp.en").read_text(encoding="utf-8").splitlines()
+    with gzip.open(data_dir / "multi30k" / "test_2016_flickr.en.gz", "rt", encoding="utf-8") as f:
+        references = [line.rstrip("\n") for line in f][:100]
+    scores = json.loads((run_dir / "test_scores.json").read_text())
+    assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score, abs=1e-9)
+    assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [references]).score, abs=1e-9)
+    assert any(h for h in hypotheses)  # not an empty output that every reference set scores alike
+    # the scored checkpoint is the one with the best validation BLEU (the first of equals)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    best = max(records, key=lambda record: record["val_bleu"])  # max keeps the first of equals
+    best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert scores["checkpoint_step"] == best["step"] == best_state["step"]
+    assert best_state["val_bleu"] == best["val_bleu"]
 
 
 def test_translate_arguments_and_stdin(smoke_run):
