@@ -50,8 +50,12 @@ def test_pool_keeps_zero_rows_for_words_without_mass():
 
 
 def test_argmax_links_are_source_target_pairs():
-    words = np.array([[0.1, 0.9, 0.0], [0.7, 0.2, 0.1]])
-    assert argmax_links(words) == [(0, 1), (1, 0)]
+    # 3 target words (rows) × 2 source words (columns), not symmetric: the (tgt, src) reading
+    # would give [(0, 1), (1, 1), (2, 0)], and (0, 2) names a source word that does not exist
+    words = np.array([[0.2, 0.8], [0.3, 0.7], [0.9, 0.1]])
+    assert argmax_links(words) == [(0, 2), (1, 0), (1, 1)]
+    assert links_of(words) == argmax_links(words)
+    assert links_of(words, threshold=0.3) == [(0, 1), (0, 2), (1, 0), (1, 1)]
 
 
 def test_pharaoh_round_trip():

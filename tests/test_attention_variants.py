@@ -1,5 +1,6 @@
 """Attention variants against plainly written references; GQA, rope, and incremental decoding per variant."""
 
+import functools
 import itertools
 import math
 import subprocess
@@ -65,11 +66,32 @@ def test_local_matches_naive_reference_with_padding(causal, window, need_weights
     assert torch.isfinite(out).all()  # padded queries whose window is all padding do not produce NaN
 
 
+def peak_bytes(attention, length, need_weights):
+    """Peak CPU memory (bytes) that ``attention`` allocates on top of its inputs, for random q, k, v
+    of ``length`` positions (batch 3, 2 heads, head_dim 8): the running sum, in time order, of the
+    bytes each op allocates and frees, as torch.profiler records them."""
+    q, k, v, key_mask, _ = random_inputs(length=length)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile:
+        attention(q, k, v, key_mask[:, None, None, :], False, 0.0, need_weights)
+    live = peak = 0
+    for event in sorted(profile.events(), key=lambda event: event.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
 def test_local_banded_path_needs_no_quadratic_matrix():
     # the banded kernel returns no weights and handles lengths that are not multiples of the window
     q, k, v, key_mask, _ = random_inputs(length=101)
     out, weights = local_attention(q, k, v, key_mask[:, None, None, :], False, 0.0, False, window=4)
     assert weights is None and out.shape == q.shape
+    # its memory grows linearly with the length: 4x the positions, about 4x the bytes (not 16x)
+    banded = functools.partial(local_attention, window=4)
+    short, long = peak_bytes(banded, 251, False), peak_bytes(banded, 4 * 251, False)
+    assert 3 < long / short < 5
+    assert long < 3 * 2 * (4 * 251) ** 2 * 4 / 4  # under a quarter of one (batch, n_heads, len, len) float32 matrix
+    # the measurement does see a quadratic path: the same call returning the weights
+    assert peak_bytes(banded, 4 * 251, True) / peak_bytes(banded, 251, True) > 12
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -1,4 +1,7 @@
-"""Search: incremental decoding equals full decoding, beam 1 equals greedy, scores are real log-probs."""
+"""Search: incremental decoding equals full decoding, beam 1 equals greedy, scores are real log-probs,
+the GNMT length penalty by hand, and a beam as wide as the search space equals exhaustive search."""
+
+import itertools
 
 import pytest
 import torch
@@ -78,10 +81,21 @@ def test_beam_search_beats_or_ties_greedy_and_ranks_by_normalised_score(tiny_mod
         assert len(hyps) == 4
         assert hyps[0].log_prob >= g.log_prob - 1e-4  # with alpha 0 the score is the log-prob
         assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
-    alpha = 1.0
-    for hyps in beam_search(tiny_model, src, beam_size=4, length_penalty_alpha=alpha, max_len_b=8):
-        for h in hyps:
-            assert h.score == pytest.approx(h.log_prob / length_penalty(len(h.tokens) + 1, alpha), abs=1e-5)
+    for alpha in (1.0, 0.6):
+        for hyps in beam_search(tiny_model, src, beam_size=4, length_penalty_alpha=alpha, max_len_b=8):
+            for h in hyps:
+                # GNMT (Wu et al. 2016, eq. 14) over the tokens and EOS, written out rather than imported
+                assert h.score == pytest.approx(h.log_prob / ((5 + len(h.tokens) + 1) / 6) ** alpha, abs=1e-5)
+
+
+def test_length_penalty_is_the_gnmt_formula_by_hand():
+    # ((5 + |Y|) / 6) ** alpha: |Y| = 1 is the neutral length; |Y| = 7 doubles the base
+    assert length_penalty(1, 1.0) == 1.0
+    assert length_penalty(7, 1.0) == pytest.approx(2.0)
+    assert length_penalty(7, 0.5) == pytest.approx(2**0.5)
+    assert length_penalty(13, 2.0) == pytest.approx(9.0)
+    assert length_penalty(4, 0.6) == pytest.approx(1.5**0.6)
+    assert length_penalty(25, 0.0) == 1.0
 
 
 def test_hypotheses_respect_the_length_limit(tiny_model):
@@ -168,3 +182,54 @@ def test_n_best_are_the_best_distinct_hypotheses_of_the_beam(tiny_model):
         assert [h.score for h in all_hyps] == sorted((h.score for h in all_hyps), reverse=True)
     with pytest.raises(ValueError, match="n_best"):
         beam_search(tiny_model, src, beam_size=3, n_best=4)
+
+
+# ------------------------------------------------------------------- beam = exhaustive search
+ALLOWED = (4, 5)  # the only tokens besides EOS the restricted model can emit
+
+
+def restricted(model):
+    """``model`` whose output is confined to EOS and :data:`ALLOWED` (every other logit -inf), so
+    that a short length limit leaves a search space small enough to enumerate."""
+    logits = model.logits
+    blocked = torch.ones(model.output_proj.out_features, dtype=torch.bool)
+    blocked[[Tokenizer.eos_id, *ALLOWED]] = False
+    model.logits = lambda hidden: logits(hidden).masked_fill(blocked, float("-inf"))
+    return model
+
+
+def exhaustive(model, src_ids, limit, alpha):
+    """Every hypothesis of at most ``limit`` tokens (EOS included), scored by a full teacher-forced
+    pass (no cache, no beam bookkeeping): [(normalised score, tokens)], best first."""
+    candidates = [list(t) for n in range(limit) for t in itertools.product(ALLOWED, repeat=n)]
+    tgt_in = torch.full((len(candidates), limit), Tokenizer.pad_id)  # right padding is causal-masked away
+    tgt_out = torch.full((len(candidates), limit), Tokenizer.pad_id)
+    for row, tokens in enumerate(candidates):
+        tgt_in[row, : len(tokens) + 1] = torch.tensor([Tokenizer.bos_id, *tokens])
+        tgt_out[row, : len(tokens) + 1] = torch.tensor([*tokens, Tokenizer.eos_id])
+    with torch.no_grad():
+        log_probs = model(src_ids.expand(len(candidates), -1), tgt_in).log_softmax(-1)  # (n, limit, vocab)
+    token_log_probs = log_probs.gather(-1, tgt_out[..., None])[..., 0].masked_fill(tgt_out == Tokenizer.pad_id, 0)
+    scored = [
+        (float(total) / ((5 + len(tokens) + 1) / 6) ** alpha, tokens)
+        for total, tokens in zip(token_log_probs.sum(1), candidates)
+    ]
+    return sorted(scored, key=lambda pair: pair[0], reverse=True)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 2.0])
+def test_beam_as_wide_as_the_space_finds_the_exhaustive_best(tiny_model, alpha):
+    """With 2 tokens + EOS and a limit of 4 tokens there are 1 + 2 + 4 + 8 = 15 hypotheses and at
+    most 4 live prefixes × 3 = 12 candidates a step; a beam of 16 keeps all of them, so beam
+    search must return every hypothesis, ranked exactly as exhaustive enumeration ranks them."""
+    model = restricted(tiny_model)
+    src = varied_source(seed=19)[:3]
+    limit = 4
+    beams = beam_search(model, src, beam_size=16, length_penalty_alpha=alpha, max_len_a=0.0, max_len_b=limit)
+    for row, hyps in enumerate(beams):
+        expected = exhaustive(model, src[row][src[row] != 0], limit, alpha)
+        assert len(hyps) == len(expected) == 15
+        assert hyps[0].tokens == expected[0][1]
+        assert hyps[0].score == pytest.approx(expected[0][0], abs=1e-4)
+        assert [h.tokens for h in hyps] == [tokens for _, tokens in expected]
+        assert [h.score for h in hyps] == pytest.approx([score for score, _ in expected], abs=1e-4)

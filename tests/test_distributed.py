@@ -1,5 +1,6 @@
 """torchrun DDP and gradient accumulation: 2 CPU processes (gloo) train exactly what 1 process
-with train.accum_steps=2 trains, which is the update of the two batches' union; fp16 training.
+with train.accum_steps=2 trains, which is the update of the two batches' union. (fp16 training and
+its GradScaler state across a resume: tests/test_resume.py.)
 
 Each update of the 2-process run takes two consecutive batches of the epoch's order, one per
 rank; the 1-process run accumulates the same two batches. With dropout off, the loss
@@ -124,11 +125,3 @@ def test_accumulated_batches_make_the_update_of_their_union(tmp_path, multi30k_m
         states[name] = load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["model"]
     for parameter, tensor in states["union"].items():
         torch.testing.assert_close(states["accumulated"][parameter], tensor, rtol=1e-5, atol=1e-6, msg=parameter)
-
-
-def test_fp16_trains_with_a_grad_scaler_and_checkpoints_its_state(tmp_path, multi30k_mirror):
-    train_module.train(_config(tmp_path, multi30k_mirror, "train.precision=fp16", "train.max_steps=6"), tmp_path / "run")
-    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert state["step"] == 6 and state["scaler"]["scale"] > 0
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in records)

@@ -11,6 +11,8 @@ import pytest
 import sacrebleu
 
 from mt.aer import parse_pharaoh
+from mt.align import align
+from mt.checkpoint import load_checkpoint, load_for_inference
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -50,6 +52,25 @@ def test_training_writes_every_artefact(smoke_run):
     assert scores["n_sentences"] == 100
     assert scores["bleu_signature"].startswith("nrefs:1|case:mixed") and "tok:13a" in scores["bleu_signature"]
     assert scores["chrf_signature"].startswith("nrefs:1")
+
+
+def test_test_scores_are_sacrebleu_on_the_written_hypotheses_of_the_best_checkpoint(smoke_run):
+    run_dir, _, data_dir = smoke_run
+    # the scores again, by sacreBLEU itself, from the hypothesis file and the raw reference text
+    # (smoke: the first 100 sentences of the test split)
+    hypotheses = (run_dir / "test_2016_flickr.hyp.en").read_text(encoding="utf-8").splitlines()
+    with gzip.open(data_dir / "multi30k" / "test_2016_flickr.en.gz", "rt", encoding="utf-8") as f:
+        references = [line.rstrip("\n") for line in f][:100]
+    scores = json.loads((run_dir / "test_scores.json").read_text())
+    assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score, abs=1e-9)
+    assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [references]).score, abs=1e-9)
+    assert any(h for h in hypotheses)  # not an empty output that every reference set scores alike
+    # the scored checkpoint is the one with the best validation BLEU (the first of equals)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    best = max(records, key=lambda record: record["val_bleu"])  # max keeps the first of equals
+    best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert scores["checkpoint_step"] == best["step"] == best_state["step"]
+    assert best_state["val_bleu"] == best["val_bleu"]
 
 
 def test_translate_arguments_and_stdin(smoke_run):
@@ -142,11 +163,51 @@ def test_align_inline_pair_and_self_translation(smoke_run):
     parse_pharaoh(lines[-1])
 
 
-GOLD_PAIRS = [  # de ||| en with hand links (1-based, German first)
-    ("Ein Hund rennt .", "A dog runs .", "1-1 2-2 3-3 4-4"),
-    ("Zwei Männer spielen Fußball .", "Two men play soccer .", "1-1 2-2 3-3 4-4 5-5"),
-    ("Eine Frau mit einem Hut .", "A woman with a hat .", "1-1 2-2 3-3 4-4 5-5 6-6 1p4"),
+GOLD_PAIRS = [  # de ||| en with hand links (1-based, German first); not square, not diagonal, so
+    # that reading a link or a gold set the wrong way round changes the scores
+    ("Ein Hund rennt .", "A black dog is running .", "1-1 2-3 3-4 3-5 4-6 2p2"),
+    ("Zwei Männer spielen Fußball .", "Two men are playing soccer .", "1-1 2-2 3p3 3-4 4-5 5-6"),
+    ("Eine Frau mit Hut sitzt .", "A woman in a hat is sitting .", "1-1 2-2 3-3 4p4 4-5 5p6 5-7 6-8"),
 ]
+
+
+def gold_links(src_first: str) -> tuple[list[set], list[set]]:
+    """Sure and possible links of :data:`GOLD_PAIRS`, 0-based, as (German, English) pairs or, with
+    ``src_first="en"``, as (English, German) pairs; parsed here, without mt.aer."""
+    sure, possible = [], []
+    for _, _, links in GOLD_PAIRS:
+        pair_sure, pair_possible = set(), set()
+        for token in links.split():
+            kind = "-" if "-" in token else "p"
+            de, en = (int(side) - 1 for side in token.split(kind))
+            link = (de, en) if src_first == "de" else (en, de)
+            pair_possible.add(link)
+            if kind == "-":
+                pair_sure.add(link)
+        sure.append(pair_sure)
+        possible.append(pair_possible)
+    return sure, possible
+
+
+def aer_by_hand(predicted: list, src_first: str) -> float:
+    """AER = 1 - (|A∩S| + |A∩P|) / (|A| + |S|), counts summed over the pairs (Och & Ney 2003)."""
+    sure, possible = gold_links(src_first)
+    hits_sure = sum(len(set(a) & s) for a, s in zip(predicted, sure))
+    hits_possible = sum(len(set(a) & p) for a, p in zip(predicted, possible))
+    n_predicted, n_sure = sum(len(set(a)) for a in predicted), sum(len(s) for s in sure)
+    return 1 - (hits_sure + hits_possible) / (n_predicted + n_sure)
+
+
+def layer_aers_by_hand(run_dir, checkpoint: str, method: str, src_first: str) -> list[float]:
+    """AER of each decoder layer's ``method`` links on the gold pairs, oriented as the model
+    translates (``src_first``), from a model loaded in this process."""
+    model, tokenizer, _ = load_for_inference(Path(run_dir) / "checkpoints" / checkpoint)
+    de, en = [s for s, _, _ in GOLD_PAIRS], [t for _, t, _ in GOLD_PAIRS]
+    sources, targets = (de, en) if src_first == "de" else (en, de)
+    return [
+        aer_by_hand([a.links for a in align(model, tokenizer, sources, targets, method=method, layer=layer)], src_first)
+        for layer in range(len(model.decoder_layers))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -159,11 +220,13 @@ def gold_prefix(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reverse_run(smoke_run, gold_prefix, tmp_path_factory):
-    """An en→de smoke model that logs AER on the (reversed) de-en gold set at each validation."""
+    """An en→de smoke model that logs AER on the (reversed) de-en gold set at each validation.
+    fp32, so that this process can recompute the AER of its checkpoints exactly."""
     _, mirror, data_dir = smoke_run
     run_dir = tmp_path_factory.mktemp("reverse") / "run"
     args = [
         "mt-train", "experiment=smoke", "data.src_lang=en", "data.tgt_lang=de", "train.max_steps=100",
+        "train.precision=fp32",
         f"data.alignment_gold={gold_prefix}", "data.alignment_gold_train_copies=2",
         f"hydra.run.dir={run_dir}", f"data.data_dir={data_dir}",
     ]
@@ -181,6 +244,10 @@ def test_training_logs_aer_on_the_gold_set(reverse_run):
         assert set(record["aer_by_layer"]) == {"attention", "shift"}
         assert all(len(aers) == 2 for aers in record["aer_by_layer"].values())  # smoke: 2 decoder layers
         assert record["aer"] == record["aer_by_layer"]["attention"][0]  # default: penultimate layer
+    # the last validation's AERs are those of last.pt's links against the gold set read en-first
+    for method in ("attention", "shift"):
+        expected = [round(aer, 5) for aer in layer_aers_by_hand(reverse_run, "last.pt", method, "en")]
+        assert records[-1]["aer_by_layer"][method] == expected, method
 
 
 def test_align_shift_symmetrized_on_a_gold_set(smoke_run, reverse_run, gold_prefix, tmp_path):
@@ -190,9 +257,14 @@ def test_align_shift_symmetrized_on_a_gold_set(smoke_run, reverse_run, gold_pref
         "mt-align", run_dir, "--gold", gold_prefix, "--method", "shift", "--layer", "auto", "--dev-gold", gold_prefix,
         "--reverse-checkpoint", reverse_run, "--symmetrize", "intersect", "--out", out,
     )
-    assert "--layer auto →" in result.stderr and "reverse model: --layer auto →" in result.stderr
+    # each model chose its layer on the dev gold set read the way it translates: the listed AERs
+    # are those computed here with the gold links oriented by hand
+    for prefix, run_dir_, src_first in (("", run_dir, "de"), ("reverse model: ", reverse_run, "en")):
+        aers = layer_aers_by_hand(run_dir_, "best.pt", "shift", src_first)
+        listing = ", ".join(f"{layer}: {100 * aer:.1f}" for layer, aer in enumerate(aers))
+        best = min(range(len(aers)), key=aers.__getitem__)
+        assert f"mt-align: {prefix}--layer auto → {best} (dev AER % by layer: {listing})" in result.stderr.splitlines()
     scores = dict(line.split(": ") for line in result.stdout.splitlines() if ": " in line)
-    assert 0.0 <= float(scores["AER"].rstrip("%")) <= 100.0
     records = [json.loads(line) for line in (out / "alignments.jsonl").read_text(encoding="utf-8").splitlines()]
     pharaoh = [parse_pharaoh(line) for line in (out / "alignments.txt").read_text().splitlines()]
     assert len(records) == len(pharaoh) == len(GOLD_PAIRS)
@@ -202,6 +274,7 @@ def test_align_shift_symmetrized_on_a_gold_set(smoke_run, reverse_run, gold_pref
         reverse = {tuple(link) for link in record["reverse_links"]}
         assert set(links) == forward & reverse
         assert all(i < len(record["src_words"]) and j < len(record["tgt_words"]) for i, j in forward | reverse)
+    assert scores["AER"] == f"{100 * aer_by_hand(pharaoh, 'de'):.2f}%"
 
     # the same links through mt-align-score on the files (gold is German first, 1-based)
     score = run("mt-align-score", f"{gold_prefix}.talp", out / "alignments.txt", "--one-based-gold", "--json")

@@ -1,6 +1,10 @@
-"""Exact resume, graceful stop on SIGINT/SIGTERM, non-finite guards, output-folder checks."""
+"""Exact resume of the whole training state, graceful stop on SIGINT/SIGTERM (and exact resume from
+there), non-finite guards, output-folder checks.
+
+These go through ``mt.train.train(cfg, out_dir)`` / ``mt-train`` and the checkpoint files only."""
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -17,14 +21,17 @@ from mt import guards
 from mt import train as train_module
 from mt.checkpoint import load_checkpoint
 from mt.config import from_hydra
-from mt.objective import Objective
 from mt.errors import DataError
+from mt.model import Transformer
 
 from conftest import REPO
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
-SMALL = ["experiment=smoke", "data.max_valid_sentences=20", "data.max_test_sentences=10", "train.valid_every=10"]
+SMALL = [
+    "experiment=smoke", "data.max_valid_sentences=20", "data.max_test_sentences=10", "train.valid_every=10",
+    "train.num_threads=1",  # one thread: the same float sums in every run, and no spinning on a busy machine
+]
 
 
 def mt_train(run_dir, data_dir, mirror, *overrides, check=True):
@@ -37,22 +44,109 @@ def mt_train(run_dir, data_dir, mirror, *overrides, check=True):
     return result
 
 
-def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, multi30k_mirror):
-    data = tmp_path / "data"
-    mt_train(tmp_path / "whole", data, multi30k_mirror, "train.max_steps=40")
-    mt_train(tmp_path / "parts", data, multi30k_mirror, "train.max_steps=20")
-    assert load_checkpoint(tmp_path / "parts" / "checkpoints" / "last.pt")["step"] == 20
-    mt_train(tmp_path / "parts", data, multi30k_mirror, "train.max_steps=40", "train.resume=auto")
-    whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
-    parts = load_checkpoint(tmp_path / "parts" / "checkpoints" / "last.pt")
-    assert parts["step"] == whole["step"] == 40 and parts["epoch"] == whole["epoch"]
-    for name, tensor in whole["model"].items():
-        assert torch.allclose(tensor, parts["model"][name], atol=1e-6), name
-    steps = [json.loads(line)["step"] for line in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [10, 20, 30, 40]  # the resumed run appends to the metrics
+def _smoke_config(tmp_path, mirror, *overrides):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*SMALL, f"data.data_dir={tmp_path / 'data'}", *overrides])
+    config = from_hydra(cfg)
+    config.data.mirror = mirror
+    return config
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _checkpoint(run_dir, name="last.pt"):
+    return load_checkpoint(run_dir / "checkpoints" / name)
+
+
+def assert_same_tensors(a, b, name=""):
+    """Equal nested dicts/lists of tensors and plain values (tensors up to float rounding)."""
+    if isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), name
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{name}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), name
+        for k, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{name}[{k}]")
+    else:
+        assert a == b, name
+
+
+def _nan_training_logits_on(monkeypatch, is_nan_call) -> None:
+    """Make the model's logits NaN on the training forward passes (those with gradients enabled,
+    counted from 1 by this call) for which ``is_nan_call(n)`` holds: a non-finite loss, injected
+    through the model's public ``logits`` rather than through the trainer's own functions."""
+    real = Transformer.logits
+    calls = {"n": 0}
+
+    def logits_or_nan(self, hidden):
+        logits = real(self, hidden)
+        if not torch.is_grad_enabled():  # validation and decoding stay finite
+            return logits
+        calls["n"] += 1
+        return logits * float("nan") if is_nan_call(calls["n"]) else logits
+
+    monkeypatch.setattr(Transformer, "logits", logits_or_nan)
+
+
+# An fp16 run whose training state has something in every field by step 8. Every hypothesis is
+# empty (a 1-token length limit), so val BLEU is 0 at each validation: the first one (step 4) is the
+# best and each later one a bad validation, until early stopping at the third (step 16). Epochs
+# are a few updates long. Updates 3 and 4 get a NaN loss (see the test): both are skipped and
+# counted, and each halves the GradScaler's scale and restarts its growth tracker.
+STATE_RUN = [
+    "data.max_train_sentences=300", "tokenizer.vocab_size=300", "train.batch_tokens=1024",
+    "data.max_valid_sentences=4", "data.max_test_sentences=4", "decoding.max_len_a=0", "decoding.max_len_b=1",
+    "train.precision=fp16", "train.valid_every=4", "train.patience=3", "train.max_steps=100",
+]  # fmt: skip
+
+
+def test_resume_restores_the_whole_training_state(tmp_path, multi30k_mirror, monkeypatch):
+    """Weights, optimizer, schedule, RNG, early-stopping state, best checkpoint, non-finite count,
+    GradScaler, epoch position and clock: a run stopped at step 8 and resumed ends exactly where
+    the uninterrupted run ends."""
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    _nan_training_logits_on(monkeypatch, lambda n: n in (3, 4))
+    train_module.train(_smoke_config(tmp_path, multi30k_mirror, *STATE_RUN), whole)
+    _nan_training_logits_on(monkeypatch, lambda n: n in (3, 4))
+    train_module.train(_smoke_config(tmp_path, multi30k_mirror, *STATE_RUN, "train.max_steps=8"), parts)
+    paused = _checkpoint(parts)
+    assert paused["step"] == 8 and paused["best_bleu"] == 0.0 and paused["bad_validations"] == 1
+    assert paused["nonfinite_steps"] == 2 and _metrics(parts)[-1]["nonfinite_steps"] == 2  # skipped, not taken
+    assert all(torch.isfinite(t).all() for t in paused["model"].values())
+    assert paused["scaler"]["scale"] == 2.0**14 and paused["scaler"]["_growth_tracker"] == 6  # updates 5..10
+
+    monkeypatch.undo()  # the NaNs are behind both runs: none after the resume
+    train_module.train(_smoke_config(tmp_path, multi30k_mirror, *STATE_RUN, "train.resume=auto"), parts)
+    expected, resumed = _checkpoint(whole), _checkpoint(parts)
+    assert expected["step"] == 16  # stopped by train.patience, not by train.max_steps
+    plain = ("step", "epoch", "batches_done", "best_bleu", "bad_validations", "nonfinite_steps", "scaler", "scheduler")
+    for key in plain:
+        assert resumed[key] == expected[key], key
+    assert resumed["epoch"] > paused["epoch"]  # an epoch boundary was crossed after resuming
+    for key in ("model", "optimizer", "rng"):
+        assert_same_tensors(resumed[key], expected[key], key)
+    best, resumed_best = _checkpoint(whole, "best.pt"), _checkpoint(parts, "best.pt")
+    assert resumed_best["step"] == best["step"] == 4  # no validation after the resume counted as better
+    assert_same_tensors(resumed_best["model"], best["model"], "best.model")
+
+    # the metrics carry on: the same validations, and a clock that continues instead of restarting
+    records, expected_records = _metrics(parts), _metrics(whole)
+    assert [r["step"] for r in records] == [r["step"] for r in expected_records] == [4, 8, 12, 16]
+    for record, expected_record in zip(records, expected_records):
+        for key in ("epoch", "train_loss", "val_loss", "val_bleu", "lr", "nonfinite_steps"):
+            assert record[key] == pytest.approx(expected_record[key], rel=1e-5), (record["step"], key)
+    elapsed = [r["elapsed_s"] for r in records]
+    assert elapsed == sorted(elapsed) and resumed["elapsed_s"] > paused["elapsed_s"] > 0
+
     # resuming a run that already reached train.max_steps trains no further
-    mt_train(tmp_path / "parts", data, multi30k_mirror, "train.max_steps=40", "train.resume=auto")
-    assert load_checkpoint(tmp_path / "parts" / "checkpoints" / "last.pt")["step"] == 40
+    finished = _smoke_config(tmp_path, multi30k_mirror, *STATE_RUN, "train.max_steps=16", "train.resume=auto")
+    train_module.train(finished, parts)
+    assert _checkpoint(parts)["step"] == 16 and len(_metrics(parts)) == 4
 
 
 def test_resume_without_a_checkpoint_is_a_one_line_config_error(tmp_path):
@@ -65,64 +159,68 @@ def test_resume_without_a_checkpoint_is_a_one_line_config_error(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+@pytest.fixture(scope="module")
+def signal_data(tmp_path_factory):
+    """One corpus cache for the signal tests and their reference runs (sentencepiece trained once)."""
+    return tmp_path_factory.mktemp("signal-data")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, signal_data, multi30k_mirror):
+    """``uninterrupted(n)``: the run dir of an uninterrupted mt-train run of ``n`` steps (run once per n)."""
+    runs = {}
+
+    def run(max_steps: int) -> Path:
+        if max_steps not in runs:
+            runs[max_steps] = tmp_path_factory.mktemp(f"uninterrupted-{max_steps}") / "run"
+            mt_train(runs[max_steps], signal_data, multi30k_mirror, f"train.max_steps={max_steps}")
+        return runs[max_steps]
+
+    return run
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_signal_finishes_the_step_writes_last_and_exits_nonzero(tmp_path, multi30k_mirror, signum):
+def test_signal_finishes_the_step_writes_last_and_resumes_exactly(
+    tmp_path, signal_data, multi30k_mirror, uninterrupted, signum
+):
     run_dir = tmp_path / "run"
     args = [str(BIN / "mt-train"), *SMALL, "train.max_steps=100000", f"hydra.run.dir={run_dir}",
-            f"data.data_dir={tmp_path / 'data'}"] + ([f"data.mirror={multi30k_mirror}"] if multi30k_mirror else [])
+            f"data.data_dir={signal_data}"] + ([f"data.mirror={multi30k_mirror}"] if multi30k_mirror else [])
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 300
     while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signum)
+        time.sleep(0.05)
+    process.send_signal(signum)  # during or just after the step-10 validation
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signum
     assert "train.resume=auto" in stderr and "Traceback" not in stderr
-    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert state["step"] >= 10
-    resumed = mt_train(run_dir, tmp_path / "data", multi30k_mirror, f"train.max_steps={state['step'] + 5}",
-                       "train.resume=auto")
-    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == state["step"] + 5
-    assert resumed.returncode == 0
+    stopped_at = int(re.search(rf"stopped by {signal.Signals(signum).name} after step (\d+);", stderr).group(1))
+    # last.pt is the update the signal interrupted, written by the handler: the step-10 validation
+    # we waited for came first, so it is a later step than any validation checkpoint so far
+    assert _checkpoint(run_dir)["step"] == stopped_at > _metrics(run_dir)[0]["step"] == 10
 
-
-def _smoke_config(tmp_path, mirror, *overrides):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*SMALL, f"data.data_dir={tmp_path / 'data'}", *overrides])
-    config = from_hydra(cfg)
-    config.data.mirror = mirror
-    return config
-
-
-def _nan_losses_on(monkeypatch, is_nan_call) -> None:
-    """Make the objective's total NaN on the calls (1-based) for which ``is_nan_call(n)`` holds."""
-    real = Objective.forward
-    calls = {"n": 0}
-
-    def forward_or_nan(self, *batch):
-        calls["n"] += 1
-        total, terms, n = real(self, *batch)
-        return (total * float("nan"), terms, n) if is_nan_call(calls["n"]) else (total, terms, n)
-
-    monkeypatch.setattr(Objective, "forward", forward_or_nan)
-
-
-def test_nonfinite_losses_skip_their_update_and_are_counted(tmp_path, multi30k_mirror, monkeypatch):
-    _nan_losses_on(monkeypatch, lambda n: n in (3, 4))
-    train_module.train(_smoke_config(tmp_path, multi30k_mirror, "train.max_steps=10"), tmp_path / "run")
-    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["step"] == 10 and record["nonfinite_steps"] == 2
-    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    # resumed from there, the run ends where an uninterrupted one ends
+    end = stopped_at + 5
+    mt_train(run_dir, signal_data, multi30k_mirror, f"train.max_steps={end}", "train.resume=auto")
+    reference = uninterrupted(end)
+    resumed, expected = _checkpoint(run_dir), _checkpoint(reference)
+    for key in ("step", "epoch", "batches_done", "best_bleu", "bad_validations", "nonfinite_steps"):
+        assert resumed[key] == expected[key], key
+    assert_same_tensors(resumed["model"], expected["model"], "model")
+    records, expected_records = _metrics(run_dir), _metrics(reference)
+    assert [r["step"] for r in records] == [r["step"] for r in expected_records]
+    for record, expected_record in zip(records, expected_records):
+        for key in ("epoch", "val_loss", "val_bleu", "lr"):
+            assert record[key] == pytest.approx(expected_record[key], rel=1e-5), (record["step"], key)
 
 
 def test_too_many_nonfinite_losses_in_a_row_stop_the_run(tmp_path, multi30k_mirror, monkeypatch):
-    _nan_losses_on(monkeypatch, lambda n: n > 10)
+    _nan_training_logits_on(monkeypatch, lambda n: n > 10)
     config = _smoke_config(tmp_path, multi30k_mirror, "train.max_steps=100", "train.max_nonfinite=3")
     with pytest.raises(guards.TrainingFailed, match="3 non-finite losses in a row"):
         train_module.train(config, tmp_path / "run")
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 10  # the last good state
+    assert _checkpoint(tmp_path / "run")["step"] == 10  # the last good state
 
 
 def test_unwritable_output_folder_and_full_disk_are_caught_before_training(tmp_path, monkeypatch):

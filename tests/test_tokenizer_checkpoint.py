@@ -1,4 +1,4 @@
-"""sentencepiece round trip, checkpoints that travel with their tokenizer and refuse code."""
+"""sentencepiece round trip, checkpoints (and the tokenizer cache) that travel with their tokenizer and refuse code."""
 
 import os
 import pickle
@@ -11,6 +11,7 @@ from mt.config import TokenizerConfig, to_dict
 from mt.errors import CheckpointError
 from mt.model import Transformer
 from mt.tokenizer import Tokenizer
+from mt.training_data import load_tokenizer
 
 from conftest import tiny_config
 
@@ -61,13 +62,49 @@ class _RunsCode:
         return (os.system, ("touch PWNED",))
 
 
+def recorded_torch_loads(monkeypatch) -> list[dict]:
+    """Record the keyword arguments of every ``torch.load`` call (and still load).
+
+    Since torch 2.6 ``weights_only=True`` is torch.load's default, so a refusal test alone passes
+    on the pinned torch even without the keyword; pyproject accepts torch >= 2.4, where the
+    default is False and the same checkpoint would run its code. The keyword must be passed."""
+    calls = []
+    real_load = torch.load
+
+    def load(*args, **kwargs):
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    return calls
+
+
 def test_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pt"
     torch.save({"format": "mt-checkpoint", "payload": _RunsCode()}, path)
+    loads = recorded_torch_loads(monkeypatch)
     with pytest.raises(CheckpointError, match="refused"):
         load_checkpoint(path)
     assert not (tmp_path / "PWNED").exists()
+    _, state = _checkpoint_state()
+    save_checkpoint(state, tmp_path / "good.pt")
+    assert load_checkpoint(tmp_path / "good.pt")["step"] == 7
+    assert len(loads) == 2 and all(kwargs.get("weights_only") is True for kwargs in loads)
+
+
+def test_tokenizer_cache_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_set = {"src": TEXTS, "tgt": TEXTS}
+    load_tokenizer(TokenizerConfig(vocab_size=50), train_set, tmp_path)  # trains and caches
+    (cache,) = tmp_path.glob("sentencepiece-*.pt")
+    loads = recorded_torch_loads(monkeypatch)
+    assert load_tokenizer(TokenizerConfig(vocab_size=50), train_set, tmp_path).encode_src(["Ein Hund"])
+    torch.save({"payload": _RunsCode()}, cache)
+    with pytest.raises(pickle.UnpicklingError):
+        load_tokenizer(TokenizerConfig(vocab_size=50), train_set, tmp_path)
+    assert not (tmp_path / "PWNED").exists()
+    assert len(loads) == 2 and all(kwargs.get("weights_only") is True for kwargs in loads)
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", pickle.dumps({"a": 1})])

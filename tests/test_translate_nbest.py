@@ -1,19 +1,21 @@
 """mt-translate --n-best / --output-format jsonl / --align, and translate_nbest under it."""
 
+import dataclasses
 import io
 import json
 import sys
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from mt.checkpoint import save_checkpoint
 from mt.cli import align_main, translate_main
-from mt.config import DecodingConfig, to_dict
+from mt.config import DecodingConfig, from_hydra, to_dict
 from mt.evaluate import translate, translate_nbest
 from mt.tokenizer import Tokenizer
 
-from conftest import random_model
+from conftest import REPO, random_model
 
 SOURCES = ["Ein Hund rennt im Park.", "Zwei Männer spielen.", "Fußball im Park", "Hund"]
 DECODING = DecodingConfig(beam_size=4, max_len_a=1.0, max_len_b=4, batch_size=3)
@@ -66,12 +68,63 @@ def test_n_best_is_sorted_distinct_and_led_by_the_one_best(model, tokenizer):
         assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
         assert len({tuple(h.pieces) for h in hyps}) == 3
         assert all(h.pieces[-1] == "</s>" and len(h.token_log_probs) == len(h.pieces) for h in hyps)
-    greedy = DecodingConfig(beam_size=1, max_len_a=1.0, max_len_b=4)
-    assert [h[0].text for h in translate_nbest(model, tokenizer, SOURCES, greedy)] == translate(
-        model, tokenizer, SOURCES, greedy
-    )
     with pytest.raises(ValueError, match="n_best"):
-        translate_nbest(model, tokenizer, SOURCES, greedy, n_best=2)
+        translate_nbest(model, tokenizer, SOURCES, DecodingConfig(beam_size=1), n_best=2)
+
+
+def plain_greedy(model, tokenizer, source, max_len_a, max_len_b):
+    """Greedy decoding written plainly, sharing no code with mt.decoding: encode once, then each
+    step a full (non-incremental) decode of BOS + the prefix and the argmax of the last position's
+    logits over real tokens (PAD and BOS excluded); at the limit of ``a * src_len + b`` tokens
+    (EOS included, src_len counting the source EOS) the last token is EOS.
+
+    Returns: the tokens (without EOS) and the log-prob of each of them then of EOS.
+    """
+    src_ids = torch.tensor([[*tokenizer.encode_src([source])[0], Tokenizer.eos_id]])
+    limit = min(int(src_ids.size(1) * max_len_a + max_len_b), model.cfg.max_positions - 1)
+    tokens, log_probs = [], []
+    with torch.no_grad():
+        memory, src_mask = model.encode(src_ids)
+        for step in range(limit):
+            hidden, _ = model.decode(torch.tensor([[Tokenizer.bos_id, *tokens]]), memory, src_mask)
+            step_log_probs = model.logits(hidden[0, -1]).log_softmax(-1)  # (tgt_vocab,)
+            candidates = step_log_probs.clone()
+            candidates[[Tokenizer.pad_id, Tokenizer.bos_id]] = float("-inf")
+            token = Tokenizer.eos_id if step == limit - 1 else int(candidates.argmax())
+            log_probs.append(float(step_log_probs[token]))
+            if token == Tokenizer.eos_id:
+                break
+            tokens.append(token)
+    return tokens, log_probs
+
+
+def ending_early(tokenizer, threshold=1.4):
+    """A fresh :func:`random_model` whose EOS logit gets +100 wherever the decoder output's first
+    feature exceeds ``threshold``. The random model alone repeats one piece up to the length limit;
+    this way some sentences end at EOS, at different steps, and leave their batch early."""
+    model = random_model(tokenizer)
+    logits = model.logits
+    eos = torch.arange(tokenizer.tgt_vocab_size) == Tokenizer.eos_id
+    model.logits = lambda hidden: logits(hidden) + 100.0 * eos * (hidden[..., :1] > threshold)
+    return model
+
+
+def test_greedy_translations_equal_a_plain_greedy_loop(tokenizer):
+    model = ending_early(tokenizer)
+    greedy = DecodingConfig(beam_size=1, max_len_a=1.0, max_len_b=4, batch_size=3)
+    translations = translate_nbest(model, tokenizer, SOURCES, greedy)
+    assert translate(model, tokenizer, SOURCES, greedy) == [hyps[0].text for hyps in translations]
+    ended = set()
+    for source, hyps in zip(SOURCES, translations):
+        tokens, log_probs = plain_greedy(model, tokenizer, source, greedy.max_len_a, greedy.max_len_b)
+        (best,) = hyps
+        assert best.pieces == [*tokenizer.tgt.id_to_piece(tokens), "</s>"]
+        assert best.text == tokenizer.decode_tgt([tokens])[0]
+        assert best.token_log_probs == pytest.approx(log_probs, abs=1e-4)
+        assert best.score == best.log_prob == pytest.approx(sum(log_probs), abs=1e-4)
+        limit = len(tokenizer.encode_src([source])[0]) + 1 + greedy.max_len_b  # max_len_a = 1
+        ended.add("limit" if len(tokens) + 1 == limit else "eos")
+    assert ended == {"eos", "limit"}  # both ways of stopping are exercised
 
 
 def test_token_log_probs_match_a_teacher_forced_pass(model, tokenizer):
@@ -147,3 +200,38 @@ def test_n_best_above_the_beam_is_a_one_line_error(checkpoint, capsys, monkeypat
     code, out, err = run_cli(translate_main, [checkpoint, "Hund", *argv], capsys, monkeypatch)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err and err.startswith("mt-translate: error:")
+
+
+def gnmt_scores_hold(hypotheses, alpha):
+    """Each hypothesis's (a jsonl record) score is its log-prob over ((5 + |Y|) / 6) ** alpha, |Y|
+    counting the pieces and EOS (Wu et al. 2016, eq. 14); the formula written out, not imported."""
+    assert any(len(h["pieces"]) > 1 for h in hypotheses)  # some penalty is not 1 whatever alpha
+    for h in hypotheses:
+        assert h["score"] == pytest.approx(h["log_prob"] / ((5 + len(h["pieces"])) / 6) ** alpha, rel=1e-6)
+    return True
+
+
+def test_length_penalty_reaches_the_search_from_the_config_the_checkpoint_and_the_flag(
+    model, tokenizer, checkpoint, tmp_path, capsys, monkeypatch
+):
+    nbest = translate_nbest(model, tokenizer, SOURCES, DecodingConfig(beam_size=4, length_penalty=0.6, max_len_b=4), 3)
+    assert gnmt_scores_hold([dataclasses.asdict(h) for hyps in nbest for h in hyps], 0.6)
+
+    # decoding.length_penalty on the training command line → the checkpoint's decoding → mt-translate
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = from_hydra(compose(config_name="train", overrides=["decoding.length_penalty=0.6", "decoding.beam_size=4"]))
+    assert cfg.decoding.length_penalty == 0.6
+    state = torch.load(checkpoint, weights_only=True)
+    configured = tmp_path / "configured.pt"
+    save_checkpoint({**state, "decoding": {**to_dict(cfg.decoding), "max_len_a": 1.0, "max_len_b": 4}}, configured)
+
+    def jsonl(path, *flags):
+        code, out, _ = run_cli(translate_main, [str(path), "--n-best", "3", "--output-format", "jsonl", *flags, *SOURCES],
+                               capsys, monkeypatch)
+        assert code == 0
+        return [h for line in out.splitlines() for h in json.loads(line)["hypotheses"]]
+
+    assert gnmt_scores_hold(jsonl(configured), 0.6)
+    assert gnmt_scores_hold(jsonl(configured, "--length-penalty", "2.5"), 2.5)  # the flag beats the checkpoint
+    assert gnmt_scores_hold(jsonl(checkpoint, "--length-penalty", "0.6"), 0.6)
+    assert gnmt_scores_hold(jsonl(checkpoint), 1.0)  # the checkpoint has none: the schema default
