@@ -321,7 +321,7 @@ def train_step(opt: Optimization, batches: Sequence[batching.Batch], update_toke
         the gradient norm.
     """
     opt.optimizer.zero_grad(set_to_none=True)
-    loss, terms = 0.0, {}
+    sums: dict[str, torch.Tensor] = {}  # "total" and each named term, summed over the batches
     for k, batch in enumerate(batches):
         batch = batch.to(opt.device)
         with contextlib.nullcontext() if k == len(batches) - 1 else opt.no_sync():  # all-reduce once
@@ -329,9 +329,10 @@ def train_step(opt: Optimization, batches: Sequence[batching.Batch], update_toke
                 total, batch_terms, _ = opt.objective(batch.src_ids, batch.tgt_in, batch.tgt_out, batch.alignment)
             # DDP averages over processes: scale so the update is the mean over all its tokens
             opt.scaler.scale(total * (opt.world_size / update_tokens)).backward()
-        loss += float(total.detach())
-        for name, value in batch_terms.items():
-            terms[name] = terms.get(name, 0.0) + float(value.detach())
+        for name, value in {"total": total, **batch_terms}.items():
+            sums[name] = sums[name] + value.detach() if name in sums else value.detach()
+    loss, *term_values = torch.stack(list(sums.values())).tolist()  # one host sync for all of them
+    terms = dict(zip(list(sums)[1:], term_values))
     opt.scaler.unscale_(opt.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(opt.model.parameters(), opt.clip_norm or float("inf"))
     finite = bool(torch.isfinite(norm))
