@@ -168,7 +168,7 @@ def unit_tokens(
 
 
 def run_eflomal(
-    src_tokens: Sequence[Sequence[str]], tgt_tokens: Sequence[Sequence[str]]
+    src_tokens: Sequence[Sequence[str]], tgt_tokens: Sequence[Sequence[str]], priors: Sequence[str] | None = None
 ) -> tuple[list[list[Link]], list[list[Link]]]:
     """Align token sequences both ways with eflomal (Östling & Tiedemann 2016).
 
@@ -178,6 +178,10 @@ def run_eflomal(
     Args:
         src_tokens, tgt_tokens: one token list per pair (:func:`unit_tokens`); tokens must not
             contain whitespace.
+        priors: lines of an eflomal priors file (``eflomal.calculate_priors`` and
+            ``write_priors``) learnt from other text, so that these pairs are aligned without
+            being part of the text eflomal learns from (eflomal's ``makepriors`` route); None =
+            learn from these pairs alone.
 
     Returns: forward (src→tgt model) and reverse (tgt→src model) links of each pair, both as
         0-based ``(src_token, tgt_token)``; combine them with :func:`mt.symmetrize.symmetrize`.
@@ -193,6 +197,7 @@ def run_eflomal(
             [" ".join(tokens) + "\n" for tokens in tgt_tokens],
             links_filename_fwd=str(forward_path),
             links_filename_rev=str(reverse_path),
+            priors_input=priors,
         )
         # both files are source-first Pharaoh lines, one per pair
         forward, reverse = read_pharaoh(forward_path), read_pharaoh(reverse_path)

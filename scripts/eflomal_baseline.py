@@ -14,12 +14,20 @@ eflomal, grow-diag-final-and, piece links).
     pip install -e ".[baselines]"
     python scripts/eflomal_baseline.py --gold ../shared/alignments/czenali/encs [--multi30k] [--unit piece]
 
+Held out (text a model never saw): ``--train-text PREFIX`` adds another gold-layout set's text
+(links unused), and ``--unseen`` lets eflomal learn only from that other text (``--multi30k``,
+``--train-text``) and align the gold pairs with the priors it learnt there (eflomal's
+``makepriors`` route), so the scored pairs are never part of what it learns from:
+
+    python scripts/eflomal_baseline.py --gold data/czenali-split/last501 --train-text data/czenali-split/first2000 --multi30k --unseen
+
 Prints one row per direction/heuristic, then one JSON object ``{heuristic: AER}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -44,10 +52,19 @@ def main() -> None:
     parser.add_argument("--lowercase", action="store_true", help="lowercase both sides first")
     parser.add_argument("--data-dir", default="data", help="Multi30k cache folder (default: data)")
     parser.add_argument("--unit", choices=UNITS, default="word", help="what eflomal aligns (default: word)")
+    parser.add_argument(
+        "--train-text", metavar="PREFIX", help="a gold-layout set whose text (never its links) eflomal also learns from"
+    )
+    parser.add_argument(
+        "--unseen", action="store_true",
+        help="learn from the other text only and align the gold pairs with its priors (word unit)",
+    )
     parser.add_argument("--vocab-size", type=int, default=8000, help="sentencepiece pieces (default: 8000)")
     args = parser.parse_args()
+    if args.unseen and (args.unit != "word" or not (args.multi30k or args.train_text)):
+        parser.error("--unseen needs --unit word and other text to learn from (--multi30k, --train-text)")
     try:
-        import eflomal  # noqa: F401
+        import eflomal
     except ImportError:
         sys.exit("eflomal is not installed: pip install -e '.[baselines]'")
 
@@ -60,13 +77,28 @@ def main() -> None:
         split = load_split("train", gold.src_lang, gold.tgt_lang, args.data_dir, os.environ.get("MT_DATA_MIRROR"))
         src, tgt = [*split["src"], *src], [*split["tgt"], *tgt]
         extra = len(split)
+    if args.train_text:
+        other = load_gold(args.train_text)
+        src, tgt = [*src[:extra], *other.src, *src[extra:]], [*tgt[:extra], *other.tgt, *tgt[extra:]]
+        extra += len(other)
     if args.lowercase:
         src, tgt = [s.lower() for s in src], [t.lower() for t in tgt]
 
     print(f"training a {args.vocab_size}-piece joint unigram sentencepiece model", file=sys.stderr)
     tokenizer = Tokenizer.train(src, tgt, TokenizerConfig(vocab_size=args.vocab_size))
     start = time.perf_counter()  # what data.alignments=eflomal computes at start-up
-    forward, reverse = run_eflomal(*unit_tokens(tokenizer, src, tgt, args.unit))
+    if args.unseen:  # learn from the other text, then align the gold pairs with what it learnt
+        src_words, tgt_words = unit_tokens(tokenizer, src, tgt, "word")
+        learnt = run_eflomal(src_words[:extra], tgt_words[:extra])
+        priors = io.StringIO()
+        eflomal.write_priors(priors, *eflomal.calculate_priors(
+            [" ".join(w).lower() for w in src_words[:extra]], [" ".join(w).lower() for w in tgt_words[:extra]],
+            *([" ".join(f"{i}-{j}" for i, j in pair) for pair in links] for links in learnt),
+        ))
+        forward, reverse = run_eflomal(src_words[extra:], tgt_words[extra:], priors.getvalue().splitlines(True))
+        forward, reverse = [*learnt[0], *forward], [*learnt[1], *reverse]
+    else:
+        forward, reverse = run_eflomal(*unit_tokens(tokenizer, src, tgt, args.unit))
     eflomal_seconds = time.perf_counter() - start
     links = [symmetrize(f, r, "grow-diag-final-and") for f, r in zip(forward, reverse)]
     if args.unit == "word":  # every piece of a word takes the word's links
@@ -87,7 +119,8 @@ def main() -> None:
             pairs = [np.array(sorted(pair), dtype=np.int64).reshape(-1, 2) for pair in pairs]
         rows[name] = [piece_to_word_links(pair, *owner) for pair, owner in zip(pairs, owners)]
     print(
-        f"eflomal on {args.unit}s of {len(gold)} gold pairs{f' + {extra} Multi30k pairs' if extra else ''}: "
+        f"eflomal on {args.unit}s of {len(gold)} gold pairs{f' + {extra} other pairs' if extra else ''}"
+        f"{' (gold pairs aligned with priors from the others only)' if args.unseen else ''}: "
         f"{eflomal_seconds:.1f} s eflomal, {seconds:.1f} s for all piece links"
     )
     print(f"{'links':<22}{'precision':>10}{'recall':>10}{'F1':>8}{'AER':>8}")
