@@ -92,6 +92,7 @@ CURVE_PANELS = (
     ("learning rate", [("lr", "lr")]),
     ("target tokens/s", [("tokens_per_s", "tokens/s")]),
     ("AER (thin lines: each decoder layer)", [("aer", "AER")]),
+    ("memory (MiB)", [("rss_mb", "resident (RSS)"), ("peak_rss_mb", "peak RSS")]),
 )
 
 
@@ -100,8 +101,9 @@ def learning_curves_figure(records: Sequence[dict]):
 
     Panels (see :data:`CURVE_PANELS`): train and val loss, the objective's named terms other
     than cross-entropy (``{term}_loss``/``val_{term}_loss``, e.g. ``align_loss``) when the
-    records have them, val BLEU and chrF, learning rate, target tokens/s, and AER when the records have it, with one thin line per decoder layer
-    and method from ``aer_by_layer``. A series is drawn over the records that have the key.
+    records have them, val BLEU and chrF, learning rate, target tokens/s, AER when the records have it, with one
+    thin line per decoder layer and method from ``aer_by_layer``, and the process's resident
+    memory (``rss_mb``, ``peak_rss_mb``). A series is drawn over the records that have the key.
 
     Args:
         records: ``metrics.jsonl`` records (dicts with ``step`` and some of the keys above), in

@@ -24,7 +24,8 @@ Everything a run produces goes into ``out_dir``:
   (``xent_loss``), val_loss (plain cross-entropy per target token) and ``val_{term}_loss``,
   val_bleu, val_chrf, lr, tokens_per_s (target tokens per second of training since the previous
   validation), elapsed_s (wall-clock since training started, validations included) and
-  nonfinite_steps (updates skipped for a non-finite loss or gradient, in total); with
+  nonfinite_steps (updates skipped for a non-finite loss or gradient, in total), rss_mb and
+  peak_rss_mb (the training process's resident memory now and at its peak, MiB); with
   ``data.alignment_gold`` also ``aer`` (default method and layer) and ``aer_by_layer`` ({method:
   [AER per decoder layer]}), rates in [0, 1];
 - ``{test_split}.hyp.{tgt_lang}`` and ``test_scores.json`` (BLEU, chrF, signatures).
@@ -59,7 +60,7 @@ from mt.align import aer_report
 from mt.average import average_run, step_checkpoints
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import Config, TrainConfig, to_dict
-from mt.device import autocast, resolve_device, resolve_precision
+from mt.device import autocast, process_memory_mb, resolve_device, resolve_precision
 from mt.errors import ConfigError
 from mt.evaluate import score, translate
 from mt.guards import (
@@ -464,6 +465,7 @@ def validation_round(run: Run, state: TrainState, interval: LossMeter) -> bool:
             "tokens_per_s": interval.tokens / max(train_seconds, 1e-9),
             "elapsed_s": state.elapsed(),
             "nonfinite_steps": state.nonfinite_steps,
+            **process_memory_mb(),
         }
         improved = state.record_score(metrics["val_bleu"])
         record_validation(run, record, improved)

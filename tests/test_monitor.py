@@ -248,3 +248,19 @@ def test_a_fresh_run_in_a_used_run_dir_hides_the_old_events(tmp_path):
     new.close()
     assert [(e.step, e.value) for e in events(tmp_path / "tensorboard").Scalars("bleu/val")] == [(100, 42.0)]
     assert lines_by_label(learning_curves_figure(new.records))["val BLEU"] == ([100], [42.0])
+
+
+def test_resident_memory_is_read_and_drawn():
+    import numpy as np
+
+    from mt.device import process_memory_mb
+
+    before = process_memory_mb()
+    block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, every page touched
+    during = process_memory_mb()
+    assert 60 < during["rss_mb"] - before["rss_mb"] < 80
+    assert during["peak_rss_mb"] >= during["rss_mb"]
+    del block
+    records = [record(step, rss_mb=500.0 + step, peak_rss_mb=900.0) for step in (100, 200)]
+    lines = lines_by_label(learning_curves_figure(records))
+    assert lines["resident (RSS)"] == ([100, 200], [600.0, 700.0]) and lines["peak RSS"] == ([100, 200], [900.0, 900.0])
