@@ -4,6 +4,8 @@
     python scripts/bench_train.py --model base --reference hf --steps 50      # + the Marian reference
     python scripts/bench_train.py --device cuda --precision bf16 --reference hf --steps 200
     python scripts/bench_train.py --threads 1 --steps 5 --warmup 2 --reference hf   # a quick check
+    python scripts/bench_train.py --alignment-weight 0.1 [--full-context] --steps 100  # guided alignment's cost
+    python scripts/bench_train.py --minutes 10                                # resident memory over time
 
 Both systems train on the same real Multi30k de→en batches, read by the trainer's own data
 path: ``mt.training_data.prepare_data`` (the corpus, the sentencepiece model ``mt-train`` caches
@@ -28,6 +30,18 @@ GradScaler, autocast, clipping at ``train.clip_norm``, the non-finite check): th
   same signature (:class:`MarianObjective`) inside the same ``train_step``. Differences that remain: Marian is
   post-norm, ours pre-norm with one final LayerNorm per stack (4·d_model more parameters);
   Marian keeps its position tables as frozen parameters, ours as a buffer.
+
+- **guided** (``--alignment-weight λ``): ours with the guided-alignment term of ``mt-train
+  train.alignment_weight=λ data.alignments=eflomal`` (``model.alignment``'s default layer and
+  head; ``--full-context`` for its extra pass) on the same batches, which then carry the
+  eflomal links training reads (computed once, cached under ``DATA_DIR/cache``), G̃ built in the
+  timed loop as the trainer's data path builds it. "ours" is then the same model without the
+  term, and the JSON line gains ``guided_tokens_per_s`` and ``guided_cost`` (1 − guided/ours).
+
+``--minutes N`` trains ours on batches drawn round and round from the run's first epochs for N
+minutes after the warm-up (instead of ``--steps``) and samples the resident set (``VmRSS``)
+every 100 steps: a table of minute → RSS and tokens/s, and ``rss_growth`` in the JSON line (RSS at
+the end over RSS after the first minute, − 1).
 
 Each system runs in a subprocess of its own, so that its peak resident set size
 (``ru_maxrss``, whole process: Python, torch, its imports, model, optimizer, activations) is
@@ -78,7 +92,11 @@ import torch
 
 from mt.config import DataConfig, ModelConfig, TrainConfig, model_preset
 
-SYSTEMS = {"ours": "ours (mt.model.Transformer)", "hf": "reference (transformers.MarianMTModel)"}
+SYSTEMS = {
+    "ours": "ours (mt.model.Transformer)",
+    "guided": "ours + guided alignment",
+    "hf": "reference (transformers.MarianMTModel)",
+}
 
 
 # ------------------------------------------------------------------------ shared with bench_decode.py
@@ -181,8 +199,9 @@ def print_parameter_counts(cfg: ModelConfig, ours: dict, reference: dict | None)
     print(f"  ours - final LayerNorms ({final_norms:,}) = {ours['trainable'] - final_norms:,} vs {reference['trainable']:,}: {verdict}")
 
 
-def load_training_data(data_dir: str, mirror: str | None, batch_tokens: int):
-    """Multi30k de→en as ``mt-train`` reads it with the default config (``prepare_data``).
+def load_training_data(data_dir: str, mirror: str | None, batch_tokens: int, alignments: str = "none"):
+    """Multi30k de→en as ``mt-train`` reads it with the default config (``prepare_data``), with
+    ``data.alignments=alignments`` (``eflomal``: the guided-alignment links, cached).
 
     Raises:
         DataError: corpus files missing (set ``MT_DATA_MIRROR``).
@@ -196,6 +215,7 @@ def load_training_data(data_dir: str, mirror: str | None, batch_tokens: int):
     datasets.disable_progress_bars()
     cfg = Config()
     cfg.data.data_dir, cfg.data.mirror, cfg.train.batch_tokens = data_dir, mirror, batch_tokens
+    cfg.data.alignments = alignments
     return prepare_data(cfg, distributed.Context(), resume_state=None), cfg.train
 
 
@@ -208,7 +228,8 @@ def sync(device: torch.device) -> None:
 def training_batches(data, train_cfg: TrainConfig, n: int) -> list[tuple]:
     """The first ``n`` batches of a one-process training run (epochs 1, 2, … as ``mt.train.epoch_updates`` orders them).
 
-    Returns: (src_ids, tgt_in, tgt_out) long tensors, as ``TrainingData.batch`` pads them.
+    Returns: (src_ids, tgt_in, tgt_out) long tensors, as ``TrainingData.batch`` pads them,
+        and the batch's piece links (a list of (n_links, 2) arrays) when the data has them.
     """
     from mt.train import epoch_updates
 
@@ -216,7 +237,8 @@ def training_batches(data, train_cfg: TrainConfig, n: int) -> list[tuple]:
     while len(out) < n:
         for (indices,) in epoch_updates(data.src_lens, data.tgt_lens, train_cfg, epoch, group_size=1):
             batch = data.batch(indices)
-            out.append((batch.src_ids, batch.tgt_in, batch.tgt_out))
+            links = [torch.as_tensor(data.train_links[i]) for i in indices] if data.train_links is not None else None
+            out.append((batch.src_ids, batch.tgt_in, batch.tgt_out, links))
             if len(out) == n:
                 break
         epoch += 1
@@ -230,7 +252,7 @@ def model_flops(cfg: ModelConfig, vocab_size: int, batches: list[tuple], pad_id:
     per_src_token = n_enc * (4 * d * d + 2 * d * f) + n_dec * 2 * d * d
     per_tgt_token = n_dec * (6 * d * d + 2 * d * f) + d * V
     total = 0.0
-    for src_ids, _, tgt_out in batches:
+    for src_ids, _, tgt_out, *_ in batches:
         S = (src_ids != pad_id).sum(dim=1).double()  # (batch,) real source tokens
         T = (tgt_out != pad_id).sum(dim=1).double()  # (batch,) real target tokens
         total += 6 * float((S * per_src_token + T * per_tgt_token).sum())
@@ -274,6 +296,8 @@ def run_system(system: str, batches_path: str, args: argparse.Namespace) -> dict
     command += ["--optimizer-impl", args.optimizer_impl]
     command += ["--profile"] if args.profile else []
     command += ["--attention-dropout", str(args.attention_dropout)] if args.attention_dropout is not None else []
+    command += ["--alignment-weight", str(args.alignment_weight)] + (["--full-context"] if args.full_context else [])
+    command += ["--minutes", str(args.minutes)] if args.minutes is not None else []
     result = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
         sys.exit(f"bench_train: error: the {system} run failed (exit {result.returncode}); its traceback is above")
@@ -301,8 +325,10 @@ class MarianObjective(torch.nn.Module):
 
 def measure_one(system: str, args: argparse.Namespace) -> dict:
     """In the subprocess: build one system, train on the saved batches with ``mt.train.train_step``,
-    time the steps after the warm-up."""
-    from mt.batching import Batch
+    time the steps after the warm-up (``--minutes``: cycle through them for that long, sampling
+    the resident set every 100 steps)."""
+    from mt.batching import Batch, alignment_targets
+    from mt.device import process_memory_mb
     from mt.model import Transformer
     from mt.tokenizer import PAD_ID
     from mt.train import build_optimization, train_step
@@ -310,13 +336,17 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     device = torch.device(args.device)
     batches = torch.load(args.batches_file, weights_only=True)
-    train_cfg = TrainConfig(optimizer_impl=args.optimizer_impl, compile=args.compile)
+    guided = system == "guided"
+    train_cfg = TrainConfig(
+        optimizer_impl=args.optimizer_impl, compile=args.compile, alignment_weight=args.alignment_weight if guided else 0.0
+    )
     cfg = model_config(args.model, args.attention_dropout)
+    cfg.alignment.full_context = guided and args.full_context
     if system == "hf":
         import transformers  # noqa: F401  (imported before the baseline: its import cost is not the model's)
     sync(device)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if system == "ours":
+    if system in ("ours", "guided"):
         model = Transformer(cfg, args.vocab_size, args.vocab_size, PAD_ID).to(device)
         opt = build_optimization(model, train_cfg, device, args.precision)
         attention = "mt.attention full (F.scaled_dot_product_attention)"
@@ -329,23 +359,40 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     losses, tokens, start = [], 0, None
+    samples, sample_tokens = [], 0  # (minutes, rss_mb, tokens/s since the previous sample)
     profiler = None
     if args.profile:  # the timings then include the profiler's overhead
         activities = [torch.profiler.ProfilerActivity.CPU]
         activities += [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
         profiler = torch.profiler.profile(activities=activities)
         profiler.start()
-    for i, (src_ids, tgt_in, tgt_out) in enumerate(batches):
+    i = 0
+    while True:
+        if args.minutes is None and i == len(batches):
+            break
         if i == args.warmup:
             sync(device)
-            start = time.perf_counter()
+            start = last_sample = time.perf_counter()
+        src_ids, tgt_in, tgt_out, links = batches[i % len(batches)] if args.minutes else batches[i]
         n_tokens = int((tgt_out != PAD_ID).sum())
-        result = train_step(opt, [Batch(src_ids, tgt_in, tgt_out, [])], n_tokens)
+        alignment = None
+        if guided:  # G̃ as the trainer's data path builds it (mt.batching.collate)
+            alignment = alignment_targets([pair.numpy() for pair in links], tgt_out.size(1), src_ids.size(1))
+        result = train_step(opt, [Batch(src_ids, tgt_in, tgt_out, [], alignment)], n_tokens)
         if not result.finite:
             raise RuntimeError(f"{system}: non-finite gradient at step {i + 1}")
         losses.append(result.loss / n_tokens)
-        if i >= args.warmup:
+        i += 1
+        if i > args.warmup:
             tokens += n_tokens
+            sample_tokens += n_tokens
+        if args.minutes is not None and i > args.warmup and (i - args.warmup) % 100 == 0:
+            now = time.perf_counter()
+            rate, sample_tokens, last_sample = sample_tokens / (now - last_sample), 0, now
+            samples.append(((now - start) / 60, process_memory_mb()["rss_mb"], rate))
+            print(f"  {system}: {samples[-1][0]:6.1f} min  RSS {samples[-1][1]:7.0f} MB  {rate:7.0f} tokens/s", file=sys.stderr)
+            if now - start >= 60 * args.minutes:
+                break
     sync(device)
     seconds = time.perf_counter() - start
     if profiler is not None:
@@ -358,10 +405,12 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
         "system": system,
         "seconds": seconds,
         "tokens": tokens,
+        "steps": i - args.warmup,
         "first_loss": losses[0],
         "last_loss": losses[-1],
         "peak_rss_mb": peak_rss / 1024,
         "rss_growth_mb": (peak_rss - base_rss) / 1024,
+        "rss_samples": samples,
         "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "attention": attention,
         "parameters": parameter_counts(model),
@@ -403,6 +452,14 @@ def main() -> None:
         "--optimizer-impl", choices=["fused", "foreach", "for-loop"], default=TrainConfig().optimizer_impl,
         help="AdamW kernel, as train.optimizer_impl (default: the trainer's default)",
     )
+    parser.add_argument(
+        "--alignment-weight", type=float, default=0.0,
+        help="also time ours with the guided-alignment term of this weight (train.alignment_weight; needs eflomal)",
+    )
+    parser.add_argument("--full-context", action="store_true", help="guided alignment with model.alignment.full_context")
+    parser.add_argument(
+        "--minutes", type=float, help="train for this long after the warm-up instead of --steps, sampling RSS every 100 steps"
+    )
     parser.add_argument("--batch-tokens", type=int, default=TrainConfig().batch_tokens, help="token budget per batch")
     parser.add_argument("--data-dir", default="data", help="corpus and cache folder, as data.data_dir (default: data)")
     parser.add_argument("--matmul-size", type=int, help="side of the peak-matmul test (default 2048 on CPU, 8192 on CUDA)")
@@ -410,7 +467,8 @@ def main() -> None:
     parser.add_argument("--batches-file", help=argparse.SUPPRESS)
     parser.add_argument("--vocab-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    for flag, value, least in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads, 0)):
+    for flag, value, least in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads, 0),
+                               ("--alignment-weight", args.alignment_weight, 0), ("--minutes", args.minutes or 0, 0)):  # fmt: skip
         if value < least:
             parser.error(f"{flag} must be >= {least}, got {value}")
     longest = DataConfig().max_len + 1
@@ -423,14 +481,20 @@ def main() -> None:
 
     from mt.errors import MtError
     from mt.tokenizer import PAD_ID
+    from mt.train import epoch_updates
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        data, train_cfg = load_training_data(args.data_dir, os.environ.get("MT_DATA_MIRROR") or None, args.batch_tokens)
+        data, train_cfg = load_training_data(
+            args.data_dir, os.environ.get("MT_DATA_MIRROR") or None, args.batch_tokens,
+            "eflomal" if args.alignment_weight else "none",
+        )
     except MtError as error:
         sys.exit(f"bench_train: error: {error}")
     args.vocab_size = data.tokenizer.src_vocab_size
     cfg = model_config(args.model, args.attention_dropout)
+    if args.minutes is not None:  # a pool of the first five epochs' batches, cycled through
+        args.steps = 5 * sum(1 for _ in epoch_updates(data.src_lens, data.tgt_lens, train_cfg, 1, group_size=1))
     batches = training_batches(data, train_cfg, args.warmup + args.steps)
     timed = batches[args.warmup :]
     flops = model_flops(cfg, args.vocab_size, timed, PAD_ID)
@@ -438,7 +502,7 @@ def main() -> None:
     tgt_pad = padding_fraction([b[2] for b in timed], PAD_ID)
     all_pad = padding_fraction([b[0] for b in timed] + [b[2] for b in timed], PAD_ID)
 
-    systems = ["ours"] + (["hf"] if args.reference else [])
+    systems = ["ours"] + (["guided"] if args.alignment_weight else []) + (["hf"] if args.reference else [])
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "batches.pt")
         torch.save(batches, path)
@@ -457,10 +521,12 @@ def main() -> None:
         + (", torch.compile(dynamic=True) on each loss function" if args.compile else "")
     )
     print(
-        f"batches: {args.warmup} warm-up + {args.steps} timed, budget {args.batch_tokens} tokens; "
-        f"{sum(b[0].size(0) for b in timed)} sentences, {ours['tokens']} target tokens timed; "
+        f"batches: {args.warmup} warm-up + {ours['steps']} timed"
+        + (f" (for {args.minutes} minutes, cycling through the first 5 epochs' {args.steps})" if args.minutes else "")
+        + f", budget {args.batch_tokens} tokens; {ours['tokens']} target tokens timed; "
         f"padding fraction: source {src_pad:.3f}, target {tgt_pad:.3f}, both {all_pad:.3f}"
     )
+    flops_per_token = flops / sum(int((b[2] != PAD_ID).sum()) for b in timed)  # exact for --steps
     print(f"model FLOPs per timed step: {flops / args.steps / 1e9:.2f} GFLOP; peak {args.precision} matmul ({size}²): {peak / 1e9:.1f} GFLOP/s")
     print_parameter_counts(cfg, ours["parameters"], results["hf"]["parameters"] if "hf" in results else None)
     cuda = device.type == "cuda"
@@ -469,14 +535,28 @@ def main() -> None:
     print(header + f" | {'loss first→last':>15} | attention")
     for system, result in results.items():
         tokens_per_s = result["tokens"] / result["seconds"]
-        result["tokens_per_s"], result["mfu"] = tokens_per_s, flops / result["seconds"] / peak
+        result["tokens_per_s"], result["mfu"] = tokens_per_s, flops_per_token * tokens_per_s / peak
         row = f"{SYSTEMS[system]:<40} | {tokens_per_s:>12.0f} | {100 * result['mfu']:>6.2f}% | {result['peak_rss_mb']:>11.0f} | {result['rss_growth_mb']:>13.0f}"
         row += f" | {result['peak_cuda_mb']:>12.0f}" if cuda else ""
         print(row + f" | {result['first_loss']:>6.3f}→{result['last_loss']:<6.3f} | {result['attention']}")
-    reference = results.get("hf")
+    reference, guided = results.get("hf"), results.get("guided")
     ratio = ours["tokens_per_s"] / reference["tokens_per_s"] if reference else None
     if reference:
         print(f"ours/reference throughput: {ratio:.2f}x")
+    guided_cost = 1 - guided["tokens_per_s"] / ours["tokens_per_s"] if guided else None
+    if guided:
+        print(
+            f"guided alignment (λ {args.alignment_weight}{', full context' if args.full_context else ''}) "
+            f"costs {100 * guided_cost:.1f}% of ours' tokens/s"
+        )
+    rss_growth = None
+    if args.minutes:
+        samples = ours["rss_samples"]
+        print("ours over time: minutes | RSS MB | tokens/s (since the previous sample)")
+        for minutes, rss, rate in samples:
+            print(f"  {minutes:6.1f} | {rss:7.0f} | {rate:7.0f}")
+        first = next((s for s in samples if s[0] >= 1.0), samples[0]) if samples else None
+        rss_growth = samples[-1][1] / first[1] - 1 if samples else None
     print(
         json.dumps(
             {
@@ -497,6 +577,13 @@ def main() -> None:
                 "attention_dropout": args.attention_dropout,
                 "threads": ours["threads"],
                 "padding_fraction": all_pad,
+                "guided_tokens_per_s": guided["tokens_per_s"] if guided else None,
+                "guided_cost": guided_cost,
+                "alignment_weight": args.alignment_weight,
+                "full_context": args.full_context,
+                "minutes": args.minutes,
+                "rss_mb": ours["rss_samples"][-1][1] if ours["rss_samples"] else None,
+                "rss_growth": rss_growth,
             }
         )
     )
