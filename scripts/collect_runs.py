@@ -12,6 +12,9 @@ Reads the jobs of a multirun folder (``multirun.yaml`` and the subfolders ``0``,
 - ``best_val_bleu``: the highest ``val_bleu`` of ``metrics.jsonl``;
 - ``test_bleu``: ``bleu`` of ``test_scores.json``, blank while the job is unfinished or crashed;
 - ``tokens_per_s``: target tokens per second of training, the mean over the job's validations;
+- ``final_aer`` (only when some job logs ``aer``, i.e. trains with ``data.alignment_gold``): the
+  AER of the last validation, in percent, lower is better (``--sort final_aer`` puts the lowest
+  first);
 - ``folder``: the job folder; ``note``: why values are missing (unfinished, crashed, unreadable).
 
 Prints the Markdown table and writes it to ``PREFIX.md`` and the same columns, unrounded, to
@@ -32,7 +35,6 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 METRICS = ("best_val_bleu", "test_bleu", "tokens_per_s")  # higher is better: --sort puts the highest first
-TRAILING = (*METRICS, "folder", "note")
 
 
 class SweepError(Exception):
@@ -76,8 +78,8 @@ def read_overrides(job: Path) -> dict[str, str]:
 
 
 def job_row(job: Path) -> dict:
-    """Metrics of one job: ``best_val_bleu``, ``test_bleu``, ``tokens_per_s`` (None when missing) and ``note``."""
-    row = {"best_val_bleu": None, "test_bleu": None, "tokens_per_s": None, "folder": str(job)}
+    """Metrics of one job: ``best_val_bleu``, ``test_bleu``, ``tokens_per_s``, ``final_aer`` (None when missing) and ``note``."""
+    row = {"best_val_bleu": None, "test_bleu": None, "tokens_per_s": None, "final_aer": None, "folder": str(job)}
     notes = []
     records = []
     metrics = job / "metrics.jsonl"
@@ -98,6 +100,8 @@ def job_row(job: Path) -> dict:
     speeds = [r["tokens_per_s"] for r in records if isinstance(r.get("tokens_per_s"), (int, float))]
     row["best_val_bleu"] = max(bleus) if bleus else None
     row["tokens_per_s"] = sum(speeds) / len(speeds) if speeds else None
+    aers = [r["aer"] for r in records if isinstance(r.get("aer"), (int, float))]
+    row["final_aer"] = 100 * aers[-1] if aers else None
 
     scores = job / "test_scores.json"
     if scores.is_file():
@@ -118,7 +122,7 @@ def collect(multirun: Path) -> tuple[dict[str, str], list[str], list[dict]]:
     Returns:
         common: ``{key: value}`` of the overrides every job has with the same value;
         columns: the differing override keys (in order of first appearance), then ``METRICS``,
-            ``folder`` and ``note``;
+            ``final_aer`` when a job has it, ``folder`` and ``note``;
         rows: ``{column: value}``, metrics as floats or None, overrides as strings or None.
     """
     jobs = job_folders(multirun)
@@ -134,7 +138,11 @@ def collect(multirun: Path) -> tuple[dict[str, str], list[str], list[dict]]:
         {**{key: job_overrides.get(key) for key in varying}, **job_row(job)}
         for job, job_overrides in zip(jobs, overrides)
     ]
-    return common, [*varying, *TRAILING], rows
+    aer = ["final_aer"] if any(row["final_aer"] is not None for row in rows) else []
+    for row in rows:
+        if not aer:
+            del row["final_aer"]
+    return common, [*varying, *METRICS, *aer, "folder", "note"], rows
 
 
 def sort_rows(rows: list[dict], column: str, columns: list[str]) -> list[dict]:

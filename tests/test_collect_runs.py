@@ -113,3 +113,15 @@ def test_errors_are_one_line(tmp_path, multirun, case):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("collect_runs.py: error:")
     assert expected in result.stderr
+
+
+def test_alignment_sweeps_get_the_last_aer_and_sort_lowest_first(multirun):
+    assert "final_aer" not in markdown_table(run(multirun).stdout)[0]  # no job logs AER
+    for job, aers in (("0", [0.6, 0.25]), ("1", [0.5, 0.4])):
+        with (multirun / job / "metrics.jsonl").open("a") as f:
+            for step, aer in zip((200, 250), aers):
+                f.write(json.dumps({"step": step, "epoch": 2, "val_bleu": 1.0, "tokens_per_s": 1.0, "aer": aer}) + "\n")
+    header, rows = markdown_table(run(multirun, "--sort", "final_aer").stdout)
+    column = header.index("final_aer")
+    assert [row[column] for row in rows] == ["25.00", "40.00", "", ""]  # the last validation's, in %
+    assert [row[header.index("folder")].rsplit("/", 1)[-1] for row in rows][:2] == ["0", "1"]
