@@ -290,6 +290,12 @@ class TrainConfig:
             ``[tensorboard]``).
         heatmap_sentences: validation sentences whose cross-attention heatmaps are logged to
             TensorBoard at each validation.
+        release_memory_every: hand the heap's free pages back to the system every N updates
+            (glibc ``malloc_trim``; :mod:`mt.memory`), so that batches of ever new shapes do
+            not grow the resident set; 0 = never.
+        onednn_cache_capacity: primitives oneDNN's cache keeps (one per matmul shape; its own
+            default is 1,024, about 1 GB here); set before training unless the environment
+            sets ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``; -1 = leave oneDNN's default.
     """
 
     seed: int = 1
@@ -320,6 +326,8 @@ class TrainConfig:
     average_last: int = 5
     tensorboard: bool = False
     heatmap_sentences: int = 4
+    release_memory_every: int = 100
+    onednn_cache_capacity: int = 0
 
 
 @dataclass
@@ -493,6 +501,8 @@ def validate(config: Config) -> None:
     require(train.accum_steps >= 1, "train.accum_steps", train.accum_steps, "must be >= 1")
     require(train.keep_checkpoints >= 0, "train.keep_checkpoints", train.keep_checkpoints, "must be >= 0")
     require(train.average_last >= 0, "train.average_last", train.average_last, "must be >= 0")
+    require(train.release_memory_every >= 0, "train.release_memory_every", train.release_memory_every, "must be >= 0")
+    require(train.onednn_cache_capacity >= -1, "train.onednn_cache_capacity", train.onednn_cache_capacity, "must be >= -1")
     require(train.heatmap_sentences >= 0, "train.heatmap_sentences", train.heatmap_sentences, "must be >= 0")
     require(train.batch_tokens > 0, "train.batch_tokens", train.batch_tokens, "must be > 0")
     require(

@@ -1,5 +1,4 @@
-"""Where and in which precision a model runs: device choice, bf16/fp16 autocast; the process's
-resident memory.
+"""Where and in which precision a model runs: device choice, bf16/fp16 autocast.
 
 Shared by training (:mod:`mt.train`), inference and the benchmark scripts, so that "auto"
 means the same everywhere.
@@ -8,8 +7,6 @@ means the same everywhere.
 from __future__ import annotations
 
 import contextlib
-import resource
-import sys
 
 import torch
 
@@ -43,19 +40,3 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
 
-
-def process_memory_mb() -> dict[str, float]:
-    """The process's resident memory now and at its peak, in MiB (2**20 bytes).
-
-    Linux: ``VmRSS`` and ``VmHWM`` of ``/proc/self/status``; elsewhere both are ``ru_maxrss``
-    (``resource``; KiB on Linux, bytes on macOS), which only knows the peak.
-
-    Returns: ``{"rss_mb": …, "peak_rss_mb": …}``.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            fields = dict(line.split(":", 1) for line in f if line.startswith(("VmRSS", "VmHWM")))
-        return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "peak_rss_mb": int(fields["VmHWM"].split()[0]) / 1024}
-    except (OSError, KeyError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
-        return {"rss_mb": peak, "peak_rss_mb": peak}

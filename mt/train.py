@@ -60,7 +60,7 @@ from mt.align import aer_report
 from mt.average import average_run, step_checkpoints
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import Config, TrainConfig, to_dict
-from mt.device import autocast, process_memory_mb, resolve_device, resolve_precision
+from mt.device import autocast, resolve_device, resolve_precision
 from mt.errors import ConfigError
 from mt.evaluate import score, translate
 from mt.guards import (
@@ -72,6 +72,7 @@ from mt.guards import (
     rng_state,
     set_rng_state,
 )
+from mt.memory import process_memory_mb, release_free_memory, set_onednn_cache_capacity
 from mt.model import Transformer
 from mt.monitor import TrainingMonitor, read_metrics, validation_heatmaps
 from mt.objective import Objective, validation_losses
@@ -538,6 +539,8 @@ def training_loop(run: Run, state: TrainState) -> str:
                     window.add(update_tokens, loss, terms)
                     interval.add(update_tokens, loss, terms)
                     progress.update(1)
+                    if cfg.release_memory_every and state.step % cfg.release_memory_every == 0:
+                        release_free_memory()  # new batch shapes would otherwise grow the heap for good
                     if state.step % cfg.log_every == 0:
                         now = time.perf_counter()
                         progress.set_postfix(loss=f"{window.loss / window.tokens:.3f}", lr=f"{run.opt.scheduler.get_last_lr()[0]:.2e}",
@@ -591,6 +594,8 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
             monitor = TrainingMonitor(out_dir, tensorboard=cfg.train.tensorboard, records=records,
                                       start_step=resume["step"] if resume else 0)  # fmt: skip
         datasets.disable_progress_bars()  # our own tqdm bar is the one to watch
+        if cfg.train.onednn_cache_capacity >= 0:  # before the first bf16 matmul builds a primitive
+            set_onednn_cache_capacity(cfg.train.onednn_cache_capacity)
         seed_everything(cfg.train.seed)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)

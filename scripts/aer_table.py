@@ -7,9 +7,11 @@ computed once (:func:`mt.align.attend`) and every row reuses it:
         --gold ../shared/alignments/czenali/encs
 
 Links of both models are scored in the gold set's own order (its first language first). Rows:
-a diagonal floor that needs no model; each model × method × decoder layer (argmax, then each ``--thresholds`` τ); then, with
-``--reverse``, the symmetrized pair for each method at the default layers and at each model's
-lowest-AER layer (picked on this same gold set: an upper bound on ``--layer auto``).
+a diagonal floor that needs no model; each model × method × decoder layer (argmax, then each ``--thresholds`` τ);
+for a model trained with guided alignment also its supervised heads (``supervised``, with the
+full-context pass when trained with it); then, with ``--reverse``, the symmetrized pair for
+each method at the default layers and at each model's lowest-AER layer (picked on this same gold
+set: an upper bound on ``--layer auto``), and ``supervised`` when both models have it.
 Prints a Markdown table (precision, recall, F1, AER in %), then one JSON object ``{row: AER}``.
 """
 
@@ -22,7 +24,7 @@ import time
 import numpy as np
 
 from mt.aer import load_gold, score_alignments
-from mt.align import LAYER_METHODS, attend, default_layer, word_links
+from mt.align import LAYER_METHODS, _check_choice, attend, default_layer, word_links
 from mt.checkpoint import load_for_inference
 from mt.symmetrize import HEURISTICS, symmetrize
 
@@ -47,6 +49,7 @@ def main() -> None:
         )
     argmax = {}  # role → method → [links of each layer]
     defaults = {}
+    supervised = {}  # role → links of the heads guided alignment trained
     for role, path in (("forward", args.forward), ("reverse", args.reverse)):
         if path is None:
             continue
@@ -54,7 +57,12 @@ def main() -> None:
         oriented = gold.oriented(info["src_lang"], info["tgt_lang"])
         flip = oriented is not gold
         start = time.perf_counter()
-        segmentations, attention = attend(model, tokenizer, oriented.src, oriented.tgt, args.batch_size, progress=True)
+        alignment = model.cfg.alignment
+        guided = bool(info.get("alignment_supervised"))
+        full_context = alignment.layer % len(model.decoder_layers) if guided and alignment.full_context else None
+        segmentations, attention = attend(
+            model, tokenizer, oriented.src, oriented.tgt, args.batch_size, progress=True, full_context_layer=full_context
+        )
         print(f"{role}: {path} ({info['src_lang']}→{info['tgt_lang']}, step {info['step']}), "
               f"{len(gold)} pairs in {time.perf_counter() - start:.1f} s")
         n_layers, n_heads = attention[0].shape[:2]
@@ -74,6 +82,12 @@ def main() -> None:
                     rows[name] = links
                     if threshold is None:
                         argmax[role][method].append(links)
+        if guided:
+            layer, heads = _check_choice(model, "supervised", None, None)
+            _, links = word_links(segmentations, attention, "supervised", layer, heads)
+            supervised[role] = [{(j, i) for i, j in pair} if flip else set(pair) for pair in links]
+            rows[f"{info['src_lang']}→{info['tgt_lang']} supervised, layer {layer}, heads {heads}"
+                 + (" (full context)" if full_context is not None else "")] = supervised[role]
 
     def aer(links: list[set]) -> float:
         return score_alignments(links, gold.sure, gold.possible).aer
@@ -92,6 +106,12 @@ def main() -> None:
                     rows[f"symmetrized {method}, {layers}, {heuristic}"] = [
                         symmetrize(f, r, heuristic) for f, r in zip(chosen["forward"][1], chosen["reverse"][1])
                     ]
+
+    if len(supervised) == 2:
+        for heuristic in HEURISTICS:
+            rows[f"symmetrized supervised, {heuristic}"] = [
+                symmetrize(f, r, heuristic) for f, r in zip(supervised["forward"], supervised["reverse"])
+            ]
 
     print("\n| links | precision | recall | F1 | AER |\n|---|---|---|---|---|")
     results = {}

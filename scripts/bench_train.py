@@ -40,7 +40,9 @@ GradScaler, autocast, clipping at ``train.clip_norm``, the non-finite check): th
 
 ``--minutes N`` trains ours on batches drawn round and round from the run's first epochs for N
 minutes after the warm-up (instead of ``--steps``) and samples the resident set (``VmRSS``)
-every 100 steps: a table of minute → RSS and tokens/s, and ``rss_growth`` in the JSON line (RSS at
+every 100 steps or every minute, whichever comes first (with the trainer's memory settings,
+``train.release_memory_every`` and ``train.onednn_cache_capacity``; ``--release-memory-every 0
+--onednn-cache-capacity -1`` measures without them): a table of minute → RSS and tokens/s, and ``rss_growth`` in the JSON line (RSS at
 the end over RSS after the first minute, − 1).
 
 Each system runs in a subprocess of its own, so that its peak resident set size
@@ -298,6 +300,8 @@ def run_system(system: str, batches_path: str, args: argparse.Namespace) -> dict
     command += ["--attention-dropout", str(args.attention_dropout)] if args.attention_dropout is not None else []
     command += ["--alignment-weight", str(args.alignment_weight)] + (["--full-context"] if args.full_context else [])
     command += ["--minutes", str(args.minutes)] if args.minutes is not None else []
+    command += ["--release-memory-every", str(args.release_memory_every)]
+    command += ["--onednn-cache-capacity", str(args.onednn_cache_capacity)]
     result = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
         sys.exit(f"bench_train: error: the {system} run failed (exit {result.returncode}); its traceback is above")
@@ -328,7 +332,7 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
     time the steps after the warm-up (``--minutes``: cycle through them for that long, sampling
     the resident set every 100 steps)."""
     from mt.batching import Batch, alignment_targets
-    from mt.device import process_memory_mb
+    from mt.memory import process_memory_mb, release_free_memory, set_onednn_cache_capacity
     from mt.model import Transformer
     from mt.tokenizer import PAD_ID
     from mt.train import build_optimization, train_step
@@ -338,8 +342,11 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
     batches = torch.load(args.batches_file, weights_only=True)
     guided = system == "guided"
     train_cfg = TrainConfig(
-        optimizer_impl=args.optimizer_impl, compile=args.compile, alignment_weight=args.alignment_weight if guided else 0.0
+        optimizer_impl=args.optimizer_impl, compile=args.compile, alignment_weight=args.alignment_weight if guided else 0.0,
+        release_memory_every=args.release_memory_every, onednn_cache_capacity=args.onednn_cache_capacity,
     )
+    if train_cfg.onednn_cache_capacity >= 0:  # as the trainer does, before the first matmul
+        set_onednn_cache_capacity(train_cfg.onednn_cache_capacity)
     cfg = model_config(args.model, args.attention_dropout)
     cfg.alignment.full_context = guided and args.full_context
     if system == "hf":
@@ -383,11 +390,13 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
             raise RuntimeError(f"{system}: non-finite gradient at step {i + 1}")
         losses.append(result.loss / n_tokens)
         i += 1
+        if train_cfg.release_memory_every and i % train_cfg.release_memory_every == 0:
+            release_free_memory()  # as the trainer does
         if i > args.warmup:
             tokens += n_tokens
             sample_tokens += n_tokens
-        if args.minutes is not None and i > args.warmup and (i - args.warmup) % 100 == 0:
-            now = time.perf_counter()
+        now = time.perf_counter() if args.minutes is not None and i > args.warmup else None
+        if now is not None and ((i - args.warmup) % 100 == 0 or now - last_sample >= 60 or now - start >= 60 * args.minutes):
             rate, sample_tokens, last_sample = sample_tokens / (now - last_sample), 0, now
             samples.append(((now - start) / 60, process_memory_mb()["rss_mb"], rate))
             print(f"  {system}: {samples[-1][0]:6.1f} min  RSS {samples[-1][1]:7.0f} MB  {rate:7.0f} tokens/s", file=sys.stderr)
@@ -458,7 +467,15 @@ def main() -> None:
     )
     parser.add_argument("--full-context", action="store_true", help="guided alignment with model.alignment.full_context")
     parser.add_argument(
-        "--minutes", type=float, help="train for this long after the warm-up instead of --steps, sampling RSS every 100 steps"
+        "--minutes", type=float, help="train for this long after the warm-up instead of --steps, sampling RSS every 100 steps or minute"
+    )
+    parser.add_argument(
+        "--release-memory-every", type=int, default=TrainConfig().release_memory_every,
+        help="malloc_trim every N steps, as train.release_memory_every (0 = never; default: the trainer's)",
+    )
+    parser.add_argument(
+        "--onednn-cache-capacity", type=int, default=TrainConfig().onednn_cache_capacity,
+        help="oneDNN primitive cache size, as train.onednn_cache_capacity (-1 = oneDNN's 1,024; default: the trainer's)",
     )
     parser.add_argument("--batch-tokens", type=int, default=TrainConfig().batch_tokens, help="token budget per batch")
     parser.add_argument("--data-dir", default="data", help="corpus and cache folder, as data.data_dir (default: data)")
@@ -584,6 +601,8 @@ def main() -> None:
                 "minutes": args.minutes,
                 "rss_mb": ours["rss_samples"][-1][1] if ours["rss_samples"] else None,
                 "rss_growth": rss_growth,
+                "release_memory_every": args.release_memory_every,
+                "onednn_cache_capacity": args.onednn_cache_capacity,
             }
         )
     )

@@ -253,7 +253,7 @@ def test_a_fresh_run_in_a_used_run_dir_hides_the_old_events(tmp_path):
 def test_resident_memory_is_read_and_drawn():
     import numpy as np
 
-    from mt.device import process_memory_mb
+    from mt.memory import process_memory_mb
 
     before = process_memory_mb()
     block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, every page touched
