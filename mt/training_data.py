@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,12 @@ def tokenize(dataset: datasets.Dataset, tokenizer: Tokenizer, cache_dir: str | P
     tokenized = dataset.map(encode, batched=True, batch_size=2000)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tokenized.save_to_disk(str(tmp))
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another run saved the same cache meanwhile (a folder is not replaced): use theirs
+        if not path.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return datasets.load_from_disk(str(path))
 
 

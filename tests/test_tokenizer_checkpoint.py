@@ -147,3 +147,20 @@ def test_hydra_full_error_shows_the_traceback(tmp_path):
         capture_output=True, text=True, env=env, timeout=120,
     )
     assert result.returncode != 0 and "Traceback" in result.stderr and "CheckpointError" in result.stderr
+
+
+def test_two_runs_saving_the_same_tokenized_cache_at_once_both_succeed(tmp_path, bilingual_tokenizer, monkeypatch):
+    import pathlib
+
+    import datasets
+
+    from mt.training_data import tokenize
+
+    pairs = datasets.Dataset.from_dict({"src": ["ein Hund", "eine Katze"], "tgt": ["a dog", "a cat"]})
+    first = tokenize(pairs, bilingual_tokenizer, tmp_path)  # the other run, done a moment earlier
+    (cache,) = tmp_path.iterdir()
+    real_exists = pathlib.Path.exists
+    monkeypatch.setattr(pathlib.Path, "exists", lambda self: False if self == cache else real_exists(self))
+    second = tokenize(pairs, bilingual_tokenizer, tmp_path)  # looked before the other run had saved
+    assert second["src_ids"] == first["src_ids"] and second["tgt_ids"] == first["tgt_ids"]
+    assert [p.name for p in tmp_path.iterdir()] == [cache.name]  # its own copy removed
