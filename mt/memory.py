@@ -5,8 +5,8 @@ Training on token-budget batches gives every update a new tensor shape. Two thin
 without bound on CPU:
 
 - glibc's heap: freed activations stay in the heap as free chunks between live ones (glibc
-  returns only the free top of the heap to the system), so the resident set creeps up by about
-  130 MB a minute on the default recipe. :func:`release_free_memory` asks glibc to hand whole
+  returns only the free top of the heap to the system), so the resident set creeps up by hundreds
+  of MB a minute on the default recipe. :func:`release_free_memory` asks glibc to hand whole
   free pages back (``malloc_trim(0)``, man 3 malloc_trim); the trainer calls it every
   ``train.release_memory_every`` updates.
 - oneDNN's primitive cache (bf16 matmuls run through oneDNN): up to 1,024 primitives, one per
