@@ -19,7 +19,7 @@ Held out (text a model never saw): ``--train-text PREFIX`` adds another gold-lay
 ``--train-text``) and align the gold pairs with the priors it learnt there (eflomal's
 ``makepriors`` route), so the scored pairs are never part of what it learns from:
 
-    python scripts/eflomal_baseline.py --gold data/czenali-split/last501 --train-text data/czenali-split/first2000 --multi30k --unseen
+    python scripts/eflomal_baseline.py --gold data/czenali-last501/encs --train-text data/czenali-first2000/encs --multi30k --unseen
 
 Prints one row per direction/heuristic, then one JSON object ``{heuristic: AER}``.
 """
