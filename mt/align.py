@@ -194,6 +194,14 @@ def _check_choice(model: Transformer, method: str, layer: int | None, heads: Seq
     return layer % n_layers, heads
 
 
+def supervised_heads(model: Transformer) -> tuple[int, list[int], int | None]:
+    """The heads guided alignment trained (``model.alignment``): (decoder layer, 0-based;
+    head indices; the layer again when trained with full context, else None — the
+    ``full_context_layer`` of :func:`attend`)."""
+    layer, heads = _check_choice(model, "supervised", None, None)
+    return layer, heads, layer if model.cfg.alignment.full_context else None
+
+
 def attend(
     model: Transformer,
     tokenizer: Tokenizer,
@@ -355,8 +363,7 @@ def aer_report(
     Returns: ``{"aer": AER of the default method and layer, "aer_by_layer": {method: [AER of
     layer 0, 1, …] (all heads)}}`` (and ``aer_supervised``), rates in [0, 1].
     """
-    alignment = model.cfg.alignment
-    full_context = alignment.layer % len(model.decoder_layers) if supervised and alignment.full_context else None
+    layer, heads, full_context = supervised_heads(model) if supervised else (None, None, None)
     attention = segmented_attention(model, segmentations, batch_size, device, full_context_layer=full_context)
     by_layer = {
         method: [round(s.aer, 5) for s in layer_scores(segmentations, attention, gold, method)]
@@ -364,7 +371,6 @@ def aer_report(
     }
     report = {"aer": by_layer[DEFAULT_METHOD][default_layer(len(model.decoder_layers))], "aer_by_layer": by_layer}
     if supervised:
-        layer, heads = _check_choice(model, "supervised", None, None)
         _, links = word_links(segmentations, attention, "supervised", layer, heads)
         report["aer"] = report["aer_supervised"] = round(score_alignments(links, gold.sure, gold.possible).aer, 5)
     return report

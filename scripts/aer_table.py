@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from mt.aer import load_gold, score_alignments
-from mt.align import LAYER_METHODS, _check_choice, attend, default_layer, word_links
+from mt.align import LAYER_METHODS, attend, default_layer, supervised_heads, word_links
 from mt.checkpoint import load_for_inference
 from mt.symmetrize import HEURISTICS, symmetrize
 
@@ -57,9 +57,8 @@ def main() -> None:
         oriented = gold.oriented(info["src_lang"], info["tgt_lang"])
         flip = oriented is not gold
         start = time.perf_counter()
-        alignment = model.cfg.alignment
         guided = bool(info.get("alignment_supervised"))
-        full_context = alignment.layer % len(model.decoder_layers) if guided and alignment.full_context else None
+        supervised_layer, heads, full_context = supervised_heads(model) if guided else (None, None, None)
         segmentations, attention = attend(
             model, tokenizer, oriented.src, oriented.tgt, args.batch_size, progress=True, full_context_layer=full_context
         )
@@ -83,10 +82,9 @@ def main() -> None:
                     if threshold is None:
                         argmax[role][method].append(links)
         if guided:
-            layer, heads = _check_choice(model, "supervised", None, None)
-            _, links = word_links(segmentations, attention, "supervised", layer, heads)
+            _, links = word_links(segmentations, attention, "supervised", supervised_layer, heads)
             supervised[role] = [{(j, i) for i, j in pair} if flip else set(pair) for pair in links]
-            rows[f"{info['src_lang']}→{info['tgt_lang']} supervised, layer {layer}, heads {heads}"
+            rows[f"{info['src_lang']}→{info['tgt_lang']} supervised, layer {supervised_layer}, heads {heads}"
                  + (" (full context)" if full_context is not None else "")] = supervised[role]
 
     def aer(links: list[set]) -> float:
