@@ -1,4 +1,4 @@
-"""Console entry points: mt-train, mt-translate, mt-evaluate, mt-align, mt-align-score. Thin wrappers.
+"""Console entry points: mt-train, mt-translate, mt-evaluate, mt-align, mt-align-score, mt-average, mt-export. Thin wrappers.
 
 A user mistake (:class:`~mt.errors.MtError`, or a bad value caught by argparse) prints one line
 ``PROG: error: …`` on stderr and exits with status 2 (128 + signal number for an interrupted
@@ -497,3 +497,32 @@ def average_main(argv: Sequence[str] | None = None) -> None:
         print(f"mt-average: averaged {len(state['averaged_from'])} checkpoints (steps {steps}) into {out}", file=sys.stderr)
 
     _run("mt-average", body)
+
+
+# --------------------------------------------------------------------------------- mt-export
+def export_main(argv: Sequence[str] | None = None) -> None:
+    """``mt-export CHECKPOINT --format ctranslate2 --out DIR [--quantization ...] [--force]``."""
+    from mt.export import QUANTIZATIONS
+
+    parser = argparse.ArgumentParser(
+        prog="mt-export",
+        description="Write a checkpoint as a model directory of another inference engine "
+        "(ctranslate2: a CTranslate2 Transformer model, with the sentencepiece model copied beside it).",
+    )
+    parser.add_argument("checkpoint", help="checkpoint file, or a run dir (uses checkpoints/best.pt)")
+    parser.add_argument("--format", required=True, choices=("ctranslate2",), help="the engine to export to")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the model directory to write")
+    parser.add_argument(
+        "--quantization", choices=QUANTIZATIONS, default="float32",
+        help="weight type stored in the model (default: float32); CTranslate2 can convert again at load time",
+    )
+    parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        from mt.export import export_ctranslate2
+
+        out = export_ctranslate2(args.checkpoint, args.out, args.quantization, args.force)
+        print(f"mt-export: wrote a CTranslate2 model ({args.quantization}) to {out}", file=sys.stderr)
+
+    _run("mt-export", body)

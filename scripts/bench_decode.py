@@ -50,6 +50,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,6 +64,7 @@ from mt.config import DecodingConfig, ModelConfig, TrainConfig  # noqa: E402
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
 
 SEARCHES = {1: "greedy", 5: "beam 5"}
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 class DecodeRecorder:
@@ -98,13 +100,17 @@ class DecodeRecorder:
         model.encode, model.decode, model.logits = recorded_encode, counted_decode, forced_logits
 
 
-def time_ours(model, recorder: DecodeRecorder, tokenizer, sentences: list[str], decoding: DecodingConfig, args) -> dict:
-    """Warm up on one batch, then time ``translate`` over all ``sentences`` (fastest of ``--repeats``)."""
+def time_ours(
+    model, recorder: DecodeRecorder, tokenizer, sentences: list[str], decoding: DecodingConfig, precision: str, args
+) -> dict:
+    """Warm up on one batch, then time ``translate`` over all ``sentences`` (fastest of ``--repeats``).
+
+    ``precision``: fp32, bf16 (autocast) or int8 (``model`` is already quantized; fp32 activations)."""
     from mt.evaluate import translate
     from mt.device import autocast
 
     device = torch.device(args.device)
-    with autocast(device, args.precision):
+    with autocast(device, precision):
         translate(model, tokenizer, sentences[: decoding.batch_size], decoding, device)
         seconds = float("inf")
         for _ in range(args.repeats):
@@ -118,38 +124,115 @@ def time_ours(model, recorder: DecodeRecorder, tokenizer, sentences: list[str], 
     return {"seconds": seconds, "batches": batches, **rates(seconds, batches)}
 
 
-def time_reference(reference, batches: list[tuple], decoding: DecodingConfig, args) -> dict:
-    """``generate`` on ours' batches, each forced to ours' number of decoder steps; one untimed
-    batch first, then the fastest of ``--repeats`` passes."""
-    from mt.device import autocast
+class HFReference:
+    """``transformers.MarianMTModel.generate`` of the same dimensions, random weights, under the
+    same autocast (fp32, bf16)."""
 
-    device = torch.device(args.device)
+    label = "reference (MarianMTModel.generate)"
+    precisions = ("fp32", "bf16")
 
-    def generate(src_ids: torch.Tensor, steps: int) -> None:
-        out = reference.generate(
-            input_ids=src_ids,
-            attention_mask=src_ids != PAD_ID,
-            num_beams=decoding.beam_size,
-            do_sample=False,
-            length_penalty=decoding.length_penalty,
-            min_new_tokens=steps,
-            max_new_tokens=steps,
-            suppress_tokens=[PAD_ID, BOS_ID],
-        )  # (batch, 1 + steps): decoder start + generated tokens
-        if out.size(1) != 1 + steps:
-            raise RuntimeError(f"reference generated {out.size(1) - 1} tokens, forced to {steps}")
+    def __init__(self, cfg: ModelConfig, tgt_vocab_size: int, device: str):
+        self.model = marian_model(cfg, tgt_vocab_size).to(device).eval()
+        self.device = torch.device(device)
 
-    with torch.inference_mode(), autocast(device, args.precision):
-        generate(*batches[0])
-        seconds = float("inf")
-        for _ in range(args.repeats):
+    def describe(self) -> str:
+        return f"transformers.MarianMTModel, random weights, attention {self.model.config._attn_implementation}"
+
+    def time(self, batches: list[tuple], decoding: DecodingConfig, precision: str, args) -> dict:
+        """``generate`` on ours' batches, each forced to ours' number of decoder steps."""
+        from mt.device import autocast
+
+        def generate(src_ids: torch.Tensor, steps: int) -> None:
+            out = self.model.generate(
+                input_ids=src_ids,
+                attention_mask=src_ids != PAD_ID,
+                num_beams=decoding.beam_size,
+                do_sample=False,
+                length_penalty=decoding.length_penalty,
+                min_new_tokens=steps,
+                max_new_tokens=steps,
+                suppress_tokens=[PAD_ID, BOS_ID],
+            )  # (batch, 1 + steps): decoder start + generated tokens
+            if out.size(1) != 1 + steps:
+                raise RuntimeError(f"reference generated {out.size(1) - 1} tokens, forced to {steps}")
+
+        with torch.inference_mode(), autocast(self.device, precision):
+            return time_batches(generate, batches, self.device, args)
+
+
+class CT2Reference:
+    """``ctranslate2.Translator.translate_batch`` on our own model exported by ``mt-export``
+    (:func:`mt.export.write_ctranslate2`): the same weights, so with a checkpoint the same model.
+
+    Precisions: fp32 → compute type ``float32``, int8 → ``int8_float32`` (int8 weights and
+    matmuls, float32 elsewhere), bf16 → ``bfloat16`` where this CPU build of CTranslate2 offers it.
+    """
+
+    label = "reference (CTranslate2 translate_batch)"
+    COMPUTE_TYPES = {"fp32": "float32", "int8": "int8_float32", "bf16": "bfloat16"}
+
+    def __init__(self, model, tokenizer, device: str, threads: int, out_dir: Path):
+        import ctranslate2
+
+        from mt.export import write_ctranslate2
+
+        self.ctranslate2 = ctranslate2
+        self.device, self.threads, self.tokenizer = device.split(":")[0], threads, tokenizer
+        self.model_dir = write_ctranslate2(model, tokenizer, out_dir, force=True)
+        supported = ctranslate2.get_supported_compute_types(self.device)
+        self.precisions = tuple(p for p, compute_type in self.COMPUTE_TYPES.items() if compute_type in supported)
+        self.translators: dict[str, object] = {}
+
+    def describe(self) -> str:
+        return (
+            f"CTranslate2 {self.ctranslate2.__version__}, our weights exported by mt-export, {self.threads} intra threads; "
+            f"precisions here: {', '.join(self.precisions)}"
+        )
+
+    def time(self, batches: list[tuple], decoding: DecodingConfig, precision: str, args) -> dict:
+        """``translate_batch`` on ours' batches (the same source pieces, EOS appended by the
+        exported model), each forced to ours' number of decoder steps with
+        ``min_decoding_length = max_decoding_length``."""
+        if precision not in self.translators:
+            self.translators[precision] = self.ctranslate2.Translator(
+                str(self.model_dir), device=self.device, compute_type=self.COMPUTE_TYPES[precision],
+                intra_threads=self.threads, inter_threads=1,
+            )
+        translator = self.translators[precision]
+        piece = self.tokenizer.src.id_to_piece
+        prepared = [
+            ([[piece(i) for i in row if i not in (PAD_ID, EOS_ID)] for row in src_ids.tolist()], steps)
+            for src_ids, steps in batches
+        ]  # before timing, as ours' sentencepiece work is not
+
+        def translate(source: list[list[str]], steps: int) -> None:
+            results = translator.translate_batch(
+                source, beam_size=decoding.beam_size, length_penalty=decoding.length_penalty,
+                min_decoding_length=steps, max_decoding_length=steps, max_batch_size=0,
+            )
+            if any(len(result.hypotheses[0]) != steps for result in results):
+                raise RuntimeError(f"CTranslate2 generated other than the forced {steps} tokens")
+
+        timed = time_batches(translate, prepared, None, args)
+        return {**timed, **rates(timed["seconds"], batches)}
+
+
+def time_batches(run, batches: list[tuple], device: torch.device | None, args) -> dict:
+    """``run(*batch)`` over all batches: one untimed batch first, then the fastest of ``--repeats`` passes."""
+    run(*batches[0])
+    seconds = float("inf")
+    for _ in range(args.repeats):
+        if device is not None:
             sync(device)
-            start = time.perf_counter()
-            for src_ids, steps in batches:
-                generate(src_ids, steps)
+        start = time.perf_counter()
+        for batch in batches:
+            run(*batch)
+        if device is not None:
             sync(device)
-            seconds = min(seconds, time.perf_counter() - start)
-    return {"seconds": seconds, **rates(seconds, batches)}
+        seconds = min(seconds, time.perf_counter() - start)
+    if isinstance(batches[0][0], torch.Tensor):
+        return {"seconds": seconds, **rates(seconds, batches)}
+    return {"seconds": seconds}
 
 
 def rates(seconds: float, batches: list[tuple]) -> dict:
@@ -164,17 +247,17 @@ def rates(seconds: float, batches: list[tuple]) -> dict:
     }
 
 
-def sweep(model, recorder, reference, tokenizer, sentences, decoding, args) -> list[dict]:
+def sweep(model, recorder, reference, tokenizer, sentences, decoding, precision: str, args) -> list[dict]:
     """Forced output lengths on one batch: ms per sentence for ours (and the reference)."""
     rows = []
     sentences = sentences[: args.sweep_sentences]
     for length in args.sweep_lengths:
         forced = dataclasses.replace(decoding, max_len_a=0.0, max_len_b=length, batch_size=len(sentences))
         recorder.forced_length = length
-        ours = time_ours(model, recorder, tokenizer, sentences, forced, args)
-        row = {"beam": decoding.beam_size, "length": length, "ms_per_sentence": ours["ms_per_sentence"]}
-        if reference is not None:
-            row["reference_ms_per_sentence"] = time_reference(reference, ours["batches"], forced, args)["ms_per_sentence"]
+        ours = time_ours(model, recorder, tokenizer, sentences, forced, precision, args)
+        row = {"precision": precision, "beam": decoding.beam_size, "length": length, "ms_per_sentence": ours["ms_per_sentence"]}
+        if reference is not None and precision in reference.precisions:
+            row["reference_ms_per_sentence"] = reference.time(ours["batches"], forced, precision, args)["ms_per_sentence"]
         rows.append(row)
     recorder.forced_length = args.length if args.checkpoint is None else None
     return rows
@@ -182,7 +265,7 @@ def sweep(model, recorder, reference, tokenizer, sentences, decoding, args) -> l
 
 def print_sweep(rows: list[dict]) -> None:
     has_reference = "reference_ms_per_sentence" in rows[0]
-    print(f"\nlength sweep ({SEARCHES[rows[0]['beam']]}), forced output lengths, one batch:")
+    print(f"\nlength sweep ({SEARCHES[rows[0]['beam']]}, {rows[0]['precision']}), forced output lengths, one batch:")
     header = f"{'length':>6} | {'ours ms/sent':>12} {'ours ms/token':>13}"
     print(header + (f" | {'ref ms/sent':>11} {'ref ms/token':>12}" if has_reference else ""))
     for row in rows:
@@ -210,8 +293,15 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="checkpoint file or run dir (default: random weights, forced lengths)")
     parser.add_argument("--beam-size", type=int, choices=sorted(SEARCHES), help="only this search (default: both)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast of both systems")
-    parser.add_argument("--reference", choices=["hf"], help="also time transformers.MarianMTModel.generate")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, nargs="+", default=["fp32"],
+        help="one or more: fp32; bf16 (autocast); int8 (ours: torch dynamic int8 quantization of every Linear; "
+        "CTranslate2: int8_float32) (default: fp32)",
+    )
+    parser.add_argument(
+        "--reference", choices=["hf", "ct2"],
+        help="also time transformers.MarianMTModel.generate (hf) or CTranslate2 on our weights exported by mt-export (ct2)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--max-sentences", type=int, default=0, help="first N test sentences (default: all 1,000)")
     parser.add_argument("--batch-size", type=int, help="sentences per batch (default: the checkpoint's, 64)")
@@ -260,76 +350,112 @@ def main() -> None:
         parser.error(f"forced lengths must be < model.max_positions = {model.cfg.max_positions}, got {max_length}")
     sentences = list(test["src"])
     cfg = model.cfg
-    recorder = DecodeRecorder(model)
-    recorder.forced_length = None if args.checkpoint else args.length
-
-    reference = None
     print(
         f"{what}; {src_lang}→{tgt_lang} test_2016_flickr, {len(sentences)} sentences, batches of {decoding.batch_size}; "
         f"d_model {cfg.d_model}, {cfg.encoder.n_layers}+{cfg.decoder.n_layers} layers, FFN {cfg.ffn_dim}; "
-        f"device {args.device}, precision {args.precision}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        f"device {args.device}, precision {' '.join(args.precision)}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}"
     )
-    if args.reference:
-        for problem in marian_mismatches(cfg):
-            print(f"warning: the reference cannot reproduce {problem}; it uses full multi-head attention")
-        reference = marian_model(cfg, tokenizer.tgt_vocab_size).to(device).eval()
-        print(f"reference: transformers.MarianMTModel, random weights, attention {reference.config._attn_implementation}")
-    print_parameter_counts(cfg, parameter_counts(model), parameter_counts(reference) if reference is not None else None)
+    reference = None
+    try:
+        if args.reference == "hf":
+            for problem in marian_mismatches(cfg):
+                print(f"warning: the reference cannot reproduce {problem}; it uses full multi-head attention")
+            reference = HFReference(cfg, tokenizer.tgt_vocab_size, args.device)
+        elif args.reference == "ct2":
+            reference = CT2Reference(
+                model, tokenizer, args.device, torch.get_num_threads(), Path(tempfile.mkdtemp(prefix="bench-ct2-")) / "model"
+            )
+    except MtError as error:  # a model CTranslate2 cannot express, or ctranslate2 missing
+        sys.exit(f"bench_decode: error: {error}")
+    if reference is not None:
+        print(f"reference: {reference.describe()}")
+    print_parameter_counts(
+        cfg, parameter_counts(model), parameter_counts(reference.model) if isinstance(reference, HFReference) else None
+    )
+
+    # each precision's model, its decode calls recorded (int8: a quantized copy of the fp32 model)
+    models = {precision: quantized(model) if precision == "int8" else model for precision in args.precision}
+    recorders = {id(m): DecodeRecorder(m) for m in models.values()}
+    for recorder in recorders.values():
+        recorder.forced_length = None if args.checkpoint else args.length
 
     results, sweeps = {}, []
-    for beam in [args.beam_size] if args.beam_size else sorted(SEARCHES):
-        search = dataclasses.replace(decoding, beam_size=beam)
-        ours = time_ours(model, recorder, tokenizer, sentences, search, args)
-        results[beam] = {"ours": ours}
-        if reference is not None:
-            results[beam]["reference"] = time_reference(reference, ours["batches"], search, args)
-        if args.sweep:
-            sweeps.append(sweep(model, recorder, reference, tokenizer, sentences, search, args))
+    for precision in args.precision:
+        candidate, recorder = models[precision], recorders[id(models[precision])]
+        for beam in [args.beam_size] if args.beam_size else sorted(SEARCHES):
+            search = dataclasses.replace(decoding, beam_size=beam)
+            ours = time_ours(candidate, recorder, tokenizer, sentences, search, precision, args)
+            results[precision, beam] = {"ours": ours}
+            if reference is not None and precision in reference.precisions:
+                results[precision, beam]["reference"] = reference.time(ours["batches"], search, precision, args)
+            if args.sweep:
+                sweeps.append(sweep(candidate, recorder, reference, tokenizer, sentences, search, precision, args))
 
-    print(f"\n{'search':<7} | {'system':<40} | {'sentences/s':>11} | {'tgt tokens/s':>12} | {'ms/sentence':>11} | {'decoder steps':>13}")
-    for beam, systems in results.items():
-        for name, label in (("ours", "ours (mt.evaluate.translate)"), ("reference", "reference (MarianMTModel.generate)")):
-            if name in systems:
-                r = systems[name]
-                steps = sum(s for _, s in systems["ours"]["batches"])
-                print(
-                    f"{SEARCHES[beam]:<7} | {label:<40} | {r['sent_per_s']:>11.2f} | {r['tokens_per_s']:>12.1f} | "
-                    f"{r['ms_per_sentence']:>11.2f} | {steps:>13}"
-                )
+    print(
+        f"\n{'search':<7} | {'precision':<9} | {'system':<41} | {'sentences/s':>11} | {'tgt tokens/s':>12} | "
+        f"{'ms/sentence':>11} | {'decoder steps':>13}"
+    )
+    settings = []
+    for (precision, beam), systems in results.items():
+        steps = sum(s for _, s in systems["ours"]["batches"])
+        labels = {"ours": "ours (mt.evaluate.translate)", "reference": reference.label if reference else ""}
+        for name, r in systems.items():
+            print(
+                f"{SEARCHES[beam]:<7} | {precision:<9} | {labels[name]:<41} | {r['sent_per_s']:>11.2f} | "
+                f"{r['tokens_per_s']:>12.1f} | {r['ms_per_sentence']:>11.2f} | {steps:>13}"
+            )
+        setting = {"precision": precision, "search": SEARCHES[beam], "ours_sent_per_s": systems["ours"]["sent_per_s"]}
         if "reference" in systems:
-            print(f"{'':<7} | ours/reference: {systems['ours']['sent_per_s'] / systems['reference']['sent_per_s']:.2f}x")
+            ratio = systems["ours"]["sent_per_s"] / systems["reference"]["sent_per_s"]
+            print(f"{'':<7} | {'':<9} | ours/reference: {ratio:.2f}x")
+            setting.update(reference_sent_per_s=systems["reference"]["sent_per_s"], ratio=ratio)
+        elif reference is not None:
+            print(f"{'':<7} | {'':<9} | the reference offers no {precision} on this device")
+        settings.append(setting)
     for rows in sweeps:
         print_sweep(rows)
 
-    def field(beam: int, system: str, key: str):
-        return results.get(beam, {}).get(system, {}).get(key)
+    first = args.precision[0]
 
-    ratios = {
-        beam: field(beam, "ours", "sent_per_s") / field(beam, "reference", "sent_per_s")
-        for beam in results
-        if field(beam, "reference", "sent_per_s")
-    }
+    def field(beam: int, system: str, key: str):
+        return results.get((first, beam), {}).get(system, {}).get(key)
+
+    def ratio(beam: int):
+        theirs = field(beam, "reference", "sent_per_s")
+        return field(beam, "ours", "sent_per_s") / theirs if theirs else None
+
     print(
         json.dumps(
             {
                 "greedy_sent_per_s": field(1, "ours", "sent_per_s"),
                 "beam5_sent_per_s": field(5, "ours", "sent_per_s"),
                 "reference_beam5_sent_per_s": field(5, "reference", "sent_per_s"),
-                "ratio": ratios.get(5),
+                "ratio": ratio(5),
                 "reference_greedy_sent_per_s": field(1, "reference", "sent_per_s"),
-                "greedy_ratio": ratios.get(1),
+                "greedy_ratio": ratio(1),
                 "greedy_tokens_per_s": field(1, "ours", "tokens_per_s"),
                 "beam5_tokens_per_s": field(5, "ours", "tokens_per_s"),
+                "reference": args.reference,
+                "settings": settings,
                 "mode": "checkpoint" if args.checkpoint else f"random weights, length {args.length}",
                 "sentences": len(sentences),
                 "batch_size": decoding.batch_size,
                 "device": args.device,
-                "precision": args.precision,
+                "precision": first,
                 "threads": torch.get_num_threads(),
                 "sweep": [row for rows in sweeps for row in rows],
             }
         )
     )
+
+
+def quantized(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose Linear layers run int8 (``torch.ao.quantization.quantize_dynamic``:
+    int8 weights, activations quantized per batch, float32 elsewhere)."""
+    import copy
+
+    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sacrebleu
+import torch
 
 from mt.aer import parse_pharaoh
 from mt.align import align
 from mt.checkpoint import load_checkpoint, load_for_inference
+from mt.decoding import max_lengths
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -98,6 +100,33 @@ def test_translate_n_best_jsonl_with_alignments_of_mt_align(smoke_run):
         aligned = run("mt-align", run_dir, "--", record["source"], best["text"]).stdout.splitlines()
         assert len(best["alignment"]["tgt_words"]) > 1
         assert parse_pharaoh(aligned[-1]) == [tuple(link) for link in best["alignment"]["links"]]
+
+
+def test_export_to_ctranslate2_gives_mt_translate_greedy_pieces(smoke_run, tmp_path):
+    """mt-export --format ctranslate2, then ctranslate2.Translator greedy on 100 validation
+    sentences: the same pieces as mt-translate --beam-size 1, with the same output limit."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    run_dir, _, data_dir = smoke_run
+    run("mt-export", run_dir, "--format", "ctranslate2", "--out", tmp_path / "ct2")
+    with gzip.open(data_dir / "multi30k" / "val.de.gz", "rt", encoding="utf-8") as f:
+        sources = [next(f).rstrip("\n") for _ in range(100)]
+    out = run("mt-translate", run_dir, "--beam-size", "1", "--output-format", "jsonl", stdin="\n".join(sources) + "\n")
+    ours = [json.loads(line)["hypotheses"][0]["pieces"][:-1] for line in out.stdout.splitlines()]  # without "</s>"
+
+    import sentencepiece
+
+    _, _, info = load_for_inference(run_dir)
+    decoding = info["decoding"]
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "ct2" / "sentencepiece.model"))
+    translator = ctranslate2.Translator(str(tmp_path / "ct2"), device="cpu", compute_type="float32")
+    theirs = []
+    for source in sources:
+        pieces = processor.encode(source, out_type=str)
+        src_ids = torch.ones(1, len(pieces) + 1, dtype=torch.long)  # + EOS, as ours counts the source
+        limit = int(max_lengths(src_ids, 0, decoding.max_len_a, decoding.max_len_b, 10**6))  # ours: EOS included
+        result = translator.translate_batch([pieces], beam_size=1, max_decoding_length=limit - 1)
+        theirs.append(result[0].hypotheses[0])
+    assert theirs == ours
 
 
 def test_evaluate_json_matches_sacrebleu_on_its_own_output(smoke_run, tmp_path):
