@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # annotations only: mt.config imports this module (check_site
 Cache = dict[str, torch.Tensor]
 Kernel = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]  # (q, k, v, mask, causal, dropout_p, need_weights)
 POSITION_TYPES = ("absolute", "rope")
+SHORT_QUERIES = 8  # full_attention: up to this many queries per row, without dropout, skip the fused kernel
 
 
 def causal_mask(tgt_len: int, src_len: int | None = None, device: torch.device | None = None) -> torch.Tensor:
@@ -80,7 +81,8 @@ def full_attention(
         dropout_p: dropout on the weights (pass 0.0 at inference).
         need_weights: also return the attention weights. Without it the fused
             ``torch.nn.functional.scaled_dot_product_attention`` kernel runs and no
-            (tgt_len, src_len) matrix is kept.
+            (tgt_len, src_len) matrix is kept, unless there are at most :data:`SHORT_QUERIES`
+            queries and no dropout (a decoding step), where two matmuls are faster.
 
     Returns:
         out: (batch, n_heads, tgt_len, head_dim).
@@ -90,15 +92,18 @@ def full_attention(
     tgt_len, src_len = q.size(-2), k.size(-2)
     if causal and tgt_len == 1:
         causal = False  # one incremental step: the newest query may see every cached key
-    if causal and (need_weights or mask is not None or tgt_len != src_len):
+    # a decoding step (one query per row, or the beams of a sentence side by side): two small
+    # matmuls beat the fused kernel, whose set-up costs more than it saves (4x in bf16 on CPU)
+    few_queries = tgt_len <= SHORT_QUERIES and dropout_p == 0.0
+    if causal and (need_weights or few_queries or mask is not None or tgt_len != src_len):
         # SDPA's is_causal aligns to the first key and cannot be combined with a mask
         mask, causal = _with_causal(mask, tgt_len, src_len, q.device), False
-    if not need_weights:
+    if not (need_weights or few_queries):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
         return out, None
-    weights = _masked_scores(q, k, mask).softmax(dim=-1)  # (batch, n_heads, tgt_len, src_len)
+    weights = _masked_scores(q, k, mask).float().softmax(dim=-1).to(q.dtype)  # (batch, n_heads, tgt_len, src_len)
     out = F.dropout(weights, p=dropout_p) @ v  # (batch, n_heads, tgt_len, head_dim)
-    return out, weights
+    return out, weights if need_weights else None
 
 
 def _with_fallback_rows(mask: torch.Tensor) -> torch.Tensor:
@@ -373,6 +378,7 @@ class MultiHeadAttention(nn.Module):
         need_weights: bool = False,
         cache: Cache | None = None,
         causal: bool | None = None,
+        group: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attend from ``x`` to ``memory`` (cross-attention) or to ``x`` itself (self-attention).
 
@@ -386,6 +392,10 @@ class MultiHeadAttention(nn.Module):
                 computes them from ``memory`` on the first call and reuses them afterwards.
             causal: override the module's ``causal`` for this call (False: a causal
                 self-attention sees the whole sequence, e.g. the full-context alignment pass).
+            group: cross-attention only: each ``group`` consecutive rows of ``x`` share one row
+                of ``memory`` and ``mask`` (the beams of one sentence in beam search), which then
+                have ``batch / group`` rows; keys and values are computed and read once per
+                source instead of once per beam.
 
         Returns:
             out: (batch, tgt_len, d_model).
@@ -413,7 +423,16 @@ class MultiHeadAttention(nn.Module):
             v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
         dropout_p = self.dropout if self.training else 0.0
         causal = self.causal if causal is None else causal
+        batch, _, tgt_len, _ = q.shape
+        if group > 1:  # the queries of a group side by side: (batch / group, n_heads, group * tgt_len, head_dim)
+            q = q.view(batch // group, group, self.n_heads, tgt_len, self.head_dim).transpose(1, 2)
+            q = q.reshape(batch // group, self.n_heads, group * tgt_len, self.head_dim)
         out, weights = self.kernel(q, k, v, mask, causal, dropout_p, need_weights)
-        batch, _, tgt_len, _ = out.shape
+        if group > 1:
+            out = out.view(batch // group, self.n_heads, group, tgt_len, self.head_dim).transpose(1, 2)
+            if weights is not None:
+                weights = weights.view(batch // group, self.n_heads, group, tgt_len, -1).transpose(1, 2)
+                weights = weights.reshape(batch, self.n_heads, tgt_len, -1)
+        out = out.reshape(batch, self.n_heads, tgt_len, self.head_dim)
         out = out.transpose(1, 2).reshape(batch, tgt_len, self.n_heads * self.head_dim)  # (batch, tgt_len, d_model)
         return self.out_proj(out), weights

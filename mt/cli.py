@@ -71,6 +71,14 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
 
 
+def _add_precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+        help="weights and matmuls of the search: fp32; bf16 (fast on CPUs with AVX-512 BF16 or AMX, and on CUDA); "
+        "int8 (torch dynamic quantization of the linear layers, CPU only) (default: fp32)",
+    )
+
+
 def _load(args: argparse.Namespace):
     """Model, tokenizer, checkpoint info, and decoding settings: the checkpoint's, overridden by the flags."""
     import dataclasses
@@ -84,6 +92,13 @@ def _load(args: argparse.Namespace):
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise MtError(f"--device {args.device}: CUDA is not available on this machine")
     model, tokenizer, info = load_for_inference(args.checkpoint, args.device)
+    if getattr(args, "precision", "fp32") != "fp32":
+        from mt.device import for_inference
+
+        try:
+            model = for_inference(model, args.precision)
+        except ValueError as error:  # int8 on CUDA
+            raise MtError(f"--precision {args.precision}: {error}") from None
     flags = {name: getattr(args, name) for name in ("beam_size", "length_penalty", "batch_size")}
     decoding = dataclasses.replace(info["decoding"], **{k: v for k, v in flags.items() if v is not None})
     return model, tokenizer, info, decoding
@@ -116,6 +131,7 @@ def translate_main(argv: Sequence[str] | None = None) -> None:
         description="Translate sentences given as arguments, or stdin line by line (a blank line gives a blank line).",
     )
     _add_inference_options(parser)
+    _add_precision_option(parser)
     parser.add_argument("sentences", nargs="*", help="sentences to translate; none = read stdin")
     parser.add_argument(
         "--n-best", type=_positive_int, default=1, metavar="K",
@@ -211,6 +227,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
     """``mt-evaluate CHECKPOINT [--split S | --src FILE --ref FILE]``: sacreBLEU BLEU and chrF with signatures."""
     parser = argparse.ArgumentParser(prog="mt-evaluate", description="Translate a split or a file and score it with sacreBLEU.")
     _add_inference_options(parser)
+    _add_precision_option(parser)
     parser.add_argument("--split", help="Multi30k split to score (default: test_2016_flickr)")
     parser.add_argument("--src", help="source file, one sentence per line (with --ref)")
     parser.add_argument("--ref", help="reference file, one sentence per line (with --src)")

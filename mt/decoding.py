@@ -63,14 +63,37 @@ def force_eos(log_probs: torch.Tensor, rows: torch.Tensor) -> None:
 
 
 def _step_log_probs(
-    model: Transformer, last: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor, cache: DecoderCache
+    model: Transformer, last: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor, cache: DecoderCache, group: int = 1
 ) -> torch.Tensor:
     """One incremental decoder step: last (rows, 1) → (rows, tgt_vocab) float32 log-probs, PAD/BOS at -inf."""
-    hidden, _ = model.decode(last, memory, src_mask, cache)
-    log_probs = model.logits(hidden[:, -1]).float().log_softmax(dim=-1)  # (rows, tgt_vocab)
+    hidden, _ = model.decode(last, memory, src_mask, cache, group=group)
+    log_probs = model.logits(hidden[:, -1]).log_softmax(dim=-1, dtype=torch.float32)  # (rows, tgt_vocab)
     log_probs[:, Tokenizer.pad_id] = float("-inf")
     log_probs[:, Tokenizer.bos_id] = float("-inf")
     return log_probs
+
+
+def top_per_row(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest scores of each row and their columns, as ``scores.topk(k, dim=1)``
+    (best first; among equal scores another column may be picked).
+
+    ``Tensor.topk`` sorts every row of the vocabulary; here the rows are cut into blocks, the
+    ``k`` blocks with the largest maxima are kept (they hold the row's ``k`` largest scores: a
+    block holding one of them has its maximum at least the k-th largest score, and at most
+    ``k`` blocks can), and only those ``k`` blocks are searched. Falls back to ``topk`` when no
+    block size divides the vocabulary into enough blocks.
+
+    scores: (rows, vocab) contiguous → values (rows, k), columns (rows, k) long.
+    """
+    rows, vocab = scores.shape
+    block = next((b for b in (64, 50, 48, 40, 32, 25, 24, 20, 16) if vocab % b == 0 and vocab // b >= 4 * k), None)
+    if block is None or not scores.is_contiguous():
+        return scores.topk(k, dim=1)
+    blocks = scores.view(rows, vocab // block, block)
+    best_blocks = blocks.amax(dim=2).topk(k, dim=1).indices  # (rows, k)
+    candidates = blocks.gather(1, best_blocks[:, :, None].expand(-1, -1, block)).view(rows, k * block)
+    values, slots = candidates.topk(k, dim=1)  # (rows, k)
+    return values, best_blocks.gather(1, slots // block) * block + slots % block
 
 
 @torch.inference_mode()
@@ -142,7 +165,7 @@ def beam_search(
     """Beam search vectorised over batch × beam.
 
     At each step every live beam proposes its continuations; of the 2·beam best candidates
-    per sentence (one ``topk`` over beam × vocab), those ending in EOS (among the first
+    per sentence (a ``topk`` per beam over the vocabulary, then one over beam × 2·beam), those ending in EOS (among the first
     ``beam_size``) become finished hypotheses and the best non-EOS ones continue. A sentence
     is done once it has ``beam_size`` finished hypotheses; at its length limit every live beam
     is closed with EOS. A done sentence leaves the batch (see the module docstring). With
@@ -170,9 +193,10 @@ def beam_search(
     batch, beam = src_ids.size(0), beam_size
     device = src_ids.device
     # Rows are (active sentence, beam) pairs, beam fastest. The first step runs one row per
-    # sentence (every beam would hold the same BOS prefix), so the cross-attention keys and
-    # values are computed once per sentence; its 2·beam best tokens then fan out to the beams.
-    memory, src_mask = model.encode(src_ids)  # (active * width, src_len, d_model), (active * width, src_len)
+    # sentence (every beam would hold the same BOS prefix); its 2·beam best tokens then fan out
+    # to the beams. The encoder output, the source mask and the cross-attention keys/values keep
+    # one row per sentence throughout: the beams of a sentence read them together (group=width).
+    memory, src_mask = model.encode(src_ids)  # (active, src_len, d_model), (active, src_len)
     limits = max_lengths(src_ids, model.pad_id, max_len_a, max_len_b, model.cfg.max_positions - 1)  # (active,)
     limits_cpu = limits.cpu()
     cache = model.new_cache()
@@ -185,15 +209,17 @@ def beam_search(
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for step in range(int(limits_cpu.max())):
         active = sentences.size(0)
-        log_probs = _step_log_probs(model, history[:, -1:], memory, src_mask, cache)  # (active * width, tgt_vocab)
-        vocab = log_probs.size(1)
+        log_probs = _step_log_probs(model, history[:, -1:], memory, src_mask, cache, group=width)  # (active * width, tgt_vocab)
         at_limit = limits <= step + 1  # (active,)
         if bool((limits_cpu <= step + 1).any()):
             force_eos(log_probs, at_limit.repeat_interleave(width))
-        candidates = (scores.view(-1, 1) + log_probs).view(active, width * vocab)
+        # each row's 2·beam best tokens hold the sentence's 2·beam best candidates (a candidate
+        # outside its row's top 2·beam has 2·beam better ones in that row alone)
+        row_log_probs, row_tokens = top_per_row(log_probs, 2 * beam)  # (active * width, 2 * beam)
+        candidates = (scores.view(-1, 1) + row_log_probs).view(active, width * 2 * beam)
         top_scores, top_index = candidates.topk(2 * beam, dim=1)  # (active, 2 * beam)
-        top_token_log_probs = log_probs.view(active, width * vocab).gather(1, top_index)
-        top_beam, top_token = top_index // vocab, top_index % vocab
+        top_token_log_probs = row_log_probs.view(active, -1).gather(1, top_index)
+        top_beam, top_token = top_index // (2 * beam), row_tokens.view(active, -1).gather(1, top_index)
         base = torch.arange(active, device=device)[:, None] * width  # (active, 1) first row of each sentence
         is_eos = top_token == Tokenizer.eos_id
         newly_finished = is_eos[:, :beam] & torch.isfinite(top_scores[:, :beam])  # (active, beam)
@@ -217,13 +243,11 @@ def beam_search(
             limits_cpu = limits.cpu()
             alive_scores, next_token, next_log_probs = alive_scores[keep], next_token[keep], next_log_probs[keep]
             order = (base[keep] + next_beam[keep]).view(-1)  # (still active * beam,) rows of this step
+            memory, src_mask = memory.index_select(0, keep), src_mask.index_select(0, keep)
+            reorder_cache(cache, keep, sites=("cross_attention",))
         else:
             order = (base + next_beam).view(-1)  # (active * beam,)
-        if any_done or width != beam:  # rows of dropped sentences go / the first step fans out
-            memory, src_mask = memory.index_select(0, order), src_mask.index_select(0, order)
-            reorder_cache(cache, order)
-        else:
-            reorder_cache(cache, order, cross_attention=False)  # beams of one sentence share source keys
+        reorder_cache(cache, order, sites=("self_attention",))
         width = beam
         history = torch.cat([history.index_select(0, order), next_token.view(-1, 1)], dim=1)
         history_log_probs = torch.cat([history_log_probs.index_select(0, order), next_log_probs.view(-1, 1)], dim=1)

@@ -102,6 +102,7 @@ class DecoderLayer(nn.Module):
         cache: dict[str, Cache] | None = None,
         need_weights: bool = False,
         full_context: bool = False,
+        group: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One decoder layer.
 
@@ -114,6 +115,8 @@ class DecoderLayer(nn.Module):
             need_weights: return the cross-attention weights.
             full_context: self-attention without the future mask: each target position sees
                 the whole target (Garg et al. 2019's full-context alignment pass).
+            group: each ``group`` consecutive rows of ``x`` share one row of ``memory`` and
+                ``src_mask`` (beam search; see :meth:`MultiHeadAttention.forward`).
 
         Returns:
             x: (batch, tgt_len, d_model).
@@ -129,6 +132,7 @@ class DecoderLayer(nn.Module):
             mask=src_mask[:, None, None, :],
             need_weights=need_weights,
             cache=cross_cache,
+            group=group,
         )
         x = x + self.dropout(h)
         x = x + self.dropout(self.ffn(self.ffn_norm(x)))

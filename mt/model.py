@@ -120,6 +120,7 @@ class Transformer(nn.Module):
         src_mask: torch.Tensor,
         cache: DecoderCache | None = None,
         need_weights: bool = False,
+        group: int = 1,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the decoder over target inputs (BOS + target tokens, teacher forcing).
 
@@ -130,6 +131,9 @@ class Transformer(nn.Module):
             src_mask: (batch, src_len) bool from :meth:`encode`.
             cache: from :meth:`new_cache`, updated in place; None = no incremental state.
             need_weights: also return each layer's cross-attention weights.
+            group: each ``group`` consecutive rows of ``tgt_in`` share one row of ``memory`` and
+                ``src_mask``, which then have ``batch / group`` rows (the beams of a sentence in
+                beam search: the source keys and values are kept and read once per sentence).
 
         Returns:
             hidden: (batch, tgt_len, d_model) final decoder states (layer norm applied).
@@ -142,7 +146,7 @@ class Transformer(nn.Module):
         x = self._embed(self.tgt_embedding, tgt_in, offset)
         cross_weights = []
         for i, layer in enumerate(self.decoder_layers):
-            x, weights = layer(x, memory, src_mask, cache[i] if cache is not None else None, need_weights)
+            x, weights = layer(x, memory, src_mask, cache[i] if cache is not None else None, need_weights, group=group)
             if need_weights:
                 cross_weights.append(weights)
         return self.decoder_norm(x), cross_weights
@@ -188,17 +192,18 @@ class Transformer(nn.Module):
         return self.logits(hidden)
 
 
-def reorder_cache(cache: DecoderCache, order: torch.Tensor, cross_attention: bool = True) -> None:
-    """Select/reorder the batch rows of every cached tensor in place (beam search).
+def reorder_cache(
+    cache: DecoderCache, order: torch.Tensor, sites: tuple[str, ...] = ("self_attention", "cross_attention")
+) -> None:
+    """Select/reorder the batch rows of the cached tensors of ``sites`` in place (beam search).
 
     Args:
         cache: from :meth:`Transformer.new_cache`.
-        order: (new_batch,) long, row indices into the current batch.
-        cross_attention: also reorder the cross-attention keys/values; pass False when rows
-            only move between beams of the same sentence, whose source keys are identical.
+        order: (new_batch,) long, row indices into the current batch of those sites.
+        sites: which attention sites; beam search reorders the self-attention rows by beam and
+            the cross-attention rows (one per sentence) only when sentences leave the batch.
     """
     for layer_cache in cache:
-        sites = ("self_attention", "cross_attention") if cross_attention else ("self_attention",)
         for site in sites:
             for name, tensor in layer_cache[site].items():
                 layer_cache[site][name] = tensor.index_select(0, order)

@@ -45,6 +45,7 @@ Warm-up: one untimed batch per system and search; each measurement is then the f
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -61,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train.py, the 
 from bench_train import apply_device_and_threads, marian_mismatches, marian_model, parameter_counts, print_parameter_counts, sync, load_training_data  # noqa: E402
 
 from mt.config import DecodingConfig, ModelConfig, TrainConfig  # noqa: E402
+from mt.device import for_inference  # noqa: E402
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
 
 SEARCHES = {1: "greedy", 5: "beam 5"}
@@ -100,26 +102,20 @@ class DecodeRecorder:
         model.encode, model.decode, model.logits = recorded_encode, counted_decode, forced_logits
 
 
-def time_ours(
-    model, recorder: DecodeRecorder, tokenizer, sentences: list[str], decoding: DecodingConfig, precision: str, args
-) -> dict:
-    """Warm up on one batch, then time ``translate`` over all ``sentences`` (fastest of ``--repeats``).
-
-    ``precision``: fp32, bf16 (autocast) or int8 (``model`` is already quantized; fp32 activations)."""
+def time_ours(model, recorder: DecodeRecorder, tokenizer, sentences: list[str], decoding: DecodingConfig, args) -> dict:
+    """Warm up on one batch, then time ``translate`` over all ``sentences`` (fastest of ``--repeats``)."""
     from mt.evaluate import translate
-    from mt.device import autocast
 
     device = torch.device(args.device)
-    with autocast(device, precision):
-        translate(model, tokenizer, sentences[: decoding.batch_size], decoding, device)
-        seconds = float("inf")
-        for _ in range(args.repeats):
-            recorder.batches.clear()
-            sync(device)
-            start = time.perf_counter()
-            translate(model, tokenizer, sentences, decoding, device)
-            sync(device)
-            seconds = min(seconds, time.perf_counter() - start)
+    translate(model, tokenizer, sentences[: decoding.batch_size], decoding, device)
+    seconds = float("inf")
+    for _ in range(args.repeats):
+        recorder.batches.clear()
+        sync(device)
+        start = time.perf_counter()
+        translate(model, tokenizer, sentences, decoding, device)
+        sync(device)
+        seconds = min(seconds, time.perf_counter() - start)
     batches = [(src_ids, steps) for src_ids, steps in recorder.batches]
     return {"seconds": seconds, "batches": batches, **rates(seconds, batches)}
 
@@ -254,7 +250,7 @@ def sweep(model, recorder, reference, tokenizer, sentences, decoding, precision:
     for length in args.sweep_lengths:
         forced = dataclasses.replace(decoding, max_len_a=0.0, max_len_b=length, batch_size=len(sentences))
         recorder.forced_length = length
-        ours = time_ours(model, recorder, tokenizer, sentences, forced, precision, args)
+        ours = time_ours(model, recorder, tokenizer, sentences, forced, args)
         row = {"precision": precision, "beam": decoding.beam_size, "length": length, "ms_per_sentence": ours["ms_per_sentence"]}
         if reference is not None and precision in reference.precisions:
             row["reference_ms_per_sentence"] = reference.time(ours["batches"], forced, precision, args)["ms_per_sentence"]
@@ -295,8 +291,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument(
         "--precision", choices=PRECISIONS, nargs="+", default=["fp32"],
-        help="one or more: fp32; bf16 (autocast); int8 (ours: torch dynamic int8 quantization of every Linear; "
-        "CTranslate2: int8_float32) (default: fp32)",
+        help="one or more: fp32; bf16 (ours: bf16 weights, as mt-translate --precision bf16; Marian: autocast); "
+        "int8 (ours: torch dynamic int8 quantization of every Linear; CTranslate2: int8_float32) (default: fp32)",
     )
     parser.add_argument(
         "--reference", choices=["hf", "ct2"],
@@ -374,8 +370,11 @@ def main() -> None:
         cfg, parameter_counts(model), parameter_counts(reference.model) if isinstance(reference, HFReference) else None
     )
 
-    # each precision's model, its decode calls recorded (int8: a quantized copy of the fp32 model)
-    models = {precision: quantized(model) if precision == "int8" else model for precision in args.precision}
+    # each precision's model as mt-translate --precision runs it (a copy), its decode calls recorded
+    models = {
+        precision: model if precision == "fp32" else for_inference(copy.deepcopy(model), precision)
+        for precision in args.precision
+    }
     recorders = {id(m): DecodeRecorder(m) for m in models.values()}
     for recorder in recorders.values():
         recorder.forced_length = None if args.checkpoint else args.length
@@ -385,7 +384,7 @@ def main() -> None:
         candidate, recorder = models[precision], recorders[id(models[precision])]
         for beam in [args.beam_size] if args.beam_size else sorted(SEARCHES):
             search = dataclasses.replace(decoding, beam_size=beam)
-            ours = time_ours(candidate, recorder, tokenizer, sentences, search, precision, args)
+            ours = time_ours(candidate, recorder, tokenizer, sentences, search, args)
             results[precision, beam] = {"ours": ours}
             if reference is not None and precision in reference.precisions:
                 results[precision, beam]["reference"] = reference.time(ours["batches"], search, precision, args)
@@ -448,14 +447,6 @@ def main() -> None:
             }
         )
     )
-
-
-def quantized(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` whose Linear layers run int8 (``torch.ao.quantization.quantize_dynamic``:
-    int8 weights, activations quantized per batch, float32 elsewhere)."""
-    import copy
-
-    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
 
 
 if __name__ == "__main__":

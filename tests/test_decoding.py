@@ -1,12 +1,14 @@
 """Search: incremental decoding equals full decoding, beam 1 equals greedy, scores are real log-probs,
 the GNMT length penalty by hand, and a beam as wide as the search space equals exhaustive search."""
 
+import copy
 import itertools
 
 import pytest
 import torch
 
-from mt.decoding import beam_search, greedy_search, length_penalty
+from mt.decoding import beam_search, greedy_search, length_penalty, top_per_row
+from mt.device import for_inference
 from mt.tokenizer import Tokenizer
 
 
@@ -50,6 +52,26 @@ def test_incremental_cross_attention_weights_equal_full(tiny_model):
         steps = [tiny_model.decode(tgt_in[:, t : t + 1], memory, src_mask, cache, need_weights=True)[1] for t in range(5)]
     for layer in range(2):
         assert torch.allclose(torch.cat([s[layer] for s in steps], dim=2), full[layer], atol=1e-5)
+
+
+@pytest.mark.parametrize("group", [2, 3])
+def test_grouped_decoding_equals_memory_repeated_per_row(tiny_model, group):
+    """group=g (beams sharing one source row, as beam search decodes) gives the states and the
+    cross-attention weights of decoding with the source rows repeated g times, cached or not."""
+    src = random_source()
+    torch.manual_seed(2)
+    tgt_in = torch.randint(4, 40, (4 * group, 5))
+    with torch.no_grad():
+        memory, src_mask = tiny_model.encode(src)
+        repeated = memory.repeat_interleave(group, dim=0), src_mask.repeat_interleave(group, dim=0)
+        expected, expected_weights = tiny_model.decode(tgt_in, *repeated, need_weights=True)
+        grouped, grouped_weights = tiny_model.decode(tgt_in, memory, src_mask, need_weights=True, group=group)
+        cache = tiny_model.new_cache()
+        steps = [tiny_model.decode(tgt_in[:, t : t + 1], memory, src_mask, cache, group=group)[0] for t in range(5)]
+    assert torch.allclose(grouped, expected, atol=1e-5)
+    assert torch.allclose(torch.cat(steps, dim=1), expected, atol=1e-5)
+    for layer in range(2):
+        assert torch.allclose(grouped_weights[layer], expected_weights[layer], atol=1e-6)
 
 
 def test_beam_one_equals_greedy(tiny_model):
@@ -233,3 +255,33 @@ def test_beam_as_wide_as_the_space_finds_the_exhaustive_best(tiny_model, alpha):
         assert hyps[0].score == pytest.approx(expected[0][0], abs=1e-4)
         assert [h.tokens for h in hyps] == [tokens for _, tokens in expected]
         assert [h.score for h in hyps] == pytest.approx([score for score, _ in expected], abs=1e-4)
+
+
+@pytest.mark.parametrize("rows, vocab, k", [(7, 8000, 10), (3, 640, 4), (5, 997, 6), (2, 40, 3)])
+def test_top_per_row_equals_topk(rows, vocab, k):
+    """The block search returns topk's values and columns (no ties in random floats), also for
+    rows with -inf (PAD/BOS, forced EOS) and for vocabularies no block size divides (997)."""
+    torch.manual_seed(vocab)
+    scores = torch.randn(rows, vocab)
+    scores[0, 1:] = float("-inf")  # a row at its length limit: only one finite score
+    scores[1, :2] = float("-inf")
+    values, columns = top_per_row(scores, k)
+    expected_values, expected_columns = scores.topk(k, dim=1)
+    assert torch.equal(values, expected_values)
+    assert torch.equal(columns[1:], expected_columns[1:]) and columns[0, 0] == 0  # row 0: ties at -inf
+
+
+@pytest.mark.parametrize("precision, tolerance", [("bf16", 0.1), ("int8", 0.1)])
+def test_reduced_precision_scores_close_to_fp32(tiny_model, precision, tolerance):
+    src = random_source(batch=3, seed=5)
+    tgt_in = torch.randint(4, 40, (3, 6))
+    with torch.no_grad():
+        expected = tiny_model(src, tgt_in).log_softmax(-1)
+        reduced = for_inference(copy.deepcopy(tiny_model), precision)
+        got = reduced(src, tgt_in).float().log_softmax(-1)
+    assert (got - expected).abs().max() < tolerance
+    assert not torch.equal(got, expected)  # it did run in another precision
+    if precision == "int8":  # a quantized copy: the model itself keeps its float32 weights
+        assert next(tiny_model.parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match="allowed"):
+        for_inference(tiny_model, "fp8")
