@@ -14,11 +14,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import hydra
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING
 
 from mt.errors import MtError
+
+if TYPE_CHECKING:  # hydra is imported by mt-train only: the inference commands start faster without it
+    from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ def _train_app(cfg: DictConfig) -> None:
 
 def train_main() -> None:
     """``mt-train [HYDRA OVERRIDES]``: train with the config composed from ``configs/train.yaml``."""
+    import hydra
+
     from mt.config import CONFIG_DIR, register_with_hydra
 
     register_with_hydra()  # the schema's defaults under configs/train.yaml; the run dir's resolver
