@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from mt.attention import Cache
+from mt.attention import Cache, KVCache
 from mt.config import ModelConfig
 from mt.layers import DecoderLayer, EncoderLayer, sinusoidal_positions
 
@@ -141,8 +141,8 @@ class Transformer(nn.Module):
                 over real source positions; empty unless ``need_weights``.
         """
         offset = 0
-        if cache is not None and "k" in cache[0]["self_attention"]:
-            offset = cache[0]["self_attention"]["k"].size(2)
+        if cache is not None and "kv" in cache[0]["self_attention"]:
+            offset = cache[0]["self_attention"]["kv"].length
         x = self._embed(self.tgt_embedding, tgt_in, offset)
         cross_weights = []
         for i, layer in enumerate(self.decoder_layers):
@@ -205,5 +205,8 @@ def reorder_cache(
     """
     for layer_cache in cache:
         for site in sites:
-            for name, tensor in layer_cache[site].items():
-                layer_cache[site][name] = tensor.index_select(0, order)
+            for name, entry in layer_cache[site].items():
+                if isinstance(entry, KVCache):
+                    entry.reorder(order)
+                else:
+                    layer_cache[site][name] = entry.index_select(0, order)

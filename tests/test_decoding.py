@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mt.decoding import beam_search, greedy_search, length_penalty, top_per_row
+from mt.attention import KVCache
 from mt.device import for_inference
 from mt.tokenizer import Tokenizer
 
@@ -285,3 +286,28 @@ def test_reduced_precision_scores_close_to_fp32(tiny_model, precision, tolerance
         assert next(tiny_model.parameters()).dtype == torch.float32
     with pytest.raises(ValueError, match="allowed"):
         for_inference(tiny_model, "fp8")
+
+
+def test_kv_cache_equals_concatenation_with_reordering():
+    """KVCache (in-place appends, growth by doubling, ping-pong reordering) holds what
+    concatenating and index-selecting each step holds: through growth past its first 16
+    positions, a fan-out to more rows, a reorder and a shrink."""
+    torch.manual_seed(0)
+    cache, naive_k, naive_v = KVCache(), None, None
+    batch = 3
+    for step in range(40):
+        if step == 1:
+            order = torch.tensor([0, 0, 1, 1, 2, 2])  # beams fan out
+        elif step in (10, 25):
+            order = torch.randperm(batch)[: batch - 1]  # a sentence leaves, the rest move
+        else:
+            order = torch.randint(0, batch, (batch,))  # beams swap prefixes
+        if step:
+            cache.reorder(order)
+            naive_k, naive_v = naive_k.index_select(0, order), naive_v.index_select(0, order)
+            batch = order.numel()
+        k, v = torch.randn(batch, 2, 1, 4), torch.randn(batch, 2, 1, 4)
+        got_k, got_v = cache.append(k, v)
+        naive_k = k if naive_k is None else torch.cat([naive_k, k], dim=2)
+        naive_v = v if naive_v is None else torch.cat([naive_v, v], dim=2)
+        assert torch.equal(got_k, naive_k) and torch.equal(got_v, naive_v) and cache.length == step + 1
