@@ -66,8 +66,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", mmap: bool = False) -> dict:
     """Load a checkpoint dict (tensors on ``device``) without executing any code.
+
+    ``mmap``: map the file instead of reading it (``torch.load(mmap=True)``): only the tensors
+    used are read, e.g. the model without the optimizer state (inference, on the CPU).
 
     Raises:
         CheckpointError: missing, unreadable, corrupt, not ours, or containing objects other
@@ -75,7 +78,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     """
     path = resolve_checkpoint(path)
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         reason = _first_line(error)
         raise CheckpointError(f"{path}: refused, it holds more than tensors and plain data ({reason})") from None
@@ -110,7 +113,7 @@ def load_for_inference(
     Raises:
         CheckpointError: see :func:`load_checkpoint`.
     """
-    state = load_checkpoint(path, device)
+    state = load_checkpoint(path, device, mmap=torch.device(device).type == "cpu")  # the optimizer state is never read
     try:
         tokenizer = Tokenizer.from_state(state["tokenizer"])
         model = Transformer(
