@@ -1,10 +1,11 @@
 """Decoding speed of ``mt.evaluate.translate`` (greedy and beam 5), optionally against
-Hugging Face's ``MarianMTModel.generate``, and how its time grows with the output length.
+Hugging Face's ``MarianMTModel.generate`` or CTranslate2, and how its time grows with the output length.
 
+    python scripts/bench_decode.py --reference ct2 --precision fp32 bf16 int8 --sweep   # random weights, 32 tokens
     python scripts/bench_decode.py --checkpoint outputs/recipe-de-en/checkpoints/best.pt --reference hf
     python scripts/bench_decode.py --reference hf --length 32            # random weights, 32 tokens per sentence
     python scripts/bench_decode.py --checkpoint RUN_DIR --reference hf --sweep --device cuda
-    python scripts/bench_decode.py --threads 1 --max-sentences 4 --reference hf --sweep --sweep-lengths 4 8   # a quick check
+    python scripts/bench_decode.py --threads 1 --max-sentences 4 --reference ct2 --sweep --sweep-lengths 4 8   # a quick check
 
 The source sentences are Multi30k ``test_2016_flickr`` (the checkpoint's language pair; de→en
 for random weights), decoded by the public ``mt.evaluate.translate`` in its own length-sorted
@@ -16,7 +17,12 @@ with the checkpoint's length penalty and output limits.
   ``mt-train`` caches for the training split) whose output length is forced to ``--length``
   tokens (EOS included): its ``logits`` are wrapped so that EOS is impossible before step
   ``--length``, and ``max_len_a=0, max_len_b=--length`` end every hypothesis there.
-- **reference** (``--reference hf``): a random-weight ``transformers.MarianMTModel`` of the same
+- **reference** ``--reference ct2``: CTranslate2's ``Translator.translate_batch`` on *our* model
+  (random or trained weights) exported by ``mt-export`` (:func:`mt.export.write_ctranslate2`),
+  ``intra_threads`` = our thread count, the same batches (the source pieces of the exact tensors
+  ours decoded), beam size and length penalty, each batch forced to ours' number of decoder steps
+  with ``min_decoding_length = max_decoding_length``. Its time is ``translate_batch`` alone.
+- **reference** ``--reference hf``: a random-weight ``transformers.MarianMTModel`` of the same
   dimensions (see ``bench_train.py``), ``generate`` with the same batches (the exact source
   tensors ours decoded, recorded by wrapping the model's ``encode``), the same beam size and
   length penalty, no sampling, early stopping at its default, pad and BOS suppressed as ours
@@ -32,6 +38,12 @@ search drops finished sentences from the batch; that is part of what is measured
 timed end to end through ``translate`` (sentencepiece encoding and decoding included); the
 reference's time is ``generate`` alone on the prepared tensors.
 
+**Precisions** (``--precision``, one or more): ``fp32``; ``bf16`` (ours: bf16 weights, as
+``mt-translate --precision bf16``; Marian: autocast; CTranslate2: ``bfloat16`` where its CPU build
+offers it, which it does not on x86 CPUs today); ``int8`` (ours: torch's dynamic int8 quantization
+of every linear layer, as ``--precision int8``; CTranslate2: ``int8_float32``). A reference that
+does not offer a precision is left out of that setting.
+
 ``--sweep`` forces output lengths (default 8, 16, 32, 64, 128) on one batch of
 ``--sweep-sentences`` sentences and prints ms per sentence and per output token: with
 incremental decoding (a key/value cache) time grows about linearly with the output length, so
@@ -39,7 +51,9 @@ ms per token stays roughly flat; re-running the whole prefix each step would mak
 with the length.
 
 Warm-up: one untimed batch per system and search; each measurement is then the fastest of
-``--repeats`` timed passes. The last stdout line is one JSON object.
+``--repeats`` timed passes. The last stdout line is one JSON object: the first precision's
+figures under the keys of earlier versions (``beam5_sent_per_s``, ``ratio`` …) and every
+setting in ``settings`` (precision, search, ours and the reference in sentences/s, ratio).
 """
 
 from __future__ import annotations

@@ -105,3 +105,26 @@ def test_ci_runs_the_readme_test_command_with_the_bench_extra():
     ci = (repo / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()
     assert ci[-1] == command
     assert command.endswith("&& pytest") and ".[dev,tensorboard,bench]" in command
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_ctranslate2_reference_runs_exactly_ours_steps(bilingual_tokenizer, tmp_path, beam):
+    """The ct2 reference decodes our exported model on our batches for exactly the forced number
+    of steps (it raises otherwise), so both systems' tokens/s count the same work."""
+    if importlib.util.find_spec("ctranslate2") is None:
+        pytest.skip("ctranslate2 is not installed (pip install -e '.[bench]'; CI installs it)")
+    from argparse import Namespace
+
+    from conftest import BILINGUAL_TEXTS, random_model
+
+    from mt.config import AttentionConfig, DecoderConfig, DecodingConfig
+
+    site = AttentionConfig(n_heads=4, dropout=0.0)
+    model = random_model(bilingual_tokenizer, decoder=DecoderConfig(n_layers=2, self_attention=site, cross_attention=site))
+    reference = bench_decode.CT2Reference(model, bilingual_tokenizer, "cpu", 1, tmp_path / "ct2")
+    assert set(reference.precisions) >= {"fp32", "int8"}
+    src = [ids + [3] for ids in bilingual_tokenizer.encode_src(BILINGUAL_TEXTS)]
+    padded = torch.nn.utils.rnn.pad_sequence([torch.tensor(s) for s in src], batch_first=True)
+    batches = [(padded[:2], 5), (padded[2:], 9)]
+    result = reference.time(batches, DecodingConfig(beam_size=beam), "fp32", Namespace(repeats=1))
+    assert result["sentences"] == 4 and result["tokens"] == 2 * 5 + 2 * 9
