@@ -91,6 +91,11 @@ def _load(args: argparse.Namespace):
     from mt.checkpoint import load_for_inference
     from mt.config import check_device
 
+    from mt.memory import set_onednn_cache_capacity
+
+    # oneDNN keeps a primitive (with packed weights) per matmul shape, and the search's shapes
+    # change as sentences finish: as in training (train.onednn_cache_capacity), keep 64 of them
+    set_onednn_cache_capacity(64)  # bf16 mt-evaluate on test_2016_flickr: 1,001 -> 838 MB peak RSS
     check_device(args.device, "--device")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise MtError(f"--device {args.device}: CUDA is not available on this machine")
