@@ -264,7 +264,7 @@ def training_links(
     Args:
         cfg: the ``data`` config node; ``alignments=none`` returns None.
         src_texts, tgt_texts: the training split as the tokenizer sees it (gold copies included).
-        kept: indexes into the texts of the pairs training keeps (``_kept_pairs``), in order.
+        kept: indexes into the texts of the pairs training keeps (:func:`mt.training_data.kept_pairs`), ascending.
         n_file_pairs: ``file`` only: pairs of ``data.train_split`` before any gold copies.
 
     Returns: one (n_links, 2) int64 array per kept pair (views of one array), columns src_piece,

@@ -238,12 +238,20 @@ class TokenizerConfig:
         vocab_size: pieces in the (joint) vocabulary, special tokens included.
         joint: one vocabulary for both languages; ``false`` trains one model per side.
         character_coverage: share of characters covered by the vocabulary.
+        input_sentence_size: sentences sentencepiece trains on at most (its own option of that
+            name): from a larger training split it draws a uniform sample of this many
+            (reservoir sampling, ``shuffle_input_sentence``, a fixed seed); 0 = all. A joint
+            model counts the sentences of both sides. 500,000 trains in 11 s and 1 GB on one
+            core, where all 2.3M sentences of Multi30k × 40 took 35 s and 3.5 GB (README, Data
+            at scale). Multi30k's own 58,000 sentences are all used: its vocabulary is the one
+            trained on everything.
     """
 
     model_type: str = "unigram"
     vocab_size: int = 8000
     joint: bool = True
     character_coverage: float = 1.0
+    input_sentence_size: int = 500_000
 
 
 @dataclass
@@ -492,6 +500,12 @@ def validate(config: Config) -> None:
     tok = config.tokenizer
     require(tok.model_type in ("unigram", "bpe"), "tokenizer.model_type", tok.model_type, "allowed: unigram, bpe")
     require(tok.vocab_size >= 16, "tokenizer.vocab_size", tok.vocab_size, "must be >= 16")
+    require(
+        tok.input_sentence_size == 0 or tok.input_sentence_size > 100,
+        "tokenizer.input_sentence_size",
+        tok.input_sentence_size,
+        "must be 0 (all sentences) or > 100 (sentencepiece's limit)",
+    )
     require(
         tok.joint or not model.share_embeddings,
         "model.share_embeddings",

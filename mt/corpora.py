@@ -102,12 +102,17 @@ def load_splits(cfg: DataConfig) -> dict[str, datasets.Dataset | datasets.Iterab
     return splits
 
 
-def _materialise(pairs: Iterable[dict]) -> datasets.Dataset:
-    src, tgt = [], []
-    for pair in pairs:
-        src.append(pair["src"])
-        tgt.append(pair["tgt"])
-    return datasets.Dataset.from_dict({"src": src, "tgt": tgt}, features=PAIR_FEATURES)
+def _materialise(pairs: Iterable[dict], chunk_size: int = 100_000) -> datasets.Dataset:
+    """``{"src", "tgt"}`` pairs → an in-memory Dataset, turned into Arrow ``chunk_size`` pairs at a
+    time: only one chunk is ever held as Python strings (a whole 1.16M-pair corpus held that way
+    peaked at 1 GB more than its 150 MB of Arrow text)."""
+    parts, iterator = [], iter(pairs)
+    while chunk := list(itertools.islice(iterator, chunk_size)):
+        columns = {"src": [pair["src"] for pair in chunk], "tgt": [pair["tgt"] for pair in chunk]}
+        parts.append(datasets.Dataset.from_dict(columns, features=PAIR_FEATURES))
+    if len(parts) == 1:
+        return parts[0]
+    return datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_dict({"src": [], "tgt": []}, features=PAIR_FEATURES)
 
 
 def split_label(spec: str) -> str:

@@ -7,6 +7,7 @@ so inference needs nothing but the checkpoint file.
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -38,7 +39,9 @@ def train_sentencepiece(texts: Iterable[str], cfg: TokenizerConfig, num_threads:
     """Train one sentencepiece model on ``texts`` and return its serialized bytes.
 
     ``vocab_size`` is a soft limit (a small corpus may yield fewer pieces). Ids 0-3 are
-    pad, unk, BOS, EOS.
+    pad, unk, BOS, EOS. ``texts`` is read once, as a stream; with more of them than
+    ``cfg.input_sentence_size`` sentencepiece keeps a uniform sample of that many (its own
+    reservoir sampling, ``shuffle_input_sentence``, fixed seed) and trains on those only.
     """
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -47,6 +50,8 @@ def train_sentencepiece(texts: Iterable[str], cfg: TokenizerConfig, num_threads:
         model_type=cfg.model_type,
         vocab_size=cfg.vocab_size,
         character_coverage=cfg.character_coverage,
+        input_sentence_size=cfg.input_sentence_size,
+        shuffle_input_sentence=True,
         pad_id=PAD_ID,
         unk_id=UNK_ID,
         bos_id=BOS_ID,
@@ -76,10 +81,14 @@ class Tokenizer:
         self.tgt = self.src if self.joint else spm.SentencePieceProcessor(model_proto=self._tgt_bytes)
 
     @classmethod
-    def train(cls, src_texts: Sequence[str], tgt_texts: Sequence[str], cfg: TokenizerConfig) -> Tokenizer:
-        """Train on parallel training texts: one joint model or one per side (``cfg.joint``)."""
+    def train(cls, src_texts: Iterable[str], tgt_texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
+        """Train on parallel training texts: one joint model or one per side (``cfg.joint``).
+
+        Each side is read once, as a stream (a generator over a large corpus never sits in
+        memory as one list); the joint model reads the source texts, then the target texts.
+        """
         if cfg.joint:
-            return cls(train_sentencepiece([*src_texts, *tgt_texts], cfg))
+            return cls(train_sentencepiece(itertools.chain(src_texts, tgt_texts), cfg))
         return cls(train_sentencepiece(src_texts, cfg), train_sentencepiece(tgt_texts, cfg))
 
     @classmethod

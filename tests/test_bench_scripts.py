@@ -1,5 +1,6 @@
 """scripts/bench_train.py and scripts/bench_decode.py: the FLOP formula, the Marian reference's
-dimensions (CI installs the [bench] extra for it) and the forced output length."""
+dimensions (CI installs the [bench] extra for it) and the forced output length;
+scripts/bench_data_scale.py: the corpus it builds."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from mt.objective import sequence_loss
 from conftest import VOCAB, tiny_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import bench_data_scale  # noqa: E402
 import bench_decode  # noqa: E402
 import bench_train  # noqa: E402
 
@@ -128,3 +130,16 @@ def test_ctranslate2_reference_runs_exactly_ours_steps(bilingual_tokenizer, tmp_
     batches = [(padded[:2], 5), (padded[2:], 9)]
     result = reference.time(batches, DecodingConfig(beam_size=beam), "fp32", Namespace(repeats=1))
     assert result["sentences"] == 4 and result["tokens"] == 2 * 5 + 2 * 9
+
+
+def test_data_scale_corpus_is_multi30k_train_repeated(tmp_path, multi30k_mirror):
+    from mt.corpora import read_lines
+
+    if multi30k_mirror is None:
+        pytest.skip("bench_data_scale reads the Multi30k files from a mirror folder")
+    mirror = Path(multi30k_mirror)
+    assert bench_data_scale.build_corpus(mirror, tmp_path, copies=3) == 3 * 29000
+    for lang in ("de", "en"):
+        assert read_lines(tmp_path / f"train.{lang}") == read_lines(mirror / f"train.{lang}.gz") * 3
+        assert read_lines(tmp_path / f"val.{lang}") == read_lines(mirror / f"val.{lang}.gz")
+        assert read_lines(tmp_path / f"test.{lang}") == read_lines(mirror / f"test_2016_flickr.{lang}.gz")

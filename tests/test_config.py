@@ -189,6 +189,7 @@ def test_unknown_model_preset_lists_the_presets():
         (["train.precision=fp8"], "train.precision"),
         (["model.dropout=1.5"], "model.dropout"),
         (["train.lr=abc"], "train.lr"),
+        (["tokenizer.input_sentence_size=50"], "tokenizer.input_sentence_size"),  # sentencepiece refuses 1..100
     ],
 )
 def test_invalid_values_name_their_key(overrides, key):

@@ -307,6 +307,21 @@ def test_files_round_trip_plain_and_gz(fmt, style, overrides, tmp_path):
     assert as_pairs(streamed["train"]) == expected("train")[3:]
 
 
+def test_files_read_in_chunks_give_the_same_splits(tmp_path, monkeypatch):
+    from mt import corpora
+
+    materialise = corpora._materialise  # Arrow a chunk at a time: here 2 pairs, so every split has several
+    monkeypatch.setattr(corpora, "_materialise", lambda pairs: materialise(pairs, chunk_size=2))
+    write_corpus(tmp_path, "text")
+    splits = load_splits(files_config(tmp_path))
+    check_all_splits(splits)
+    assert splits["train"].features == corpora.PAIR_FEATURES
+    (tmp_path / "empty.de").write_text("")
+    (tmp_path / "empty.en").write_text("")
+    empty = load_splits(dataclasses.replace(files_config(tmp_path), test_split="empty"))["test"]
+    assert len(empty) == 0 and empty.features == corpora.PAIR_FEATURES
+
+
 def test_text_files_any_direction_and_absolute_stems(tmp_path):
     write_corpus(tmp_path, "text")
     cfg = files_config("elsewhere", src_lang="fr", tgt_lang="de", train_split=str(tmp_path / "train"))
