@@ -74,9 +74,9 @@ class KVCache:
         return self.keys[:, :, :end], self.values[:, :, :end]
 
     def filled(self) -> torch.Tensor:
-        """(capacity,) bool, True at the filled positions: a key mask for attending over the
-        whole buffers (contiguous, unlike the views :meth:`append` returns)."""
-        return torch.arange(self.keys.size(2), device=self.keys.device) < self.length
+        """(1, 1, 1, capacity) bool, True at the filled positions: a key mask for attending over
+        the whole buffers (contiguous, unlike the views :meth:`append` returns)."""
+        return (torch.arange(self.keys.size(2), device=self.keys.device) < self.length).view(1, 1, 1, -1)
 
     def reorder(self, order: torch.Tensor) -> None:
         """Keep the rows ``order`` ((new_batch,) long indices into the current batch), in that order."""
