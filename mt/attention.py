@@ -33,7 +33,6 @@ if TYPE_CHECKING:  # annotations only: mt.config imports this module (check_site
     from mt.config import AttentionConfig
 
 
-
 class KVCache:
     """Self-attention keys and values of the positions decoded so far (incremental decoding).
 
@@ -479,7 +478,7 @@ class MultiHeadAttention(nn.Module):
             if cache is not None and memory is None:
                 kv = cache.setdefault("kv", KVCache())
                 k, v = kv.append(k, v)  # (batch, n_kv_heads, length, head_dim) views of its buffers
-                if self.full and x.size(1) == 1 and mask is None:
+                if self.full and x.size(1) == 1 and mask is None and not need_weights:
                     # one decoding step of full attention: attend over the whole (contiguous)
                     # buffers with their unfilled positions masked; matmuls over the strided
                     # views copy them first in bf16 (3x slower at 128 positions)

@@ -165,8 +165,10 @@ def beam_search(
     """Beam search vectorised over batch × beam.
 
     At each step every live beam proposes its continuations; of the 2·beam best candidates
-    per sentence (a ``topk`` per beam over the vocabulary, then one over beam × 2·beam), those ending in EOS (among the first
-    ``beam_size``) become finished hypotheses and the best non-EOS ones continue. A sentence
+    per sentence (:func:`top_per_row` per beam over the vocabulary, then one ``topk`` over
+    beam × 2·beam), those ending in EOS (among the first ``beam_size``) become finished
+    hypotheses and the best non-EOS ones continue. The beams of a sentence share one copy of
+    its encoder output and cross-attention keys/values (``group``). A sentence
     is done once it has ``beam_size`` finished hypotheses; at its length limit every live beam
     is closed with EOS. A done sentence leaves the batch (see the module docstring). With
     ``beam_size`` 1 this is exactly greedy search.
