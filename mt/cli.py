@@ -1,4 +1,4 @@
-"""Console entry points: mt-train, mt-translate, mt-evaluate, mt-align, mt-align-score, mt-average, mt-export. Thin wrappers.
+"""Console entry points (mt-train, -translate, -evaluate, -align, -align-score, -average, -export): thin wrappers.
 
 A user mistake (:class:`~mt.errors.MtError`, or a bad value caught by argparse) prints one line
 ``PROG: error: …`` on stderr and exits with status 2 (128 + signal number for an interrupted
@@ -90,7 +90,6 @@ def _load(args: argparse.Namespace):
 
     from mt.checkpoint import load_for_inference
     from mt.config import check_device
-
     from mt.memory import set_onednn_cache_capacity
 
     # oneDNN keeps a primitive (with packed weights) per matmul shape, and the search's shapes
