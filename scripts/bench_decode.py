@@ -76,11 +76,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train.py, the 
 from bench_train import apply_device_and_threads, marian_mismatches, marian_model, parameter_counts, print_parameter_counts, sync, load_training_data  # noqa: E402
 
 from mt.config import DecodingConfig, ModelConfig, TrainConfig  # noqa: E402
-from mt.device import for_inference  # noqa: E402
+from mt.device import INFERENCE_PRECISIONS as PRECISIONS, for_inference  # noqa: E402
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
 
 SEARCHES = {1: "greedy", 5: "beam 5"}
-PRECISIONS = ("fp32", "bf16", "int8")
+
 
 
 class DecodeRecorder:
@@ -167,7 +167,8 @@ class HFReference:
                 raise RuntimeError(f"reference generated {out.size(1) - 1} tokens, forced to {steps}")
 
         with torch.inference_mode(), autocast(self.device, precision):
-            return time_batches(generate, batches, self.device, args)
+            seconds = time_batches(generate, batches, self.device, args)
+        return {"seconds": seconds, **rates(seconds, batches)}
 
 
 class CT2Reference:
@@ -223,12 +224,13 @@ class CT2Reference:
             if any(len(result.hypotheses[0]) != steps for result in results):
                 raise RuntimeError(f"CTranslate2 generated other than the forced {steps} tokens")
 
-        timed = time_batches(translate, prepared, None, args)
-        return {**timed, **rates(timed["seconds"], batches)}
+        seconds = time_batches(translate, prepared, None, args)
+        return {"seconds": seconds, **rates(seconds, batches)}
 
 
-def time_batches(run, batches: list[tuple], device: torch.device | None, args) -> dict:
-    """``run(*batch)`` over all batches: one untimed batch first, then the fastest of ``--repeats`` passes."""
+def time_batches(run, batches: list[tuple], device: torch.device | None, args) -> float:
+    """Seconds of ``run(*batch)`` over all batches: one untimed batch first, then the fastest of
+    ``--repeats`` passes (``device``: synchronised around each pass; None for CTranslate2)."""
     run(*batches[0])
     seconds = float("inf")
     for _ in range(args.repeats):
@@ -240,9 +242,7 @@ def time_batches(run, batches: list[tuple], device: torch.device | None, args) -
         if device is not None:
             sync(device)
         seconds = min(seconds, time.perf_counter() - start)
-    if isinstance(batches[0][0], torch.Tensor):
-        return {"seconds": seconds, **rates(seconds, batches)}
-    return {"seconds": seconds}
+    return seconds
 
 
 def rates(seconds: float, batches: list[tuple]) -> dict:
