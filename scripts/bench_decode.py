@@ -82,7 +82,6 @@ from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
 SEARCHES = {1: "greedy", 5: "beam 5"}
 
 
-
 class DecodeRecorder:
     """Wraps one model's ``encode``, ``decode`` and ``logits`` (instance attributes, the class
     is untouched) to record what ``translate`` does.
