@@ -49,7 +49,14 @@ def _train_app(cfg: DictConfig) -> None:
 
 
 def train_main() -> None:
-    """``mt-train [HYDRA OVERRIDES]``: train with the config composed from ``configs/train.yaml``."""
+    """``mt-train [HYDRA OVERRIDES]``: train with the config composed from ``configs/train.yaml``.
+
+    First restarts itself on tcmalloc or jemalloc where one is installed (``MT_ALLOCATOR``;
+    :func:`mt.memory.relaunch_with_allocator`).
+    """
+    from mt.memory import relaunch_with_allocator
+
+    _run("mt-train", relaunch_with_allocator)
     import hydra
 
     from mt.config import CONFIG_DIR, register_with_hydra

@@ -72,7 +72,7 @@ from mt.guards import (
     rng_state,
     set_rng_state,
 )
-from mt.memory import process_memory_mb, release_free_memory, set_onednn_cache_capacity
+from mt.memory import loaded_allocator, process_memory_mb, release_free_memory, set_onednn_cache_capacity
 from mt.model import Transformer
 from mt.monitor import TrainingMonitor, read_metrics, validation_heatmaps
 from mt.objective import Objective, validation_losses
@@ -596,6 +596,9 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         datasets.disable_progress_bars()  # our own tqdm bar is the one to watch
         if cfg.train.onednn_cache_capacity >= 0:  # before the first bf16 matmul builds a primitive
             set_onednn_cache_capacity(cfg.train.onednn_cache_capacity)
+        allocator = loaded_allocator()
+        log.info("memory allocator: %s%s", allocator, "" if allocator != "glibc" or device.type != "cpu" else
+                 " (tcmalloc or jemalloc lowers the peak memory; README, Memory)")  # fmt: skip
         seed_everything(cfg.train.seed)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)

@@ -289,7 +289,9 @@ def peak_matmul_flops(device: torch.device, dtype: torch.dtype, size: int, repea
 
 
 def run_system(system: str, batches_path: str, args: argparse.Namespace) -> dict:
-    """Run one system in a fresh subprocess; its last stdout line is its JSON report."""
+    """Run one system in a fresh subprocess (on ``--allocator``); its last stdout line is its JSON report."""
+    from mt.memory import allocator_environment
+
     command = [sys.executable, os.path.abspath(__file__), "--one", system, "--batches-file", batches_path]
     command += ["--model", args.model, "--precision", args.precision, "--device", args.device]
     command += ["--warmup", str(args.warmup), "--vocab-size", str(args.vocab_size)]
@@ -302,7 +304,8 @@ def run_system(system: str, batches_path: str, args: argparse.Namespace) -> dict
     command += ["--minutes", str(args.minutes)] if args.minutes is not None else []
     command += ["--release-memory-every", str(args.release_memory_every)]
     command += ["--onednn-cache-capacity", str(args.onednn_cache_capacity)]
-    result = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    env = allocator_environment(args.allocator)  # None: the child keeps glibc's malloc
+    result = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
     if result.returncode != 0:
         sys.exit(f"bench_train: error: the {system} run failed (exit {result.returncode}); its traceback is above")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -332,7 +335,7 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
     time the steps after the warm-up (``--minutes``: cycle through them for that long, sampling
     the resident set every 100 steps)."""
     from mt.batching import Batch, alignment_targets
-    from mt.memory import process_memory_mb, release_free_memory, set_onednn_cache_capacity
+    from mt.memory import loaded_allocator, process_memory_mb, release_free_memory, set_onednn_cache_capacity
     from mt.model import Transformer
     from mt.tokenizer import PAD_ID
     from mt.train import build_optimization, train_step
@@ -424,6 +427,7 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
         "attention": attention,
         "parameters": parameter_counts(model),
         "threads": torch.get_num_threads(),
+        "allocator": loaded_allocator(),
     }
 
 
@@ -476,6 +480,10 @@ def main() -> None:
     parser.add_argument(
         "--onednn-cache-capacity", type=int, default=TrainConfig().onednn_cache_capacity,
         help="oneDNN primitive cache size, as train.onednn_cache_capacity (-1 = oneDNN's 1,024; default: the trainer's)",
+    )
+    parser.add_argument(
+        "--allocator", choices=["auto", "glibc", "tcmalloc", "jemalloc"], default="auto",
+        help="malloc of the timed processes, as mt-train's MT_ALLOCATOR (default auto: tcmalloc, else jemalloc, else glibc)",
     )
     parser.add_argument("--batch-tokens", type=int, default=TrainConfig().batch_tokens, help="token budget per batch")
     parser.add_argument("--data-dir", default="data", help="corpus and cache folder, as data.data_dir (default: data)")
@@ -603,6 +611,7 @@ def main() -> None:
                 "rss_growth": rss_growth,
                 "release_memory_every": args.release_memory_every,
                 "onednn_cache_capacity": args.onednn_cache_capacity,
+                "allocator": ours["allocator"],
             }
         )
     )

@@ -3,6 +3,7 @@ heap is trimmed every ``train.release_memory_every`` updates and oneDNN's primit
 capped (:mod:`mt.memory`). Each run is a fresh process: oneDNN reads its cache capacity once."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -78,3 +79,71 @@ def test_the_trainer_trims_every_n_updates_and_logs_its_memory(tmp_path, multi30
     records = _metrics(tmp_path / "run")
     assert [r["step"] for r in records] == [3, 6]
     assert all(0 < r["rss_mb"] <= r["peak_rss_mb"] for r in records)
+
+
+LINEAR_CHILD = r"""
+import json, sys
+import torch
+from mt.memory import process_memory_mb, release_free_memory, set_onednn_cache_capacity
+
+capacity = int(sys.argv[1])
+if capacity >= 0:
+    set_onednn_cache_capacity(capacity)
+torch.set_num_threads(1)
+weight = torch.randn(1024, 256, requires_grad=True)  # the default model's FFN
+rss = []
+for rows in range(3000, 3300):  # a new shape every time, as token-budget batches give
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = torch.nn.functional.linear(torch.randn(rows, 256), weight)
+    out.float().sum().backward()
+    if rows % 100 == 99:
+        release_free_memory()  # what is left is held, not free
+        rss.append(process_memory_mb()["rss_mb"])
+print(json.dumps(rss))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="malloc_trim and VmRSS are glibc/Linux")
+def test_bf16_matmuls_of_new_shapes_keep_no_memory_once_the_caches_are_capped():
+    """oneDNN's primitive cache and ideep's computation cache (each 1,024 entries unless capped)
+    hold memory for every matmul shape."""
+    from mt.config import TrainConfig
+
+    # a trainer run in this process (another test) has set the two variables: the child starts without them
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
+
+    def growth(capacity: int) -> float:
+        result = subprocess.run(
+            [sys.executable, "-c", LINEAR_CHILD, str(capacity)], capture_output=True, text=True, timeout=300, env=env
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        rss = json.loads(result.stdout.strip().splitlines()[-1])
+        return rss[-1] - rss[0]
+
+    uncapped, capped = growth(-1), growth(TrainConfig().onednn_cache_capacity)
+    # measured: uncapped 233 MB over these 200 shapes (1.2 MB each), capped 1 MB
+    assert uncapped > 60, f"the uncapped caches grew by only {uncapped:.0f} MB: the test no longer sees them"
+    assert capped < 30, f"RSS grew by {capped:.0f} MB over 200 new matmul shapes with the caches capped"
+
+
+ALLOCATOR_CHILD = "from mt.memory import relaunch_with_allocator, loaded_allocator; relaunch_with_allocator(); print(loaded_allocator())"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD and /proc/self/maps are Linux")
+@pytest.mark.parametrize("choice", ["auto", "glibc", "tcmalloc", "jemalloc", "mimalloc"])
+def test_mt_train_restarts_itself_on_the_allocator_asked_for(choice, monkeypatch):
+    from mt.memory import find_allocator
+
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv("MT_ALLOCATOR_RELAUNCHED", raising=False)
+    monkeypatch.setenv("MT_ALLOCATOR", choice)
+    result = subprocess.run([sys.executable, "-c", ALLOCATOR_CHILD], capture_output=True, text=True, timeout=60)
+    installed = {name: find_allocator(name) is not None for name in ("tcmalloc", "jemalloc")}
+    if choice == "mimalloc" or (choice in installed and not installed[choice]):
+        assert result.returncode != 0 and f"MT_ALLOCATOR={choice}" in result.stderr  # named, not silently ignored
+        return
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = {"glibc": "glibc"}.get(choice) or (
+        choice if choice != "auto" else next((name for name, found in installed.items() if found), "glibc")
+    )
+    assert result.stdout.split() == [expected]
