@@ -51,6 +51,37 @@ def process_memory_mb() -> dict[str, float]:
         return {"rss_mb": peak, "peak_rss_mb": peak}
 
 
+class _Mallinfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (glibc ≥ 2.33, man 3 mallinfo2), every field a size_t."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
+
+
+@functools.cache
+def _mallinfo2():
+    """glibc's ``mallinfo2``, or None where the C library has none (not glibc, or glibc < 2.33)."""
+    try:
+        function = ctypes.CDLL(ctypes.util.find_library("c")).mallinfo2
+    except (OSError, AttributeError, TypeError):
+        return None
+    function.restype = _Mallinfo2
+    return function
+
+
+def heap_mb() -> dict[str, float] | None:
+    """glibc's heap in MiB: ``heap_mb``, what it holds from the system (its arenas and mmapped
+    blocks), and ``in_use_mb``, what of it is allocated now; the difference is free memory that
+    fragmentation keeps. None on another allocator (tcmalloc, jemalloc, macOS), whose figures
+    glibc does not know.
+    """
+    mallinfo2 = _mallinfo2()
+    if mallinfo2 is None or loaded_allocator() != "glibc":
+        return None
+    info = mallinfo2()
+    return {"heap_mb": (info.arena + info.hblkhd) / 2**20, "in_use_mb": (info.uordblks + info.hblkhd) / 2**20}
+
+
 @functools.cache
 def _malloc_trim():
     """glibc's ``malloc_trim``, or None where the C library is not glibc (macOS, musl)."""
@@ -81,10 +112,9 @@ def set_onednn_cache_capacity(capacity: int) -> None:
     ideep (PyTorch's layer over oneDNN, in ``torch/csrc`` and ``third_party/ideep``) caches one
     computation per matmul shape on top of oneDNN's primitive, with its own buffers: about 1.2 MB
     for each new row count through a (256 → 1,024) bf16 linear layer, forward and backward
-    (``tests/test_memory.py``). Its
-    capacity 0 crashes the process, hence at least 1. Both libraries read their variable when
-    they first build something, so call this before the first bf16 matmul or convolution of
-    the process; later calls change nothing.
+    (``tests/test_memory.py``). Its capacity 0 crashes the process, hence at least 1. Both
+    libraries read their variable when they first build something, so call this before the
+    first bf16 matmul or convolution of the process; later calls change nothing.
     """
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
     os.environ.setdefault("LRU_CACHE_CAPACITY", str(max(capacity, 1)))
@@ -162,7 +192,8 @@ def relaunch_with_allocator() -> None:
         ConfigError: see :func:`allocator_environment`.
     """
     choice = os.environ.get(ALLOCATOR_VARIABLE, "auto")
-    if os.environ.get(_RELAUNCHED) or (choice == "auto" and loaded_allocator() != "glibc"):
+    loaded = loaded_allocator()
+    if os.environ.get(_RELAUNCHED) or loaded == choice or (choice == "auto" and loaded != "glibc"):
         return
     env = allocator_environment(choice)
     if env is None:
@@ -170,4 +201,7 @@ def relaunch_with_allocator() -> None:
     env[_RELAUNCHED] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    try:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    except OSError:  # could not restart: train on glibc, as without the library
+        return

@@ -672,7 +672,8 @@ def seed_everything(seed: int) -> None:
 # ------------------------------------------------------------------------------ test scores
 def score_test(run: Run, steps: int, training_seconds: float) -> dict:
     """Score ``best.pt`` (and, with ``train.average_last``, the average of the last validation
-    checkpoints) on the test split; write the hypotheses and ``test_scores.json``.
+    checkpoints) on the test split; write the hypotheses and ``test_scores.json`` (with the
+    run's peak resident memory, ``peak_rss_mb``).
 
     Returns: what ``test_scores.json`` holds.
     """
@@ -703,6 +704,8 @@ def score_test(run: Run, steps: int, training_seconds: float) -> dict:
                                out_dir / f"{label}.averaged.hyp.{cfg.data.tgt_lang}"),
         }  # fmt: skip
         log.info("average of the last %d checkpoints: %s", n_average, result["averaged"]["bleu_line"])
+    result["peak_rss_mb"] = process_memory_mb()["peak_rss_mb"]  # of the whole run, test scoring included
+    log.info("peak resident memory of the run: %.0f MB", result["peak_rss_mb"])
     (out_dir / "test_scores.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

@@ -26,8 +26,9 @@ Measured per run:
 - ``peak_rss_mb``: the child's peak resident set (``ru_maxrss`` from ``os.wait4``: the whole run,
   the updates, validation and test decoding included; a grandchild process counts by its own
   peak, not added). On a CPU the updates themselves can set it: the default recipe on plain
-  Multi30k peaks at about 2.6 GB in 100 updates (``--copies 1``), the heap growing with new batch
-  shapes until ``train.release_memory_every`` trims it.
+  Multi30k peaks at about 1.25 GB in 100 updates (``--copies 1``) on tcmalloc, which ``mt-train``
+  restarts on where it is installed, and at about 2.6 GB before the memory work of issue 12
+  (glibc's heap fragmenting over new batch shapes).
 
 The mt code the child runs is whatever ``python -c "import mt"`` finds: set ``PYTHONPATH`` to
 measure another checkout. The last line is JSON: the corpus size, one object per run and the

@@ -43,7 +43,14 @@ minutes after the warm-up (instead of ``--steps``) and samples the resident set 
 every 100 steps or every minute, whichever comes first (with the trainer's memory settings,
 ``train.release_memory_every`` and ``train.onednn_cache_capacity``; ``--release-memory-every 0
 --onednn-cache-capacity -1`` measures without them): a table of minute → RSS and tokens/s, and ``rss_growth`` in the JSON line (RSS at
-the end over RSS after the first minute, − 1).
+the end over RSS after the first minute, − 1). On glibc each sample also gives the heap and
+the memory in use in it (``mallinfo2``); ``--peak-in-use`` tracks the peak in use from a thread
+(``peak_in_use_mb``; slows the run a little), ``--repeat-first-batch`` trains on one batch, one
+shape, over and over: the two show how much of the peak RSS is fragmentation.
+
+``--allocator auto|tcmalloc|jemalloc|glibc`` (default auto, as ``mt-train``): the malloc each
+timed process runs on, preloaded as ``mt-train`` does (``mt.memory.allocator_environment``);
+the JSON line's ``allocator`` says which one ran.
 
 Each system runs in a subprocess of its own, so that its peak resident set size
 (``ru_maxrss``, whole process: Python, torch, its imports, model, optimizer, activations) is
@@ -304,6 +311,8 @@ def run_system(system: str, batches_path: str, args: argparse.Namespace) -> dict
     command += ["--minutes", str(args.minutes)] if args.minutes is not None else []
     command += ["--release-memory-every", str(args.release_memory_every)]
     command += ["--onednn-cache-capacity", str(args.onednn_cache_capacity)]
+    command += ["--peak-in-use"] if args.peak_in_use else []
+    command += ["--repeat-first-batch"] if args.repeat_first_batch else []
     env = allocator_environment(args.allocator)  # None: the child keeps glibc's malloc
     result = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
     if result.returncode != 0:
@@ -312,6 +321,30 @@ def run_system(system: str, batches_path: str, args: argparse.Namespace) -> dict
 
 
 # --------------------------------------------------------------------------------------- the children
+class InUseSampler:
+    """The peak of glibc's memory in use (``mt.memory.heap_mb``), read every millisecond by a
+    thread: what the process needs at its busiest, against which RSS shows fragmentation. The
+    thread takes glibc's arena locks and some CPU, so timings taken with it run low."""
+
+    def __init__(self):
+        import threading
+
+        self.peak_mb, self._stop = 0.0, False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from mt.memory import heap_mb
+
+        while not self._stop:
+            self.peak_mb = max(self.peak_mb, heap_mb()["in_use_mb"])
+            time.sleep(0.001)
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join()
+
+
 class MarianObjective(torch.nn.Module):
     """As ``mt.objective.Objective``, for a MarianMTModel: (total, {"xent": total}, real target tokens)."""
 
@@ -335,7 +368,7 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
     time the steps after the warm-up (``--minutes``: cycle through them for that long, sampling
     the resident set every 100 steps)."""
     from mt.batching import Batch, alignment_targets
-    from mt.memory import loaded_allocator, process_memory_mb, release_free_memory, set_onednn_cache_capacity
+    from mt.memory import heap_mb, loaded_allocator, process_memory_mb, release_free_memory, set_onednn_cache_capacity
     from mt.model import Transformer
     from mt.tokenizer import PAD_ID
     from mt.train import build_optimization, train_step
@@ -376,6 +409,7 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
         activities += [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
         profiler = torch.profiler.profile(activities=activities)
         profiler.start()
+    in_use_sampler = InUseSampler() if args.peak_in_use and heap_mb() is not None else None
     i = 0
     while True:
         if args.minutes is None and i == len(batches):
@@ -383,7 +417,7 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
         if i == args.warmup:
             sync(device)
             start = last_sample = time.perf_counter()
-        src_ids, tgt_in, tgt_out, links = batches[i % len(batches)] if args.minutes else batches[i]
+        src_ids, tgt_in, tgt_out, links = batches[0 if args.repeat_first_batch else i % len(batches)] if args.minutes else batches[i]
         n_tokens = int((tgt_out != PAD_ID).sum())
         alignment = None
         if guided:  # G̃ as the trainer's data path builds it (mt.batching.collate)
@@ -402,11 +436,17 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
         if now is not None and ((i - args.warmup) % 100 == 0 or now - last_sample >= 60 or now - start >= 60 * args.minutes):
             rate, sample_tokens, last_sample = sample_tokens / (now - last_sample), 0, now
             samples.append(((now - start) / 60, process_memory_mb()["rss_mb"], rate))
-            print(f"  {system}: {samples[-1][0]:6.1f} min  RSS {samples[-1][1]:7.0f} MB  {rate:7.0f} tokens/s", file=sys.stderr)
+            heap = heap_mb()  # glibc only
+            heap_text = f"  glibc heap {heap['heap_mb']:5.0f} MB, in use {heap['in_use_mb']:5.0f} MB" if heap else ""
+            if heap and in_use_sampler is not None:
+                heap_text += f" (peak in use {in_use_sampler.peak_mb:5.0f} MB)"
+            print(f"  {system}: {samples[-1][0]:6.1f} min  RSS {samples[-1][1]:7.0f} MB  {rate:7.0f} tokens/s{heap_text}", file=sys.stderr)
             if now - start >= 60 * args.minutes:
                 break
     sync(device)
     seconds = time.perf_counter() - start
+    if in_use_sampler is not None:
+        in_use_sampler.stop()
     if profiler is not None:
         profiler.stop()
         sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
@@ -428,6 +468,7 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
         "parameters": parameter_counts(model),
         "threads": torch.get_num_threads(),
         "allocator": loaded_allocator(),
+        "peak_in_use_mb": in_use_sampler.peak_mb if in_use_sampler is not None else None,
     }
 
 
@@ -481,6 +522,11 @@ def main() -> None:
         "--onednn-cache-capacity", type=int, default=TrainConfig().onednn_cache_capacity,
         help="oneDNN primitive cache size, as train.onednn_cache_capacity (-1 = oneDNN's 1,024; default: the trainer's)",
     )
+    parser.add_argument(
+        "--peak-in-use", action="store_true",
+        help="glibc: sample the heap's memory in use every ms for its peak (perturbs timings)",
+    )
+    parser.add_argument("--repeat-first-batch", action="store_true", help="--minutes: the same batch every step (one shape)")
     parser.add_argument(
         "--allocator", choices=["auto", "glibc", "tcmalloc", "jemalloc"], default="auto",
         help="malloc of the timed processes, as mt-train's MT_ALLOCATOR (default auto: tcmalloc, else jemalloc, else glibc)",
@@ -612,6 +658,7 @@ def main() -> None:
                 "release_memory_every": args.release_memory_every,
                 "onednn_cache_capacity": args.onednn_cache_capacity,
                 "allocator": ours["allocator"],
+                "peak_in_use_mb": ours["peak_in_use_mb"],
             }
         )
     )

@@ -143,3 +143,26 @@ def test_data_scale_corpus_is_multi30k_train_repeated(tmp_path, multi30k_mirror)
         assert read_lines(tmp_path / f"train.{lang}") == read_lines(mirror / f"train.{lang}.gz") * 3
         assert read_lines(tmp_path / f"val.{lang}") == read_lines(mirror / f"val.{lang}.gz")
         assert read_lines(tmp_path / f"test.{lang}") == read_lines(mirror / f"test_2016_flickr.{lang}.gz")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's heap figures")
+def test_bench_train_minutes_reports_glibc_heap_and_its_peak_in_use(tmp_path, multi30k_mirror):
+    """``--minutes`` on glibc with ``--peak-in-use --repeat-first-batch``: the JSON line says which
+    allocator ran and the peak memory in use, below the peak RSS that holds it."""
+    import json
+    import os
+    import subprocess
+
+    if multi30k_mirror is None:
+        pytest.skip("bench_train trains on Multi30k")
+    script = Path(bench_train.__file__)
+    command = [sys.executable, str(script), "--minutes", "0.03", "--warmup", "1", "--threads", "1", "--precision", "fp32",
+               "--allocator", "glibc", "--peak-in-use", "--repeat-first-batch", "--batch-tokens", "512",
+               "--data-dir", str(tmp_path)]  # fmt: skip
+    env = dict(os.environ, MT_DATA_MIRROR=multi30k_mirror)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["allocator"] == "glibc"
+    assert 0 < report["peak_in_use_mb"] < report["peak_rss_mb"]
+    assert "glibc heap" in result.stderr

@@ -79,6 +79,8 @@ def test_the_trainer_trims_every_n_updates_and_logs_its_memory(tmp_path, multi30
     records = _metrics(tmp_path / "run")
     assert [r["step"] for r in records] == [3, 6]
     assert all(0 < r["rss_mb"] <= r["peak_rss_mb"] for r in records)
+    scores = json.loads((tmp_path / "run" / "test_scores.json").read_text())
+    assert scores["peak_rss_mb"] >= records[-1]["peak_rss_mb"]  # the whole run's, test scoring included
 
 
 LINEAR_CHILD = r"""

@@ -77,20 +77,21 @@ def assert_same_tensors(a, b, name=""):
 
 
 def _nan_training_logits_on(monkeypatch, is_nan_call) -> None:
-    """Make the model's logits NaN on the training forward passes (those with gradients enabled,
-    counted from 1 by this call) for which ``is_nan_call(n)`` holds: a non-finite loss, injected
-    through the model's public ``logits`` rather than through the trainer's own functions."""
-    real = Transformer.logits
+    """Make the decoder states, hence the logits, NaN on the training forward passes (those with
+    gradients enabled, counted from 1 by this call) for which ``is_nan_call(n)`` holds: a
+    non-finite loss, injected through the model's public ``decode`` rather than through the
+    trainer's own functions (the objective projects the states to the vocabulary itself)."""
+    real = Transformer.decode
     calls = {"n": 0}
 
-    def logits_or_nan(self, hidden):
-        logits = real(self, hidden)
+    def decode_or_nan(self, *args, **kwargs):
+        hidden, rest = real(self, *args, **kwargs)
         if not torch.is_grad_enabled():  # validation and decoding stay finite
-            return logits
+            return hidden, rest
         calls["n"] += 1
-        return logits * float("nan") if is_nan_call(calls["n"]) else logits
+        return (hidden * float("nan") if is_nan_call(calls["n"]) else hidden), rest
 
-    monkeypatch.setattr(Transformer, "logits", logits_or_nan)
+    monkeypatch.setattr(Transformer, "decode", decode_or_nan)
 
 
 # An fp16 run whose training state has something in every field by step 8. Every hypothesis is
