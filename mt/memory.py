@@ -17,7 +17,7 @@ without bound on CPU:
   ``LRU_CACHE_CAPACITY`` before the first primitive is built.
 
 glibc's heap also fragments: with a new shape every update, its resident set at the peak is
-about twice the memory in use. :func:`relaunch_with_allocator` restarts ``mt-train`` on tcmalloc
+up to twice the memory in use. :func:`relaunch_with_allocator` restarts ``mt-train`` on tcmalloc
 or jemalloc where one is installed.
 """
 
