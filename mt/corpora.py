@@ -110,9 +110,9 @@ def _materialise(pairs: Iterable[dict], chunk_size: int = 100_000) -> datasets.D
     while chunk := list(itertools.islice(iterator, chunk_size)):
         columns = {"src": [pair["src"] for pair in chunk], "tgt": [pair["tgt"] for pair in chunk]}
         parts.append(datasets.Dataset.from_dict(columns, features=PAIR_FEATURES))
-    if len(parts) == 1:
-        return parts[0]
-    return datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_dict({"src": [], "tgt": []}, features=PAIR_FEATURES)
+    if not parts:
+        return datasets.Dataset.from_dict({"src": [], "tgt": []}, features=PAIR_FEATURES)
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
 def split_label(spec: str) -> str:

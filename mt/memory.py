@@ -59,13 +59,16 @@ class _Mallinfo2(ctypes.Structure):
 
 
 @functools.cache
-def _mallinfo2():
-    """glibc's ``mallinfo2``, or None where the C library has none (not glibc, or glibc < 2.33)."""
+def _libc_function(name: str, argtypes: tuple | None, restype):
+    """The C library's function ``name`` with its signature set, or None where the C library
+    has none (not glibc: macOS, musl; ``mallinfo2`` also needs glibc ≥ 2.33)."""
     try:
-        function = ctypes.CDLL(ctypes.util.find_library("c")).mallinfo2
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)
     except (OSError, AttributeError, TypeError):
         return None
-    function.restype = _Mallinfo2
+    if argtypes is not None:
+        function.argtypes = argtypes
+    function.restype = restype
     return function
 
 
@@ -75,23 +78,11 @@ def heap_mb() -> dict[str, float] | None:
     fragmentation keeps. None on another allocator (tcmalloc, jemalloc, macOS), whose figures
     glibc does not know.
     """
-    mallinfo2 = _mallinfo2()
+    mallinfo2 = _libc_function("mallinfo2", None, _Mallinfo2)
     if mallinfo2 is None or loaded_allocator() != "glibc":
         return None
     info = mallinfo2()
     return {"heap_mb": (info.arena + info.hblkhd) / 2**20, "in_use_mb": (info.uordblks + info.hblkhd) / 2**20}
-
-
-@functools.cache
-def _malloc_trim():
-    """glibc's ``malloc_trim``, or None where the C library is not glibc (macOS, musl)."""
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
 
 
 def release_free_memory() -> bool:
@@ -100,7 +91,7 @@ def release_free_memory() -> bool:
 
     Returns: whether glibc released any memory.
     """
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim", (ctypes.c_size_t,), ctypes.c_int)
     return bool(trim(0)) if trim is not None else False
 
 
@@ -142,9 +133,11 @@ def find_allocator(name: str) -> str | None:
     return None
 
 
+@functools.cache
 def loaded_allocator() -> str:
     """Which ``malloc`` this process runs on: ``tcmalloc`` or ``jemalloc`` when one of their
-    libraries is mapped into it (``/proc/self/maps``), else ``glibc``."""
+    libraries is mapped into it (``/proc/self/maps``, read once: a preload acts only at the
+    process's start), else ``glibc``."""
     try:
         with open("/proc/self/maps") as f:
             maps = f.read()

@@ -45,7 +45,7 @@ every 100 steps or every minute, whichever comes first (with the trainer's memor
 --onednn-cache-capacity -1`` measures without them): a table of minute → RSS and tokens/s, and ``rss_growth`` in the JSON line (RSS at
 the end over RSS after the first minute, − 1). On glibc each sample also gives the heap and
 the memory in use in it (``mallinfo2``); ``--peak-in-use`` tracks the peak in use from a thread
-(``peak_in_use_mb``; slows the run a little), ``--repeat-first-batch`` trains on one batch, one
+(``peak_in_use_mb``; its thread costs tokens/s), ``--repeat-first-batch`` trains on one batch, one
 shape, over and over: the two show how much of the peak RSS is fragmentation.
 
 ``--allocator auto|tcmalloc|jemalloc|glibc`` (default auto, as ``mt-train``): the malloc each
