@@ -1,11 +1,17 @@
-"""Checkpoint averaging: the elementwise mean of the parameters of a run's last N checkpoints.
+"""Checkpoint averaging: the elementwise mean of the parameters of N checkpoints of one run.
 
-Averaging the weights saved at the last few validations usually gives a slightly better and
-more stable model than any one of them (Vaswani et al. 2017, §6.1; Popel & Bojar 2018, §4.10).
-With ``train.keep_checkpoints=N`` the trainer keeps one checkpoint per validation as
-``RUN_DIR/checkpoints/step-{step}.pt``; :func:`average_run` averages the newest ``last_n`` of
-them into one inference checkpoint (by default ``RUN_DIR/checkpoints/averaged.pt``), which
-``mt-translate``, ``mt-evaluate`` and ``mt-align`` load like any other.
+Averaging the weights saved at a few validations usually gives a slightly better and more stable
+model than any one of them (Vaswani et al. 2017, §6.1; Popel & Bojar 2018, §4.10). The trainer
+keeps one checkpoint per validation as ``RUN_DIR/checkpoints/step-{step}.pt``
+(``train.keep_checkpoints``, ``train.average_last``, ``train.average_best``); :func:`average_run`
+averages N of them into one inference checkpoint, which ``mt-translate``, ``mt-evaluate`` and
+``mt-align`` load like any other. Which N (Sockeye's ``sockeye-average --strategy``):
+
+- ``last``: the newest N (``checkpoints/averaged.pt``), as fairseq's script and Vaswani et al.;
+- ``best``: the N with the highest validation BLEU (``checkpoints/averaged_best.pt``). After
+  early stopping (``train.patience`` P >= N validations without a better score) the newest N all
+  come after the best one, where the model overfits; the best N do not depend on when training
+  stopped.
 
 The approach follows fairseq's ``scripts/average_checkpoints.py``: checkpoints are loaded one at
 a time and summed into one accumulator, so memory holds at most one checkpoint plus the sums.
@@ -23,6 +29,9 @@ from mt.errors import CheckpointError, ConfigError
 from mt.guards import check_writable
 
 STEP_NAME = re.compile(r"step-(\d+)\.pt")
+SELECTIONS = ("last", "best")
+# default output file of each selection, in RUN_DIR/checkpoints/
+OUTPUT_NAMES = {"last": "averaged.pt", "best": "averaged_best.pt"}
 # What an averaged checkpoint carries over from the newest one besides its weights: what
 # inference needs, the run's config and step. Resume-only state (optimizer, scheduler, scaler,
 # RNG states, counters) and per-checkpoint scores (val_bleu) describe one checkpoint, not the mean.
@@ -135,45 +144,71 @@ def _check_compatible(path: Path, state: dict, first: Path, reference: dict, sum
             )
 
 
-def average_run(run_dir: str | Path, last_n: int, out_path: str | Path | None = None) -> dict:
-    """Average a run's last ``last_n`` validation checkpoints and write the result.
+def best_checkpoints(run_dir: str | Path, n: int) -> list[Path]:
+    """The ``n`` validation checkpoints of a run with the highest validation BLEU, oldest first.
 
-    Used by ``mt-average`` and by the trainer (``train.average_last``).
+    Scores come from each ``step-{step}.pt``'s ``val_bleu`` (the trainer records it; the file is
+    memory-mapped, so its tensors are not read). Equal scores prefer the later step. Fewer than
+    ``n`` checkpoints: all of them.
+
+    Raises:
+        CheckpointError: ``run_dir`` missing (see :func:`step_checkpoints`); a step checkpoint
+            without ``val_bleu`` or unreadable (the message names the file).
+    """
+    scored = []
+    for path in step_checkpoints(run_dir):
+        val_bleu = load_checkpoint(path, mmap=True).get("val_bleu")
+        if not isinstance(val_bleu, (int, float)):
+            raise CheckpointError(f"{path}: no val_bleu recorded, cannot rank it; average the last N instead")
+        scored.append((float(val_bleu), _step(path), path))
+    best = sorted(scored, reverse=True)[:n]
+    return [path for _, _, path in sorted(best, key=lambda entry: entry[1])]
+
+
+def average_run(run_dir: str | Path, n: int, out_path: str | Path | None = None, select: str = "last") -> dict:
+    """Average ``n`` of a run's validation checkpoints and write the result.
+
+    Used by ``mt-average`` and by the trainer (``train.average_last``, ``train.average_best``).
 
     Args:
         run_dir: the training run folder (the one holding ``checkpoints/``; not the
             ``checkpoints/`` folder itself).
-        last_n: how many of the newest ``checkpoints/step-{step}.pt`` to average, >= 1.
+        n: how many ``checkpoints/step-{step}.pt`` to average, >= 1.
         out_path: where to write the averaged checkpoint (atomically); default
-            ``RUN_DIR/checkpoints/averaged.pt``.
+            ``RUN_DIR/checkpoints/averaged.pt`` (``last``) or ``averaged_best.pt`` (``best``).
+        select: ``last``, the newest ``n``; or ``best``, the ``n`` with the highest recorded
+            validation BLEU (:func:`best_checkpoints`).
 
     Returns:
         The averaged checkpoint dict as written (see :func:`average_checkpoints`).
 
     Raises:
-        ConfigError: ``last_n`` < 1.
-        CheckpointError: ``run_dir`` missing, fewer than ``last_n`` step checkpoints, mismatched
-            or unreadable checkpoints, ``out_path`` is one of the inputs or cannot be written.
+        ConfigError: ``n`` < 1; unknown ``select``.
+        CheckpointError: ``run_dir`` missing, fewer than ``n`` step checkpoints, mismatched or
+            unreadable checkpoints, one without ``val_bleu`` (``best``), ``out_path`` is one of
+            the inputs or cannot be written.
         DataError: the folder of ``out_path`` is not writable (checked before any loading).
     """
-    if last_n < 1:
-        raise ConfigError(f"the number of checkpoints to average must be >= 1, got {last_n}")
+    if n < 1:
+        raise ConfigError(f"the number of checkpoints to average must be >= 1, got {n}")
+    if select not in SELECTIONS:
+        raise ConfigError(f"unknown checkpoint selection {select!r}; expected one of {', '.join(SELECTIONS)}")
     run_dir = Path(run_dir)
     available = step_checkpoints(run_dir)
-    if len(available) < last_n:
+    if len(available) < n:
         if any(STEP_NAME.fullmatch(p.name) for p in run_dir.iterdir()):
             raise CheckpointError(f"{run_dir} holds step-*.pt itself; pass the run dir, the parent of its checkpoints/")
         raise CheckpointError(
-            f"{run_dir / 'checkpoints'} has {len(available)} step checkpoint(s) (step-*.pt), cannot average the last "
-            f"{last_n}; train with train.keep_checkpoints >= {last_n} to keep them"
+            f"{run_dir / 'checkpoints'} has {len(available)} step checkpoint(s) (step-*.pt), cannot average the {select} "
+            f"{n}; train with train.keep_checkpoints >= {n} to keep them"
         )
-    paths = available[-last_n:]
-    out_path = Path(out_path) if out_path is not None else run_dir / "checkpoints" / "averaged.pt"
+    out_path = Path(out_path) if out_path is not None else run_dir / "checkpoints" / OUTPUT_NAMES[select]
     if out_path.is_dir():
-        raise CheckpointError(f"output {out_path} is a folder; give a file name such as {out_path / 'averaged.pt'}")
+        raise CheckpointError(f"output {out_path} is a folder; give a file name such as {out_path / OUTPUT_NAMES[select]}")
+    check_writable(out_path.parent)  # fail before the averaging work, not after
+    paths = available[-n:] if select == "last" else best_checkpoints(run_dir, n)
     if any(out_path.resolve() == p.resolve() for p in paths):
         raise CheckpointError(f"output {out_path} is one of the checkpoints being averaged; choose another file")
-    check_writable(out_path.parent)  # fail before the averaging work, not after
     state = average_checkpoints(paths)
     try:
         save_checkpoint(state, out_path)

@@ -508,22 +508,32 @@ def align_score_main(argv: Sequence[str] | None = None) -> None:
 
 # -------------------------------------------------------------------------------- mt-average
 def average_main(argv: Sequence[str] | None = None) -> None:
-    """``mt-average RUN_DIR --last N [--out FILE]``: average the parameters of a run's last N step checkpoints."""
+    """``mt-average RUN_DIR (--last N | --best N) [--out FILE]``: average the parameters of a run's
+    newest N step checkpoints, or of the N with the highest validation BLEU."""
     parser = argparse.ArgumentParser(
         prog="mt-average",
-        description="Average the parameters of the last N validation checkpoints of a run "
-        "(RUN_DIR/checkpoints/step-S.pt, kept with train.keep_checkpoints=N) into one inference checkpoint.",
+        description="Average the parameters of N validation checkpoints of a run "
+        "(RUN_DIR/checkpoints/step-S.pt, kept with train.keep_checkpoints=N) into one inference checkpoint: "
+        "the newest N (--last) or the N with the highest validation BLEU (--best).",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the training run folder (the one holding checkpoints/)")
-    parser.add_argument("--last", type=_positive_int, required=True, metavar="N", help="average the newest N step checkpoints")
-    parser.add_argument("--out", metavar="FILE", help="output checkpoint (default: RUN_DIR/checkpoints/averaged.pt)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--last", type=_positive_int, metavar="N", help="average the newest N step checkpoints")
+    which.add_argument(
+        "--best", type=_positive_int, metavar="N", help="average the N step checkpoints with the highest val BLEU"
+    )
+    parser.add_argument(
+        "--out", metavar="FILE",
+        help="output checkpoint (default: RUN_DIR/checkpoints/averaged.pt, with --best averaged_best.pt)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     def body() -> None:
-        from mt.average import average_run
+        from mt.average import OUTPUT_NAMES, average_run
 
-        out = args.out or str(Path(args.run_dir) / "checkpoints" / "averaged.pt")
-        state = average_run(args.run_dir, args.last, out)
+        select, n = ("last", args.last) if args.last is not None else ("best", args.best)
+        out = args.out or str(Path(args.run_dir) / "checkpoints" / OUTPUT_NAMES[select])
+        state = average_run(args.run_dir, n, out, select)
         steps = ", ".join(str(source["step"]) for source in state["averaged_from"])
         print(f"mt-average: averaged {len(state['averaged_from'])} checkpoints (steps {steps}) into {out}", file=sys.stderr)
 

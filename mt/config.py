@@ -294,6 +294,10 @@ class TrainConfig:
             (0 = only best.pt and last.pt).
         average_last: after training, average the parameters of the last N validation
             checkpoints into ``checkpoints/averaged.pt`` and score it too (0 = off).
+        average_best: after training, average the parameters of the N validation checkpoints
+            with the highest val BLEU into ``checkpoints/averaged_best.pt`` and score it too
+            (Sockeye's ``--strategy best``; 0 = off). Unlike the last N, they do not all come
+            after the best validation when ``train.patience`` stops the run.
         tensorboard: also log to TensorBoard under ``RUN_DIR/tensorboard`` (extra
             ``[tensorboard]``).
         heatmap_sentences: validation sentences whose cross-attention heatmaps are logged to
@@ -333,6 +337,7 @@ class TrainConfig:
     accum_steps: int = 1
     keep_checkpoints: int = 0
     average_last: int = 5
+    average_best: int = 5
     tensorboard: bool = False
     heatmap_sentences: int = 4
     release_memory_every: int = 100
@@ -524,6 +529,7 @@ def validate(config: Config) -> None:
     require(train.accum_steps >= 1, "train.accum_steps", train.accum_steps, "must be >= 1")
     require(train.keep_checkpoints >= 0, "train.keep_checkpoints", train.keep_checkpoints, "must be >= 0")
     require(train.average_last >= 0, "train.average_last", train.average_last, "must be >= 0")
+    require(train.average_best >= 0, "train.average_best", train.average_best, "must be >= 0")
     require(train.release_memory_every >= 0, "train.release_memory_every", train.release_memory_every, "must be >= 0")
     require(train.onednn_cache_capacity >= -1, "train.onednn_cache_capacity", train.onednn_cache_capacity, "must be >= -1")
     require(train.heatmap_sentences >= 0, "train.heatmap_sentences", train.heatmap_sentences, "must be >= 0")

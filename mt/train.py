@@ -17,8 +17,10 @@ Everything a run produces goes into ``out_dir``:
 - ``sentencepiece.model`` (joint) or ``sentencepiece.{src,tgt}.model``;
 - ``checkpoints/best.pt`` (best val BLEU) and ``checkpoints/last.pt`` (latest validation, or the
   update a SIGINT/SIGTERM stopped at: everything needed to resume);
-- ``checkpoints/step-S.pt``: the last ``train.keep_checkpoints`` validation checkpoints, and
-  ``checkpoints/averaged.pt`` with ``train.average_last``;
+- ``checkpoints/step-S.pt``: the last max(``train.keep_checkpoints``, ``train.average_last``)
+  validation checkpoints and the ``train.average_best`` with the highest val BLEU;
+  ``checkpoints/averaged.pt`` (``train.average_last``) and ``averaged_best.pt``
+  (``train.average_best``), their averages;
 - ``metrics.jsonl``: one JSON object per validation with step, epoch, train_loss (the label
   smoothed objective per target token), ``{term}_loss`` for each named term of the objective
   (``xent_loss``), val_loss (plain cross-entropy per target token) and ``val_{term}_loss``,
@@ -57,11 +59,11 @@ from mt import batching
 from mt import corpora
 from mt import distributed
 from mt.align import aer_report
-from mt.average import average_run, step_checkpoints
+from mt.average import average_run, best_checkpoints, step_checkpoints
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import Config, TrainConfig, to_dict
 from mt.device import autocast, resolve_device, resolve_precision
-from mt.errors import ConfigError
+from mt.errors import CheckpointError, ConfigError
 from mt.evaluate import score, translate
 from mt.guards import (
     StopSignal,
@@ -440,14 +442,25 @@ def record_validation(run: Run, record: dict, improved: bool) -> None:
 
 def save_checkpoints(run: Run, checkpoint: dict, step: int, improved: bool) -> None:
     """``last.pt``; ``best.pt`` when improved; ``step-S.pt`` keeping the newest
-    max(``train.keep_checkpoints``, ``train.average_last``)."""
+    max(``train.keep_checkpoints``, ``train.average_last``) and the ``train.average_best`` with
+    the highest val BLEU (``checkpoint`` holds ``val_bleu``)."""
     save_checkpoint(checkpoint, run.checkpoint_dir / "last.pt")
     if improved:
         save_checkpoint(checkpoint, run.checkpoint_dir / "best.pt")
-    keep = max(run.cfg.train.keep_checkpoints, run.cfg.train.average_last)
-    if keep:
-        save_checkpoint(checkpoint, run.checkpoint_dir / f"step-{step}.pt")
-        for old in step_checkpoints(run.out_dir)[:-keep]:
+    newest, best = max(run.cfg.train.keep_checkpoints, run.cfg.train.average_last), run.cfg.train.average_best
+    if not newest and not best:
+        return
+    save_checkpoint(checkpoint, run.checkpoint_dir / f"step-{step}.pt")
+    existing = step_checkpoints(run.out_dir)
+    keep = set(existing[-newest:]) if newest else set()
+    if best:
+        try:
+            keep.update(best_checkpoints(run.out_dir, best))
+        except CheckpointError as error:  # a step-S.pt not written by this trainer: delete nothing
+            log.warning("%s; keeping every step checkpoint", error)
+            return
+    for old in existing:
+        if old not in keep:
             old.unlink()
 
 
@@ -622,7 +635,9 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         run = Run(cfg, out_dir, context, data, opt, monitor, static_state)
         if context.is_main:
             data.write_tokenizer(out_dir, cfg.data.src_lang, cfg.data.tgt_lang)
-            check_free_space(run.checkpoint_dir, model, max(cfg.train.keep_checkpoints, cfg.train.average_last))
+            check_free_space(
+                run.checkpoint_dir, model, max(cfg.train.keep_checkpoints, cfg.train.average_last) + cfg.train.average_best
+            )
             if resume is None:
                 (out_dir / "metrics.jsonl").write_text("")
         state = TrainState()
@@ -671,9 +686,10 @@ def seed_everything(seed: int) -> None:
 
 # ------------------------------------------------------------------------------ test scores
 def score_test(run: Run, steps: int, training_seconds: float) -> dict:
-    """Score ``best.pt`` (and, with ``train.average_last``, the average of the last validation
-    checkpoints) on the test split; write the hypotheses and ``test_scores.json`` (with the
-    run's peak resident memory, ``peak_rss_mb``).
+    """Score ``best.pt`` on the test split, and the averages of the last ``train.average_last``
+    (``averaged``) and of the ``train.average_best`` best (``averaged_best``) validation
+    checkpoints; write the hypotheses and ``test_scores.json`` (with the run's peak resident
+    memory, ``peak_rss_mb``).
 
     Returns: what ``test_scores.json`` holds.
     """
@@ -691,19 +707,27 @@ def score_test(run: Run, steps: int, training_seconds: float) -> dict:
         **score_checkpoint(model, best, run.data.tokenizer, test, cfg, run.opt.precision, run.opt.device,
                            out_dir / f"{label}.hyp.{cfg.data.tgt_lang}"),
     }  # fmt: skip
-    n_average = min(cfg.train.average_last, len(step_checkpoints(out_dir)))
-    if n_average < cfg.train.average_last:
-        log.warning("train.average_last=%d but only %d validations: averaging those", cfg.train.average_last, n_average)
-    if n_average:
-        averaged_path = run.checkpoint_dir / "averaged.pt"
-        averaged = average_run(out_dir, n_average, averaged_path)
-        result["averaged"] = {
+    for select, key, wanted in (
+        ("last", "averaged", cfg.train.average_last), ("best", "averaged_best", cfg.train.average_best)
+    ):  # fmt: skip
+        n_average = min(wanted, len(step_checkpoints(out_dir)))
+        if n_average < wanted:
+            log.warning("train.average_%s=%d but only %d validations: averaging those", select, wanted, n_average)
+        if not n_average:
+            continue
+        averaged_path = run.checkpoint_dir / f"{key}.pt"
+        try:
+            averaged = average_run(out_dir, n_average, averaged_path, select)
+        except CheckpointError as error:  # e.g. step checkpoints of another run in this folder: keep the scores
+            log.warning("no %s.pt: %s", key, error)
+            continue
+        result[key] = {
             "checkpoint": str(averaged_path),
             "averaged_from": averaged["averaged_from"],
             **score_checkpoint(model, averaged, run.data.tokenizer, test, cfg, run.opt.precision, run.opt.device,
-                               out_dir / f"{label}.averaged.hyp.{cfg.data.tgt_lang}"),
+                               out_dir / f"{label}.{key}.hyp.{cfg.data.tgt_lang}"),
         }  # fmt: skip
-        log.info("average of the last %d checkpoints: %s", n_average, result["averaged"]["bleu_line"])
+        log.info("average of the %s %d checkpoints: %s", select, n_average, result[key]["bleu_line"])
     result["peak_rss_mb"] = process_memory_mb()["peak_rss_mb"]  # of the whole run, test scoring included
     log.info("peak resident memory of the run: %.0f MB", result["peak_rss_mb"])
     (out_dir / "test_scores.json").write_text(json.dumps(result, indent=2) + "\n")

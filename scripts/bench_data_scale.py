@@ -101,7 +101,7 @@ def run_trainer(corpus: Path, data_dir: Path, run_dir: Path, args: argparse.Name
     overrides = [
         "data=files", f"data.path={corpus}", "data.valid_split=val", f"data.data_dir={data_dir}", f"hydra.run.dir={run_dir}",
         f"train.max_steps={args.updates}", f"data.max_valid_sentences={args.eval_sentences}",
-        f"data.max_test_sentences={args.eval_sentences}", "train.average_last=0", *args.overrides,
+        f"data.max_test_sentences={args.eval_sentences}", "train.average_last=0", "train.average_best=0", *args.overrides,
     ]  # fmt: skip
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}  # each log line as it is written; no progress bar
     run_dir.mkdir(parents=True, exist_ok=True)

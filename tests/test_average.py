@@ -1,5 +1,7 @@
-"""mt-average: the averaged checkpoint is the naive elementwise mean, loads and translates; bad inputs give one line."""
+"""mt-average: the averaged checkpoint is the naive elementwise mean, loads and translates; --best ranks by
+the recorded val BLEU; bad inputs give one line."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mt.average import average_checkpoints, average_run, step_checkpoints
+from mt.average import average_checkpoints, average_run, best_checkpoints, step_checkpoints
 from mt.checkpoint import load_checkpoint, load_for_inference, save_checkpoint
 from mt.cli import average_main, translate_main
 from mt.config import DecodingConfig, TokenizerConfig, to_dict
@@ -28,7 +30,7 @@ def tokenizer():
     return Tokenizer.train(TEXTS, TEXTS, TokenizerConfig(vocab_size=50))
 
 
-def training_state(tokenizer, seed: int, step: int, cfg=None, data=None) -> dict:
+def training_state(tokenizer, seed: int, step: int, cfg=None, data=None, val_bleu=2.5) -> dict:
     """What the trainer's last.pt / step-S.pt holds: static fields, weights and resume-only state."""
     cfg = cfg or tiny_config()
     torch.manual_seed(seed)
@@ -52,7 +54,7 @@ def training_state(tokenizer, seed: int, step: int, cfg=None, data=None) -> dict
         "elapsed_s": 1.0,
         "rng": {"torch": torch.get_rng_state()},
         "scaler": {},
-        "val_bleu": 2.5,
+        "val_bleu": val_bleu,
     }
 
 
@@ -64,6 +66,19 @@ def run_dir(tmp_path_factory, tokenizer):
         save_checkpoint(training_state(tokenizer, seed, step), run / "checkpoints" / f"step-{step}.pt")
     save_checkpoint(training_state(tokenizer, 99, 1000), run / "checkpoints" / "best.pt")
     save_checkpoint(training_state(tokenizer, 98, 1000), run / "checkpoints" / "last.pt")
+    return run
+
+
+# val BLEU per step of the ranked run: a tie (30.0) at steps 20 and 50, the best not the newest
+RANKED = {10: 12.0, 20: 30.0, 30: 31.5, 40: 29.0, 50: 30.0, 60: 18.0}
+
+
+@pytest.fixture(scope="module")
+def ranked_run(tmp_path_factory, tokenizer):
+    """A run folder whose step checkpoints carry the val BLEU of RANKED."""
+    run = tmp_path_factory.mktemp("ranked")
+    for seed, (step, val_bleu) in enumerate(RANKED.items()):
+        save_checkpoint(training_state(tokenizer, seed, step, val_bleu=val_bleu), run / "checkpoints" / f"step-{step}.pt")
     return run
 
 
@@ -210,3 +225,80 @@ def test_dtypes_are_kept_and_non_float_tensors_must_agree(tmp_path, tokenizer):
     save_checkpoint({"model": {**weights[1], "count": torch.tensor([3, 5])}, "step": 1}, tmp_path / "1.pt")
     with pytest.raises(CheckpointError, match="count"):
         average_checkpoints([tmp_path / "0.pt", tmp_path / "1.pt"])
+
+
+def naive_best(scores: dict[int, float], n: int) -> list[int]:
+    """The reference ranking: highest val BLEU first, the later step on a tie; returned by step."""
+    ranked = sorted(scores, key=lambda step: (-scores[step], -step))
+    return sorted(ranked[:n])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 9])
+def test_best_checkpoints_rank_by_val_bleu_and_prefer_the_later_step_on_a_tie(ranked_run, n):
+    chosen = [int(p.stem.removeprefix("step-")) for p in best_checkpoints(ranked_run, n)]
+    assert chosen == naive_best(RANKED, n)
+    by_hand = {1: [30], 2: [30, 50], 3: [20, 30, 50]}  # 31.5; then the tie at 30.0 goes to step 50 first
+    assert chosen == by_hand.get(n, chosen)
+
+
+def test_average_of_the_best_is_the_naive_mean_of_the_best_and_lands_in_averaged_best_pt(ranked_run, capsys):
+    average_main([str(ranked_run), "--best", "3"])
+    assert "steps 20, 30, 50" in capsys.readouterr().err
+    written = load_checkpoint(ranked_run / "checkpoints" / "averaged_best.pt")
+    for name, tensor in naive_mean(ranked_run, [20, 30, 50]).items():
+        torch.testing.assert_close(written["model"][name], tensor, rtol=0, atol=1e-6)
+    assert [source["step"] for source in written["averaged_from"]] == [20, 30, 50]
+    assert written["step"] == 50  # the newest of those averaged
+    assert not (ranked_run / "checkpoints" / "averaged.pt").exists()
+
+
+def test_last_and_best_are_one_or_the_other(capsys, ranked_run):
+    with pytest.raises(SystemExit):
+        average_main([str(ranked_run), "--last", "2", "--best", "2"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        average_main([str(ranked_run)])
+    assert "one of the arguments --last --best is required" in capsys.readouterr().err
+
+
+def test_best_needs_recorded_scores(capsys, tmp_path, tokenizer):
+    run = tmp_path / "run"
+    save_checkpoint(training_state(tokenizer, 0, 10), run / "checkpoints" / "step-10.pt")
+    unscored = training_state(tokenizer, 1, 20)
+    del unscored["val_bleu"]
+    save_checkpoint(unscored, run / "checkpoints" / "step-20.pt")
+    err = one_line_error(capsys, [str(run), "--best", "1"])
+    assert "step-20.pt: no val_bleu" in err and "average the last N instead" in err
+    assert "has 2 step checkpoint" in one_line_error(capsys, [str(run), "--best", "3"])
+
+
+def test_the_trainer_keeps_the_newest_and_the_best_step_checkpoints_and_scores_both_averages(
+    tmp_path, multi30k_mirror, monkeypatch
+):
+    """Scripted val BLEU per validation: the newest 2 are steps 10 and 12, the best 2 steps 4 and 8."""
+    from test_resume import _metrics, _smoke_config
+
+    from mt import train as train_module
+
+    scripted = iter([5.0, 9.0, 1.0, 7.0, 2.0, 3.0])  # validations at steps 2, 4, …, 12
+    validate = train_module.validate
+    monkeypatch.setattr(train_module, "validate", lambda *args: {**validate(*args), "val_bleu": next(scripted)})
+    config = _smoke_config(
+        tmp_path, multi30k_mirror, "data.max_train_sentences=300", "tokenizer.vocab_size=300",
+        "train.batch_tokens=1024", "data.max_valid_sentences=4", "data.max_test_sentences=4", "train.max_steps=12",
+        "train.valid_every=2", "train.keep_checkpoints=0", "train.average_last=2", "train.average_best=2",
+    )  # fmt: skip
+    run = tmp_path / "run"
+    train_module.train(config, run)
+
+    assert [r["val_bleu"] for r in _metrics(run)] == [5.0, 9.0, 1.0, 7.0, 2.0, 3.0]
+    assert [p.name for p in step_checkpoints(run)] == ["step-4.pt", "step-8.pt", "step-10.pt", "step-12.pt"]
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["step"] == 4
+    scores = json.loads((run / "test_scores.json").read_text())
+    for key, steps in (("averaged", [10, 12]), ("averaged_best", [4, 8])):
+        assert [source["step"] for source in scores[key]["averaged_from"]] == steps
+        written = load_checkpoint(run / "checkpoints" / f"{key}.pt")["model"]
+        for name, tensor in naive_mean(run, steps).items():
+            torch.testing.assert_close(written[name], tensor, rtol=0, atol=1e-6)
+        hypotheses = (run / f"test_2016_flickr.{key}.hyp.en").read_text().splitlines()
+        assert len(hypotheses) == 4 and scores[key]["bleu_line"].startswith("BLEU = ")
