@@ -12,7 +12,10 @@ word alignments off the cross-attention of one layer (:data:`METHODS`):
 - ``supervised``: the heads a guided-alignment loss trained (``model.alignment``: its layer,
   its first ``heads`` heads, its full-context pass; Garg et al. 2019), read as ``attention``
   reads them, which is the row the loss supervised. The default for a checkpoint trained with
-  ``train.alignment_weight`` > 0 (:func:`default_method`).
+  ``train.alignment_weight`` > 0 (:func:`default_method`);
+- ``aligner``: the aligner trained on top of the model (:mod:`mt.aligner`), whose row t is
+  the alignment of the piece predicted at row t, as ``attention`` reads. The default for a
+  checkpoint that has one.
 
 The source EOS soaks up much of the attention mass (fairseq issue 4446): its column is
 dropped and each row renormalised over real source words, so special tokens never appear in
@@ -41,17 +44,21 @@ from mt.words import Segmentation, segment
 
 log = logging.getLogger(__name__)
 
-METHODS = ("attention", "shift", "supervised")
+METHODS = ("attention", "shift", "supervised", "aligner")
 LAYER_METHODS = ("attention", "shift")  # read any layer and heads; supervised reads the trained ones
 DEFAULT_METHOD = "attention"
 
 
 def default_method(checkpoint_info: dict) -> str:
-    """``supervised`` for a checkpoint trained with guided alignment, else :data:`DEFAULT_METHOD`.
+    """``aligner`` for a checkpoint with an aligner, ``supervised`` for one trained with guided
+    alignment, else :data:`DEFAULT_METHOD`.
 
     Args:
-        checkpoint_info: :func:`mt.checkpoint.load_for_inference`'s info (``alignment_supervised``).
+        checkpoint_info: :func:`mt.checkpoint.load_for_inference`'s info (``aligner``,
+            ``alignment_supervised``).
     """
+    if checkpoint_info.get("aligner"):
+        return "aligner"
     return "supervised" if checkpoint_info.get("alignment_supervised") else DEFAULT_METHOD
 
 
@@ -82,7 +89,7 @@ def method_rows(attention: np.ndarray, method: str) -> np.ndarray:
     Raises:
         ValueError: an unknown method.
     """
-    if method in ("attention", "supervised"):
+    if method in ("attention", "supervised", "aligner"):
         return attention[..., :-1, :]  # rows predicting y_1..y_n; the EOS-predicting row goes
     if method == "shift":
         return attention[..., 1:, :]  # rows whose input is y_1..y_n; the BOS-input row goes
@@ -121,6 +128,9 @@ class PairAlignment:
             ``links`` (reverse already flipped to source-first); None otherwise.
         segmentation: how the pieces pool into words, to pool other layers and heads than
             ``word_matrix``'s (the HTML view, :mod:`mt.html_view`); None if not kept.
+        aligner: (tgt_len + 1, src_len + 1) float32, the aligner's piece-level alignment
+            (rows as ``attention``'s, row t for the piece predicted at row t) with ``--method
+            aligner``; None otherwise.
     """
 
     attention: np.ndarray
@@ -133,6 +143,50 @@ class PairAlignment:
     forward_links: list[tuple[int, int]] | None = None
     reverse_links: list[tuple[int, int]] | None = None
     segmentation: Segmentation | None = None
+    aligner: np.ndarray | None = None
+
+
+def _teacher_forced_batches(src_ids, tgt_ids, batch_size: int, device, progress: bool):
+    """Length-sorted batches: (pair indices, src (batch, src_len + 1) with EOS, tgt_in (batch,
+    tgt_len + 1) with BOS), on ``device``."""
+    from tqdm.auto import tqdm
+
+    bos, eos = Tokenizer.bos_id, Tokenizer.eos_id
+    order = sorted(range(len(src_ids)), key=lambda k: (len(src_ids[k]), len(tgt_ids[k])))
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="align", unit="batch", disable=None if progress else True, leave=False):
+        batch = order[start : start + batch_size]
+        src = pad([[*src_ids[k], eos] for k in batch]).to(device)
+        tgt_in = pad([[bos, *tgt_ids[k]] for k in batch]).to(device)
+        yield batch, src, tgt_in
+
+
+@torch.inference_mode()
+def teacher_forced_aligner(
+    model: Transformer,
+    src_ids: Sequence[Sequence[int]],
+    tgt_ids: Sequence[Sequence[int]],
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> list[np.ndarray]:
+    """The aligner's alignment of each pair (:meth:`mt.model.Transformer.aligner_attention`).
+
+    Args: as :func:`teacher_forced_attention`.
+
+    Returns: per pair, (len(tgt) + 1, len(src) + 1) float32: row t for the piece predicted at
+        decoder row t (y_1..y_n, EOS); columns the source pieces and EOS; rows sum to 1.
+
+    Raises:
+        ValueError: the model has no aligner.
+    """
+    model.eval()
+    out: list[np.ndarray] = [np.zeros(0)] * len(src_ids)
+    for batch, src, tgt_in in _teacher_forced_batches(src_ids, tgt_ids, batch_size, device, progress):
+        weights = model.aligner_attention(src, tgt_in).float().cpu().numpy()  # (batch, tgt_len, src_len)
+        for row, k in enumerate(batch):
+            out[k] = weights[row, : len(tgt_ids[k]) + 1, : len(src_ids[k]) + 1].copy()
+    return out
 
 
 @torch.inference_mode()
@@ -156,17 +210,9 @@ def teacher_forced_attention(
     Returns: per pair, (n_layers, n_heads, len(tgt) + 1, len(src) + 1) float32: rows are the
         decoder inputs BOS, y_1..y_n; columns the source pieces and EOS.
     """
-    from tqdm.auto import tqdm
-
     model.eval()
-    bos, eos = Tokenizer.bos_id, Tokenizer.eos_id
-    order = sorted(range(len(src_ids)), key=lambda k: (len(src_ids[k]), len(tgt_ids[k])))
     out: list[np.ndarray] = [np.zeros(0)] * len(src_ids)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="align", unit="batch", disable=None if progress else True, leave=False):
-        batch = order[start : start + batch_size]
-        src = pad([[*src_ids[k], eos] for k in batch]).to(device)
-        tgt_in = pad([[bos, *tgt_ids[k]] for k in batch]).to(device)
+    for batch, src, tgt_in in _teacher_forced_batches(src_ids, tgt_ids, batch_size, device, progress):
         memory, src_mask = model.encode(src)
         _, weights = model.decode(tgt_in, memory, src_mask, need_weights=True)
         if full_context_layer is not None:
@@ -180,6 +226,8 @@ def teacher_forced_attention(
 def _check_choice(model: Transformer, method: str, layer: int | None, heads: Sequence[int] | None) -> tuple[int, list[int]]:
     if method not in METHODS:
         raise ValueError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if method == "aligner" and model.aligner is None:
+        raise ValueError("--method aligner: this checkpoint has no aligner (mt-train experiment=align train.init_from=RUN_DIR)")
     n_layers = len(model.decoder_layers)
     n_heads = model.decoder_layers[0].cross_attention.n_heads
     if method == "supervised":  # the heads guided alignment trained, unless asked otherwise
@@ -236,14 +284,32 @@ def segmented_attention(
 ) -> list[np.ndarray]:
     """:func:`teacher_forced_attention` over already segmented pairs (their pieces)."""
     return teacher_forced_attention(
-        model,
-        [[p.id for p in seg.src_pieces] for seg in segmentations],
-        [[p.id for p in seg.tgt_pieces] for seg in segmentations],
-        batch_size,
-        device,
-        progress,
-        full_context_layer,
+        model, *_piece_ids(segmentations), batch_size, device, progress, full_context_layer
     )
+
+
+def segmented_aligner(
+    model: Transformer,
+    segmentations: Sequence[Segmentation],
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> list[np.ndarray]:
+    """:func:`teacher_forced_aligner` over already segmented pairs (their pieces)."""
+    return teacher_forced_aligner(model, *_piece_ids(segmentations), batch_size, device, progress)
+
+
+def _piece_ids(segmentations: Sequence[Segmentation]) -> tuple[list[list[int]], list[list[int]]]:
+    return [[p.id for p in seg.src_pieces] for seg in segmentations], [[p.id for p in seg.tgt_pieces] for seg in segmentations]
+
+
+def aligner_word_links(
+    segmentations: Sequence[Segmentation], aligner: Sequence[np.ndarray], threshold: float | None = None
+) -> tuple[list[np.ndarray], list[list[tuple[int, int]]]]:
+    """Word matrices (n_tgt_words, n_src_words) and links of each pair from the aligner's
+    matrices (:func:`teacher_forced_aligner`)."""
+    matrices = [seg.word_matrix(method_rows(matrix, "aligner")) for seg, matrix in zip(segmentations, aligner)]
+    return matrices, [links_of(words, threshold) for words in matrices]
 
 
 def word_links(
@@ -290,7 +356,12 @@ def align(
     layer, heads = _check_choice(model, method, layer, heads)
     full_context = layer if method == "supervised" and model.cfg.alignment.full_context else None
     segmentations, attention = attend(model, tokenizer, src_texts, tgt_texts, batch_size, device, progress, full_context)
-    matrices, links = word_links(segmentations, attention, method, layer, heads, threshold)
+    aligner = [None] * len(segmentations)
+    if method == "aligner":
+        aligner = segmented_aligner(model, segmentations, batch_size, device)
+        matrices, links = aligner_word_links(segmentations, aligner, threshold)
+    else:
+        matrices, links = word_links(segmentations, attention, method, layer, heads, threshold)
     return [
         PairAlignment(
             attention=matrix,
@@ -301,8 +372,9 @@ def align(
             word_matrix=words,
             links=pair_links,
             segmentation=seg,
+            aligner=pair_aligner,
         )
-        for seg, matrix, words, pair_links in zip(segmentations, attention, matrices, links)
+        for seg, matrix, words, pair_links, pair_aligner in zip(segmentations, attention, matrices, links, aligner)
     ]
 
 
@@ -358,10 +430,11 @@ def aer_report(
         supervised: the model trains with guided alignment: ``aer`` is then the supervised
             heads' (``supervised`` method), also given as ``aer_supervised``; with
             ``model.alignment.full_context`` that layer's ``aer_by_layer`` entries read the
-            full-context pass too.
+            full-context pass too. A model with an aligner: ``aer`` is the aligner's, also
+            given as ``aer_aligner``.
 
     Returns: ``{"aer": AER of the default method and layer, "aer_by_layer": {method: [AER of
-    layer 0, 1, …] (all heads)}}`` (and ``aer_supervised``), rates in [0, 1].
+    layer 0, 1, …] (all heads)}}`` (and ``aer_supervised``, ``aer_aligner``), rates in [0, 1].
     """
     layer, heads, full_context = supervised_heads(model) if supervised else (None, None, None)
     attention = segmented_attention(model, segmentations, batch_size, device, full_context_layer=full_context)
@@ -373,7 +446,34 @@ def aer_report(
     if supervised:
         _, links = word_links(segmentations, attention, "supervised", layer, heads)
         report["aer"] = report["aer_supervised"] = round(score_alignments(links, gold.sure, gold.possible).aer, 5)
+    if model.aligner is not None:
+        _, links = aligner_word_links(segmentations, segmented_aligner(model, segmentations, batch_size, device))
+        report["aer"] = report["aer_aligner"] = round(score_alignments(links, gold.sure, gold.possible).aer, 5)
     return report
+
+
+def imitation_aer(
+    model: Transformer,
+    segmentations: Sequence[Segmentation],
+    teacher: GoldAlignment,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+) -> float:
+    """AER against the links the model learnt from (its teacher's, as Sure links), on pairs
+    it trained on: how well the aligner (or, without one, the supervised heads) fits them.
+
+    A well-fitted aligner reproduces its teacher on its own training pairs; an AER far from 0
+    there means it underfits, whatever its AER on a gold set.
+
+    Returns: the AER, a rate in [0, 1].
+    """
+    if model.aligner is not None:
+        _, links = aligner_word_links(segmentations, segmented_aligner(model, segmentations, batch_size, device))
+    else:
+        layer, heads, full_context = supervised_heads(model)
+        attention = segmented_attention(model, segmentations, batch_size, device, full_context_layer=full_context)
+        _, links = word_links(segmentations, attention, "supervised", layer, heads)
+    return score_alignments(links, teacher.sure, teacher.possible).aer
 
 
 def symmetrize_alignments(

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mt.aer import read_pharaoh
+from mt.aer import GoldAlignment, read_pharaoh
 from mt.config import DataConfig
 from mt.errors import ConfigError, DataError
 from mt.symmetrize import symmetrize
@@ -95,6 +95,25 @@ def piece_owners(tokenizer: Tokenizer, src_text: str, tgt_text: str) -> tuple[li
         piece_words(tokenizer.src_pieces(src_text), words_of(src_text)[1]),
         piece_words(tokenizer.tgt_pieces(tgt_text), words_of(tgt_text)[1]),
     )
+
+
+def teacher_links(
+    src_texts: Sequence[str], tgt_texts: Sequence[str], piece_links: Sequence[np.ndarray], tokenizer: Tokenizer,
+    src_lang: str, tgt_lang: str,
+) -> GoldAlignment:
+    """The training links of some pairs back as word links, a gold set to score imitation against
+    (every link Sure; a word pair is linked when any of their pieces are,
+    :func:`piece_to_word_links`).
+
+    Args:
+        src_texts, tgt_texts: the pairs' texts.
+        piece_links: their (n_links, 2) piece links, as :func:`training_links` returns them.
+    """
+    sure = [
+        piece_to_word_links(links, *piece_owners(tokenizer, src, tgt))
+        for src, tgt, links in zip(src_texts, tgt_texts, piece_links)
+    ]
+    return GoldAlignment(src_lang, tgt_lang, list(src_texts), list(tgt_texts), sure, [set(s) for s in sure])
 
 
 def segmentation_piece_links(segmentation: Segmentation, word_links: Iterable[Link]) -> np.ndarray:

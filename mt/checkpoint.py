@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mt.config import DecodingConfig, ModelConfig
+from mt.config import DecodingConfig, model_config_from_dict
 from mt.errors import CheckpointError
 from mt.model import Transformer
 from mt.tokenizer import Tokenizer
@@ -94,12 +94,6 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _model_config(data: dict) -> ModelConfig:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), data))
-
-
 def load_for_inference(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[Transformer, Tokenizer, dict]:
@@ -107,8 +101,8 @@ def load_for_inference(
 
     Returns:
         model, tokenizer, info with ``src_lang``, ``tgt_lang``, ``decoding``
-        (:class:`~mt.config.DecodingConfig`), ``step``, ``path`` and ``alignment_supervised``
-        (trained with ``train.alignment_weight`` > 0).
+        (:class:`~mt.config.DecodingConfig`), ``step``, ``path``, ``alignment_supervised``
+        (trained with ``train.alignment_weight`` > 0) and ``aligner`` (the model has one).
 
     Raises:
         CheckpointError: see :func:`load_checkpoint`.
@@ -117,7 +111,7 @@ def load_for_inference(
     try:
         tokenizer = Tokenizer.from_state(state["tokenizer"])
         model = Transformer(
-            _model_config(state["model_config"]), tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id
+            model_config_from_dict(state["model_config"]), tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id
         )
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError, ValueError) as error:
@@ -131,5 +125,6 @@ def load_for_inference(
         "path": str(resolve_checkpoint(path)),
         # trained with guided alignment: mt-align reads the supervised heads by default
         "alignment_supervised": state.get("config", {}).get("train", {}).get("alignment_weight", 0.0) > 0,
+        "aligner": model.aligner is not None,  # mt-align reads the aligner by default
     }
     return model, tokenizer, info

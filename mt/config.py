@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,8 @@ DATA_SOURCES = ("multi30k", "hf", "files")
 FILE_FORMATS = ("text", "tsv", "jsonl")
 POSITIONAL_EMBEDDINGS = ("sinusoidal", "learned", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TRAINABLE = ("all", "alignment")
+ALIGNER_INPUTS = ("shift", "predict", "both")
 OPTIMIZER_IMPLS = ("fused", "foreach", "for-loop")
 
 
@@ -99,6 +102,35 @@ class AlignmentConfig:
 
 
 @dataclass
+class AlignerConfig:
+    """The aligner: a small module on top of the encoder and decoder that learns word alignment
+    from links (``data.alignments``) while the translation model stays as it is
+    (:mod:`mt.aligner`; trained with ``train.trainable=alignment``, ``experiment=align``).
+
+    Attributes:
+        enabled: the model has an aligner (saved in its checkpoints; ``mt-align --method aligner``
+            is then the default).
+        inputs: which decoder rows describe target piece y_t: ``shift`` (the row whose input is
+            y_t, which has seen it: Shift-Att, Chen et al. 2020), ``predict`` (the row that
+            predicts y_t, as guided alignment reads) or ``both`` (their sum, each projected).
+        n_layers: full-context self-attention layers over the target before the alignment
+            attention (each target piece sees the whole target, Garg et al. 2019's full context).
+        n_heads: heads of those layers.
+        align_heads: heads of the alignment attention; their average is the alignment.
+        ffn_dim: inner width of those layers' feed-forward blocks.
+        dropout: dropout inside the aligner.
+    """
+
+    enabled: bool = False
+    inputs: str = "both"
+    n_layers: int = 1
+    n_heads: int = 4
+    align_heads: int = 1
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+
+
+@dataclass
 class ModelConfig:
     """Transformer dimensions (Vaswani et al. 2017), pre-norm residual blocks.
 
@@ -116,6 +148,7 @@ class ModelConfig:
         share_embeddings: one embedding matrix for source and target (needs a joint vocabulary).
         tie_output: output projection shares the target embedding matrix (Press & Wolf 2017).
         alignment: the cross-attention heads guided alignment trains (``train.alignment_weight``).
+        aligner: the alignment module on top of the model (``model.aligner.enabled``).
     """
 
     d_model: int = 256
@@ -130,6 +163,7 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    aligner: AlignerConfig = field(default_factory=AlignerConfig)
 
 
 @dataclass
@@ -277,8 +311,18 @@ class TrainConfig:
         warmup_steps: linear warm-up length in updates.
         betas, weight_decay: AdamW settings (Loshchilov & Hutter 2019).
         label_smoothing: label-smoothing epsilon (Szegedy et al. 2016).
-        alignment_weight: λ of the guided-alignment loss (Garg et al. 2019) on the heads
-            ``model.alignment`` names, against the links of ``data.alignments``; 0 = off.
+        alignment_weight: λ of the guided-alignment loss (Garg et al. 2019) against the links of
+            ``data.alignments``: on the aligner's attention where ``model.aligner.enabled``, else
+            on the heads ``model.alignment`` names; 0 = off.
+        init_from: start from the weights of this checkpoint (or run dir: its best.pt), with
+            its tokenizer and model config, and a new optimizer, schedule and step count
+            (fine-tuning; OpenNMT-py's ``train_from`` with ``reset_optim``). A model key given on
+            the command line must agree with the checkpoint's, except dropout rates and
+            ``model.aligner``. Ignored when resuming.
+        trainable: ``all`` parameters learn, or only the aligner's (``alignment``): the
+            translation model is then frozen (bit-identical after the run, run under
+            ``torch.no_grad``, no cross-entropy computed), validation decodes the validation
+            set once (its BLEU cannot change) and every validation's checkpoint is the best.
         clip_norm: gradient-norm clipping threshold (0 = off).
         valid_every: validate every N updates (and at the end of training).
         valid_beam_size: beam size of the validation BLEU decode (1 = greedy).
@@ -324,6 +368,8 @@ class TrainConfig:
     weight_decay: float = 0.0001
     label_smoothing: float = 0.1
     alignment_weight: float = 0.0
+    init_from: str | None = None
+    trainable: str = "all"
     clip_norm: float = 1.0
     valid_every: int = 250
     valid_beam_size: int = 1
@@ -481,6 +527,14 @@ def validate(config: Config) -> None:
         alignment.heads,
         f"must be in 1 … model.decoder.cross_attention.n_heads = {cross_heads}",
     )
+    aligner = model.aligner
+    require(aligner.inputs in ALIGNER_INPUTS, "model.aligner.inputs", aligner.inputs, "allowed: " + ", ".join(ALIGNER_INPUTS))
+    require(aligner.n_layers >= 0, "model.aligner.n_layers", aligner.n_layers, "must be >= 0")
+    for key in ("n_heads", "align_heads"):
+        heads = getattr(aligner, key)
+        require(heads > 0 and model.d_model % heads == 0, f"model.aligner.{key}", heads, f"must divide model.d_model = {model.d_model}")
+    require(aligner.ffn_dim > 0, "model.aligner.ffn_dim", aligner.ffn_dim, "must be > 0")
+    require(0 <= aligner.dropout < 1, "model.aligner.dropout", aligner.dropout, "must be in [0, 1)")
 
     data = config.data
     _validate_source(data)
@@ -540,7 +594,7 @@ def validate(config: Config) -> None:
         train.batch_tokens,
         f"must hold one sentence of data.max_len + 1 = {data.max_len + 1} tokens",
     )
-    require(train.lr > 0, "train.lr", train.lr, "must be > 0")
+    require(train.lr >= 0, "train.lr", train.lr, "must be >= 0 (0: the weights do not move)")
     require(train.warmup_steps >= 0, "train.warmup_steps", train.warmup_steps, "must be >= 0")
     require(len(train.betas) == 2, "train.betas", train.betas, "must be two numbers")
     require(train.alignment_weight >= 0, "train.alignment_weight", train.alignment_weight, "must be >= 0")
@@ -550,6 +604,21 @@ def validate(config: Config) -> None:
         train.alignment_weight,
         "needs alignment targets: set data.alignments=eflomal or data.alignments=file",
     )
+    require(train.trainable in TRAINABLE, "train.trainable", train.trainable, "allowed: " + ", ".join(TRAINABLE))
+    if train.trainable == "alignment":
+        require(model.aligner.enabled, "train.trainable", train.trainable, "needs an aligner: model.aligner.enabled=true")
+        require(
+            bool(train.init_from or train.resume),
+            "train.trainable",
+            train.trainable,
+            "trains the aligner of a finished model: set train.init_from=CHECKPOINT_OR_RUN_DIR",
+        )
+        require(
+            train.alignment_weight > 0,
+            "train.alignment_weight",
+            train.alignment_weight,
+            "must be > 0 with train.trainable=alignment (it is the aligner's only loss)",
+        )
     require(0 <= train.label_smoothing < 1, "train.label_smoothing", train.label_smoothing, "must be in [0, 1)")
     require(train.valid_every > 0, "train.valid_every", train.valid_every, "must be > 0")
     require(train.valid_beam_size > 0, "train.valid_beam_size", train.valid_beam_size, "must be > 0")
@@ -631,6 +700,111 @@ def _validate_source(data: DataConfig) -> None:
         "allowed: " + ", ".join(HEURISTICS),
     )
     require(data.alignments_unit in UNITS, "data.alignments_unit", data.alignments_unit, "allowed: " + ", ".join(UNITS))
+
+
+def command_line_keys(overrides: Sequence[str]) -> list[str]:
+    """The config keys and groups that Hydra command-line overrides set, as dotted paths.
+
+    Args:
+        overrides: Hydra's task overrides (``HydraConfig.get().overrides.task``), e.g.
+            ``["model.d_model=128", "model/encoder/self_attention=local", "train.lr=2e-4"]``.
+
+    Returns: e.g. ``["model.d_model", "model.encoder.self_attention", "train.lr"]``: a group
+    stands for every key under it.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return [o.key_or_group.replace("/", ".") for o in OverridesParser.create().parse_overrides(list(overrides))]
+
+
+def model_config_from_dict(data: dict) -> ModelConfig:
+    """A ``model`` node saved as nested dicts (a checkpoint's) as a :class:`ModelConfig`; keys
+    added to the schema since it was saved take their defaults (e.g. ``aligner``)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), data))
+
+
+# model keys a run started from a checkpoint may change: they leave the weights' meaning alone
+_INIT_CHANGEABLE = ("dropout", "ffn_dropout")
+# data keys that describe this run, not the data the checkpoint learnt from: never inherited
+_RUN_DATA_KEYS = ("data_dir", "mirror", "alignments", "alignments_path", "alignments_symmetrize", "alignments_unit")
+
+
+def init_config(checkpoint: dict, cfg: Config, given: Sequence[str], source: str) -> Config:
+    """The config of a run that starts from a checkpoint (``train.init_from``, or resuming such
+    a run): ``cfg`` with the checkpoint's ``model``, ``data`` and ``decoding``.
+
+    - ``model``: the checkpoint's, with ``cfg.model.aligner`` when enabled and the dropout
+      rates the command line set; any other model key the command line set must agree.
+    - ``data``: the checkpoint's (language pair, corpus, gold set, …), except the keys the
+      command line set and those that describe this run (:data:`_RUN_DATA_KEYS`: paths and
+      alignment targets), so that ``experiment=align train.init_from=RUN`` trains on the data
+      the model learnt from;
+    - ``decoding``: the checkpoint's, except the keys the command line set.
+
+    Args:
+        checkpoint: the checkpoint's dict (``model_config``, and ``config`` where saved).
+        cfg: the composed root config.
+        given: the keys the command line set (:func:`command_line_keys`).
+        source: the checkpoint's name, for messages.
+
+    Raises:
+        ConfigError: a model key the command line set disagrees with the checkpoint's; the
+            result is invalid (:func:`validate`).
+    """
+    def is_given(key: str) -> bool:
+        return any(key == g or key.startswith(g + ".") for g in given)
+
+    model = to_dict(model_config_from_dict(checkpoint["model_config"]))
+    for key, value in _leaves(to_dict(cfg.model), "model"):
+        if key.startswith("model.aligner.") or not is_given(key):
+            continue
+        holder, leaf = _parent(model, key)
+        if leaf in _INIT_CHANGEABLE:
+            holder[leaf] = value
+        elif holder[leaf] != value:
+            raise ConfigError(
+                f"config key '{key}' = {value!r} contradicts train.init_from={source}, whose model has {holder[leaf]!r} "
+                "(a model started from a checkpoint keeps its shape: drop the override)"
+            )
+    if cfg.model.aligner.enabled:
+        model["aligner"] = to_dict(cfg.model.aligner)
+    data, decoding = to_dict(cfg.data), to_dict(cfg.decoding)
+    for node, values, saved, own in (
+        ("data", data, checkpoint.get("config", {}).get("data", {}), _RUN_DATA_KEYS),
+        ("decoding", decoding, checkpoint.get("decoding", {}), ()),
+    ):
+        for name in values:
+            touched = any(g.startswith(f"{node}.{name}.") for g in given) or is_given(f"{node}.{name}")
+            if name in saved and name not in own and not touched:
+                values[name] = saved[name]
+    from omegaconf import OmegaConf
+
+    result = dataclasses.replace(
+        cfg,
+        model=model_config_from_dict(model),
+        data=OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), data)),
+        decoding=DecodingConfig(**decoding),
+    )
+    validate(result)
+    return result
+
+
+def _parent(tree: dict, key: str) -> tuple[dict, str]:
+    """The dict holding dotted ``key`` (its first part, the node name, skipped) and the leaf name."""
+    _, *path, leaf = key.split(".")
+    for part in path:
+        tree = tree[part]
+    return tree, leaf
+
+
+def _leaves(node: dict, prefix: str):
+    for name, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}.{name}")
+        else:
+            yield f"{prefix}.{name}", value
 
 
 def check_device(device: str, key: str) -> None:

@@ -103,6 +103,7 @@ class DecoderLayer(nn.Module):
         need_weights: bool = False,
         full_context: bool = False,
         group: int = 1,
+        tgt_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One decoder layer.
 
@@ -117,6 +118,9 @@ class DecoderLayer(nn.Module):
                 the whole target (Garg et al. 2019's full-context alignment pass).
             group: each ``group`` consecutive rows of ``x`` share one row of ``memory`` and
                 ``src_mask`` (beam search; see :meth:`MultiHeadAttention.forward`).
+            tgt_mask: (batch, tgt_len) bool, True = real target position: with
+                ``full_context``, what self-attention may see (the causal mask alone keeps
+                right-padding out of sight; a full-context pass needs this).
 
         Returns:
             x: (batch, tgt_len, d_model).
@@ -124,7 +128,10 @@ class DecoderLayer(nn.Module):
         """
         self_cache = cache["self_attention"] if cache is not None else None
         cross_cache = cache["cross_attention"] if cache is not None else None
-        h, _ = self.self_attention(self.self_attention_norm(x), cache=self_cache, causal=False if full_context else None)
+        self_mask = tgt_mask[:, None, None, :] if tgt_mask is not None else None
+        h, _ = self.self_attention(
+            self.self_attention_norm(x), mask=self_mask, cache=self_cache, causal=False if full_context else None
+        )
         x = x + self.dropout(h)
         h, cross_weights = self.cross_attention(
             self.cross_attention_norm(x),

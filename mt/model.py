@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from mt.aligner import Aligner
 from mt.attention import Cache, KVCache
 from mt.config import ModelConfig
 from mt.layers import DecoderLayer, EncoderLayer, sinusoidal_positions
@@ -65,6 +66,12 @@ class Transformer(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(cfg.d_model)
         self.output_proj = nn.Linear(cfg.d_model, tgt_vocab_size, bias=False)
+        # the word aligner on top (mt/aligner.py), reading the embeddings and every layer's output
+        self.aligner = (
+            Aligner(cfg.aligner, cfg.d_model, cfg.encoder.n_layers + 1, cfg.decoder.n_layers + 1)
+            if cfg.aligner.enabled
+            else None
+        )
         self._init_parameters()
         if cfg.tie_output:
             self.output_proj.weight = self.tgt_embedding.weight  # (Press & Wolf 2017)
@@ -175,11 +182,67 @@ class Transformer(nn.Module):
         weights = None
         for i, decoder_layer in enumerate(self.decoder_layers):
             if i == layer and full_context:
-                _, weights = decoder_layer(x, memory, src_mask, need_weights=True, full_context=True)
+                _, weights = decoder_layer(
+                    x, memory, src_mask, need_weights=True, full_context=True, tgt_mask=tgt_in != self.pad_id
+                )
             x, layer_weights = decoder_layer(x, memory, src_mask, need_weights=i == layer and not full_context)
             if i == layer and not full_context:
                 weights = layer_weights
         return self.decoder_norm(x), weights
+
+    def layer_states(
+        self, src_ids: torch.Tensor, tgt_in: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+        """Teacher-forced pass that keeps every layer's output (what the aligner reads).
+
+        Args:
+            src_ids, tgt_in: as :meth:`encode` and :meth:`decode`.
+
+        Returns:
+            src_states: n_encoder_layers + 1 tensors (batch, src_len, d_model): the embedded
+                source, then each encoder layer's output, the last with the final layer norm
+                (= :meth:`encode`'s memory).
+            src_mask: (batch, src_len) bool, True = real source token.
+            tgt_states: n_decoder_layers + 1 tensors (batch, tgt_len, d_model), likewise; the
+                last is :meth:`decode`'s hidden.
+        """
+        src_mask = src_ids != self.pad_id  # (batch, src_len)
+        x = self._embed(self.src_embedding, src_ids)
+        src_states = [x]
+        for layer in self.encoder_layers:
+            x = layer(x, src_mask)
+            src_states.append(x)
+        src_states[-1] = memory = self.encoder_norm(x)
+        y = self._embed(self.tgt_embedding, tgt_in)
+        tgt_states = [y]
+        for layer in self.decoder_layers:
+            y, _ = layer(y, memory, src_mask)
+            tgt_states.append(y)
+        tgt_states[-1] = self.decoder_norm(y)
+        return src_states, src_mask, tgt_states
+
+    def aligner_attention(self, src_ids: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """The aligner's alignment of a teacher-forced batch, the translation model run without
+        gradients (it is frozen, or the aligner must not change it).
+
+        Args:
+            src_ids, tgt_in: as :meth:`encode` and :meth:`decode`.
+
+        Returns: (batch, tgt_len, src_len) float32, row t the alignment of the piece predicted
+            at row t; rows sum to 1 over real source positions.
+
+        Raises:
+            ValueError: the model has no aligner (``model.aligner.enabled``).
+        """
+        if self.aligner is None:
+            raise ValueError("this model has no aligner (train one: mt-train experiment=align train.init_from=RUN_DIR)")
+        with torch.no_grad():
+            src_states, src_mask, tgt_states = self.layer_states(src_ids, tgt_in)
+        return self.aligner(src_states, src_mask, tgt_states, tgt_in != self.pad_id)
+
+    def translation_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Every named parameter but the aligner's: what ``train.trainable=alignment`` freezes."""
+        return [(name, p) for name, p in self.named_parameters() if not name.startswith("aligner.")]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (..., d_model) → (..., tgt_vocab) unnormalised scores."""

@@ -10,6 +10,8 @@ the dict and, when weighted, one more summand of the total.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from mt.batching import Batch
@@ -32,6 +34,11 @@ class Objective(torch.nn.Module):
     ``align = Σ_t Σ_s G̃[t, s] · (−log A[t, s])``, summed over the batch like the cross-entropy;
     the total is ``xent + alignment_weight · align``.
 
+    With an aligner (``model.aligner``, :mod:`mt.aligner`) the alignment term is the aligner's
+    instead, on its own attention and with its inputs detached, so that it never changes the
+    translation model; ``frozen`` (``train.trainable=alignment``) runs the translation model
+    without gradients and drops the cross-entropy: the total is ``alignment_weight · align``.
+
     Args:
         model: the model being trained.
         label_smoothing: epsilon of the smoothed target distribution (Szegedy et al. 2016);
@@ -42,6 +49,7 @@ class Objective(torch.nn.Module):
         alignment_heads: how many heads of that layer (the first ones) are supervised.
         full_context: read the supervised weights from a pass without the future mask
             (:meth:`mt.model.Transformer.decode_with_alignment`).
+        frozen: only the aligner learns (see above).
     """
 
     def __init__(
@@ -52,6 +60,7 @@ class Objective(torch.nn.Module):
         alignment_layer: int = -2,
         alignment_heads: int = 1,
         full_context: bool = False,
+        frozen: bool = False,
     ):
         super().__init__()
         self.model = model
@@ -60,6 +69,7 @@ class Objective(torch.nn.Module):
         self.alignment_layer = alignment_layer
         self.alignment_heads = alignment_heads
         self.full_context = full_context
+        self.frozen = frozen
 
     def forward(
         self,
@@ -83,15 +93,17 @@ class Objective(torch.nn.Module):
             ``"align"``: the summed alignment loss (nats); ``n_tokens`` the real target tokens
             (EOS included).
         """
-        memory, src_mask = self.model.encode(src_ids)
         guided = self.alignment_weight > 0 and alignment is not None
+        real = tgt_out != self.model.pad_id  # (batch, tgt_len)
+        if guided and self.model.aligner is not None:
+            return self._aligner_loss(src_ids, tgt_in, tgt_out, alignment, real)
+        memory, src_mask = self.model.encode(src_ids)
         if guided:
             hidden, weights = self.model.decode_with_alignment(
                 tgt_in, memory, src_mask, self.alignment_layer, self.full_context
             )  # weights: (batch, n_heads, tgt_len, src_len)
         else:
             hidden, _ = self.model.decode(tgt_in, memory, src_mask)  # (batch, tgt_len, d_model)
-        real = tgt_out != self.model.pad_id  # (batch, tgt_len)
         xent = linear_cross_entropy(hidden[real], self.model.output_proj.weight, tgt_out[real], self.label_smoothing)
         terms = {"xent": xent}
         total = xent
@@ -99,6 +111,18 @@ class Objective(torch.nn.Module):
             terms["align"] = alignment_loss(weights[:, : self.alignment_heads].float().mean(1), alignment)
             total = xent + self.alignment_weight * terms["align"]
         return total, terms, int(real.sum())
+
+    def _aligner_loss(self, src_ids, tgt_in, tgt_out, alignment, real):
+        """The aligner's term (and, unless frozen, the cross-entropy from the same pass)."""
+        with torch.no_grad() if self.frozen else contextlib.nullcontext():
+            src_states, src_mask, tgt_states = self.model.layer_states(src_ids, tgt_in)
+        weights = self.model.aligner(src_states, src_mask, tgt_states, tgt_in != self.model.pad_id)
+        align = alignment_loss(weights, alignment)
+        if self.frozen:
+            return self.alignment_weight * align, {"align": align}, int(real.sum())
+        hidden = tgt_states[-1]  # (batch, tgt_len, d_model)
+        xent = linear_cross_entropy(hidden[real], self.model.output_proj.weight, tgt_out[real], self.label_smoothing)
+        return xent + self.alignment_weight * align, {"xent": xent, "align": align}, int(real.sum())
 
 
 def linear_cross_entropy(

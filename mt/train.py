@@ -58,10 +58,10 @@ from tqdm.auto import tqdm
 from mt import batching
 from mt import corpora
 from mt import distributed
-from mt.align import aer_report
+from mt.align import aer_report, imitation_aer
 from mt.average import average_run, best_checkpoints, step_checkpoints
 from mt.checkpoint import load_checkpoint, save_checkpoint
-from mt.config import Config, TrainConfig, to_dict
+from mt.config import Config, TrainConfig, init_config, to_dict
 from mt.device import autocast, resolve_device, resolve_precision
 from mt.errors import CheckpointError, ConfigError
 from mt.evaluate import score, translate
@@ -265,8 +265,9 @@ def build_optimization(
     if objective is None:
         alignment = model.cfg.alignment
         objective = Objective(
-            model, cfg.label_smoothing, cfg.alignment_weight, alignment.layer, alignment.heads, alignment.full_context
-        )
+            model, cfg.label_smoothing, cfg.alignment_weight, alignment.layer, alignment.heads, alignment.full_context,
+            frozen=cfg.trainable == "alignment",
+        )  # fmt: skip
     no_sync = contextlib.nullcontext
     if context.distributed:
         objective = torch.nn.parallel.DistributedDataParallel(
@@ -364,29 +365,51 @@ def epoch_updates(
 
 
 # ------------------------------------------------------------------------------- validation
-def validate(model: Transformer, data: TrainingData, cfg: Config, device: torch.device, precision: str) -> dict:
+def validate(
+    model: Transformer,
+    data: TrainingData,
+    cfg: Config,
+    device: torch.device,
+    precision: str,
+    translation_metrics: dict | None = None,
+) -> dict:
     """Validation metrics of ``model``; writes nothing and leaves the model in eval mode.
 
+    Args:
+        translation_metrics: :func:`validate_translation`'s result for this model's translation
+            weights, when they cannot have changed (``train.trainable=alignment``); None =
+            compute them.
+
     Returns: ``val_loss`` (plain cross-entropy per target token), ``val_{term}_loss`` per
-        objective term, ``val_bleu`` and ``val_chrf`` (sacreBLEU, ``train.valid_beam_size``), and with a gold
-        alignment set ``aer`` and ``aer_by_layer`` (:func:`mt.align.aer_report`).
+        objective term, ``val_bleu`` and ``val_chrf`` (sacreBLEU, ``train.valid_beam_size``), with a gold
+        alignment set ``aer`` and ``aer_by_layer`` (:func:`mt.align.aer_report`), and with
+        alignment targets ``imitation_aer`` (:func:`mt.align.imitation_aer`).
     """
+    metrics = dict(translation_metrics or validate_translation(model, data, cfg, device, precision))
+    model.eval()
+    guided = cfg.train.alignment_weight > 0
+    with autocast(device, precision):
+        if data.gold is not None:
+            metrics.update(aer_report(model, data.gold_segmentations, data.gold, cfg.decoding.batch_size, device, guided))
+        if guided and data.imitation is not None:
+            metrics["imitation_aer"] = round(
+                imitation_aer(model, data.imitation_segmentations, data.imitation, cfg.decoding.batch_size, device), 5
+            )
+    return metrics
+
+
+def validate_translation(model: Transformer, data: TrainingData, cfg: Config, device: torch.device, precision: str) -> dict:
+    """``val_loss``, ``val_{term}_loss``, ``val_bleu`` and ``val_chrf`` of :func:`validate`."""
     losses = validation_losses(model, data.valid_batches, device, precision)
     valid_decoding = dataclasses.replace(cfg.decoding, beam_size=cfg.train.valid_beam_size)
     with autocast(device, precision):
         hypotheses = translate(model, data.tokenizer, data.splits["valid"]["src"], valid_decoding, device)
-        alignment = {}
-        if data.gold is not None:
-            alignment = aer_report(
-                model, data.gold_segmentations, data.gold, cfg.decoding.batch_size, device, cfg.train.alignment_weight > 0
-            )
     scores = score(hypotheses, data.splits["valid"]["tgt"])
     return {
         "val_loss": losses["xent"],
         **{f"val_{name}_loss": value for name, value in losses.items()},
         "val_bleu": scores["bleu"],
         "val_chrf": scores["chrf"],
-        **alignment,
     }
 
 
@@ -403,6 +426,8 @@ class Run:
         monitor: rank 0's learning curves and TensorBoard; None on other ranks.
         static_state: what every checkpoint holds besides weights and training state (model
             config, tokenizer, languages, decoding defaults, the whole config).
+        frozen_metrics: with ``train.trainable=alignment``, the translation's validation
+            metrics, measured once (:func:`validate_translation`): its weights do not change.
     """
 
     cfg: Config
@@ -412,6 +437,7 @@ class Run:
     opt: Optimization
     monitor: TrainingMonitor | None
     static_state: dict
+    frozen_metrics: dict | None = None
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -469,7 +495,7 @@ def validation_round(run: Run, state: TrainState, interval: LossMeter) -> bool:
     stop = None
     if run.context.is_main:
         train_seconds = time.perf_counter() - interval.started
-        metrics = validate(run.opt.model, run.data, run.cfg, run.opt.device, run.opt.precision)
+        metrics = validate(run.opt.model, run.data, run.cfg, run.opt.device, run.opt.precision, run.frozen_metrics)
         record = {
             "step": state.step,
             "epoch": state.epoch,
@@ -481,12 +507,22 @@ def validation_round(run: Run, state: TrainState, interval: LossMeter) -> bool:
             "nonfinite_steps": state.nonfinite_steps,
             **process_memory_mb(),
         }
-        improved = state.record_score(metrics["val_bleu"])
+        # a frozen translation model scores the same each time: the newest aligner is the best
+        improved = run.frozen_metrics is not None or state.record_score(metrics["val_bleu"])
         record_validation(run, record, improved)
         save_checkpoints(run, {**run.checkpoint(state), "val_bleu": metrics["val_bleu"]}, state.step, improved)
         stop = early_stop(state, run.cfg.train.patience)
-    run.opt.model.train()
+    set_train_mode(run.opt.model, run.cfg.train.trainable)
     return distributed.broadcast(run.context, stop)
+
+
+def set_train_mode(model: Transformer, trainable: str) -> None:
+    """Training mode for what learns: with ``trainable=alignment`` only the aligner (dropout on);
+    the frozen translation model stays in eval mode, so the aligner learns from the states it
+    will read at inference."""
+    model.train(trainable == "all")
+    if trainable == "alignment":
+        model.aligner.train()
 
 
 # ------------------------------------------------------------------------------------ the loop
@@ -530,7 +566,7 @@ def training_loop(run: Run, state: TrainState) -> str:
     window, interval = LossMeter(), LossMeter()  # progress-bar and validation windows
     progress = tqdm(initial=state.step, total=cfg.max_steps or None, desc="train", unit="step",
                     disable=None if context.is_main else True, dynamic_ncols=True)  # fmt: skip
-    run.opt.model.train()
+    set_train_mode(run.opt.model, cfg.trainable)
     with StopSignal() as stop_signal, contextlib.closing(progress):
         while True:
             updates = epoch_updates(data.src_lens, data.tgt_lens, cfg, state.epoch, group_size)
@@ -556,7 +592,8 @@ def training_loop(run: Run, state: TrainState) -> str:
                         release_free_memory()  # new batch shapes would otherwise grow the heap for good
                     if state.step % cfg.log_every == 0:
                         now = time.perf_counter()
-                        progress.set_postfix(loss=f"{window.loss / window.tokens:.3f}", lr=f"{run.opt.scheduler.get_last_lr()[0]:.2e}",
+                        align = {"align": f"{window.terms['align'] / window.tokens:.3f}"} if "align" in window.terms else {}
+                        progress.set_postfix(loss=f"{window.loss / window.tokens:.3f}", **align, lr=f"{run.opt.scheduler.get_last_lr()[0]:.2e}",
                                              tok_s=f"{window.tokens_per_s(now):.0f}", epoch=state.epoch)  # fmt: skip
                         window = LossMeter(started=now)
                     stop_reason = limit_reached(cfg, state, bool(time_up))
@@ -578,19 +615,24 @@ def training_loop(run: Run, state: TrainState) -> str:
 
 
 # ------------------------------------------------------------------------------------ the run
-def train(cfg: Config, out_dir: str | Path) -> dict:
+def train(cfg: Config, out_dir: str | Path, command_line_keys: Sequence[str] = ()) -> dict:
     """Train a model as configured and score it on the test split.
 
     Args:
         cfg: the validated root config.
         out_dir: the run directory (Hydra's output dir); created if missing. Under torchrun only
             rank 0 writes into it.
+        command_line_keys: the config keys the command line set
+            (:func:`mt.config.command_line_keys`): with ``train.init_from`` a model key among them
+            must agree with the checkpoint.
 
     Returns: the test scores (as written to ``test_scores.json``); ``{}`` on ranks other than 0.
 
     Raises:
         DataError: corpus files missing or inconsistent; the run dir not writable or too full.
-        ConfigError: ``train.resume`` names no checkpoint.
+        ConfigError: ``train.resume`` names no checkpoint; a model key contradicts
+            ``train.init_from``'s checkpoint.
+        CheckpointError: ``train.init_from`` is not a checkpoint whose weights fit the model.
         TrainingInterrupted, TrainingFailed: see :func:`training_loop`.
     """
     out_dir = Path(out_dir)
@@ -602,6 +644,16 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         if context.is_main:
             check_writable(out_dir / "checkpoints")
         resume = load_resume(cfg.train.resume, out_dir / "checkpoints")
+        initial = None
+        if resume is not None and cfg.train.init_from:  # a resumed stage: the model and data it saved
+            cfg = init_config(resume, cfg, command_line_keys, cfg.train.resume)
+        elif cfg.train.init_from:
+            try:
+                initial = load_checkpoint(cfg.train.init_from, mmap=True)
+            except CheckpointError as error:
+                raise CheckpointError(f"train.init_from: {error}") from None
+            cfg = init_config(initial, cfg, command_line_keys, cfg.train.init_from)
+            log.info("starting from the weights of %s (step %s)", cfg.train.init_from, initial.get("step"))
         if context.is_main:  # built before data work, to fail early
             records = read_metrics(out_dir / "metrics.jsonl", max_step=resume["step"]) if resume else ()
             monitor = TrainingMonitor(out_dir, tensorboard=cfg.train.tensorboard, records=records,
@@ -617,12 +669,19 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
             torch.set_num_threads(cfg.train.num_threads)
         precision = resolve_precision(cfg.train.precision, device)
 
-        data = prepare_data(cfg, context, resume)
+        data = prepare_data(cfg, context, resume or initial)
         tokenizer = data.tokenizer
         model = Transformer(cfg.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id).to(device)
+        if initial is not None:
+            load_initial_weights(model, initial, cfg.train.init_from)
+            del initial
+        if cfg.train.trainable == "alignment":  # only the aligner learns
+            for _, parameter in model.translation_parameters():
+                parameter.requires_grad_(False)
         log.info(
-            "model: %.2fM parameters, device %s, precision %s, %d process(es) × %d accumulated batch(es) per update",
-            sum(p.numel() for p in model.parameters()) / 1e6, device, precision, context.world_size, cfg.train.accum_steps,
+            "model: %.2fM parameters (%.2fM trained), device %s, precision %s, %d process(es) × %d accumulated batch(es) per update",
+            sum(p.numel() for p in model.parameters()) / 1e6, sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+            device, precision, context.world_size, cfg.train.accum_steps,
         )  # fmt: skip
         opt = build_optimization(model, cfg.train, device, precision, context)
         static_state = {
@@ -633,6 +692,8 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
             "config": to_dict(cfg),
         }
         run = Run(cfg, out_dir, context, data, opt, monitor, static_state)
+        if cfg.train.trainable == "alignment" and context.is_main:
+            run.frozen_metrics = validate_translation(model, data, cfg, device, precision)
         if context.is_main:
             data.write_tokenizer(out_dir, cfg.data.src_lang, cfg.data.tgt_lang)
             check_free_space(
@@ -659,6 +720,27 @@ def train(cfg: Config, out_dir: str | Path) -> dict:
         if monitor is not None:
             monitor.close()
         distributed.teardown(context)
+
+
+def load_initial_weights(model: Transformer, state: dict, source: str) -> None:
+    """``train.init_from``: the checkpoint's weights into ``model``; an aligner the checkpoint
+    lacks keeps its fresh initialisation.
+
+    Raises:
+        CheckpointError: weights missing or of another shape (``source`` named).
+    """
+    try:
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    except RuntimeError as error:  # shapes differ
+        raise CheckpointError(f"train.init_from={source}: its weights do not fit the model ({_first_line(error)})") from None
+    absent = [key for key in missing if not key.startswith("aligner.")] + list(unexpected)
+    if absent:
+        raise CheckpointError(f"train.init_from={source}: its weights do not fit the model ({', '.join(absent[:4])})")
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
 
 
 def load_resume(resume: str | None, checkpoint_dir: Path) -> dict | None:

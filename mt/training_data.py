@@ -48,6 +48,7 @@ _IDS_FEATURES = datasets.Features(
     {"src_ids": datasets.Sequence(datasets.Value("int32")), "tgt_ids": datasets.Sequence(datasets.Value("int32"))}
 )
 _TOKENIZED_FORMAT = 2  # in the tokenized cache's key: 2 = int32 ids only, one Arrow file
+IMITATION_PAIRS = 300  # training pairs the imitation AER is measured on
 _BATCH_ROWS = 10_000  # rows per tokenizer call and per Arrow record batch of the tokenized cache
 
 
@@ -120,6 +121,10 @@ class TrainingData:
         train_links: with ``data.alignments``, one (n_links, 2) int array per training pair
             (columns src_piece, tgt_piece: positions in ``train_src``/``train_tgt``, no BOS/EOS)
             for guided alignment (:mod:`mt.alignment_targets`); None when ``data.alignments=none``.
+        imitation: with ``train_links``, up to :data:`IMITATION_PAIRS` training pairs, evenly
+            spread, with their training links as a gold set (imitation AER,
+            :func:`mt.align.imitation_aer`), or None.
+        imitation_segmentations: their pairs segmented into pieces and words, or None.
     """
 
     tokenizer: Tokenizer
@@ -132,6 +137,8 @@ class TrainingData:
     gold: GoldAlignment | None = None
     gold_segmentations: list[Segmentation] | None = None
     train_links: list[np.ndarray] | None = None
+    imitation: GoldAlignment | None = None
+    imitation_segmentations: list[Segmentation] | None = None
 
     def batch(self, indices: list[int]) -> batching.Batch:
         """The training pairs at ``indices`` as one padded batch (:func:`mt.batching.collate`)."""
@@ -274,7 +281,7 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
         DataError: corpus files missing or inconsistent.  ConfigError: a gold set of another pair.
     """
     data_cfg = cfg.data
-    gold, train_links = None, None
+    gold, train_links, imitation = None, None, None
     started = time.perf_counter()
     with distributed.main_first(context):
         splits = corpora.load_splits(data_cfg)  # train: an IterableDataset with data.streaming
@@ -303,6 +310,7 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
             if data_cfg.alignments != "none":  # guided-alignment targets, in step with the kept pairs
                 texts = list(splits["train"]["src"]), list(splits["train"]["tgt"])
                 train_links = alignment_targets.training_links(data_cfg, *texts, tokenizer, kept, cache_dir, n_corpus_pairs)
+                imitation = imitation_sample(texts, kept, train_links, tokenizer, data_cfg)
     valid_set = tokenize(splits["valid"], tokenizer)
     valid_src = [ids[: data_cfg.max_len] for ids in valid_set["src_ids"]]
     valid_tgt = [ids[: data_cfg.max_len] for ids in valid_set["tgt_ids"]]
@@ -329,6 +337,26 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
         gold=gold,
         gold_segmentations=segment(tokenizer, gold.src, gold.tgt, cfg.model.max_positions - 1) if gold else None,
         train_links=train_links,
+        imitation=imitation,
+        imitation_segmentations=(
+            segment(tokenizer, imitation.src, imitation.tgt, cfg.model.max_positions - 1) if imitation else None
+        ),
+    )
+
+
+def imitation_sample(
+    texts: tuple[Sequence[str], Sequence[str]], kept: np.ndarray, train_links: list[np.ndarray], tokenizer: Tokenizer,
+    data_cfg: DataConfig, n_pairs: int | None = None,
+) -> GoldAlignment:
+    """Up to ``n_pairs`` (default :data:`IMITATION_PAIRS`) kept training pairs with links, evenly
+    spread over the training data, and their links as a gold set
+    (:func:`mt.alignment_targets.teacher_links`)."""
+    with_links = np.flatnonzero([len(links) > 0 for links in train_links])
+    n_pairs = IMITATION_PAIRS if n_pairs is None else n_pairs
+    chosen = with_links[np.linspace(0, len(with_links) - 1, min(n_pairs, len(with_links))).astype(int)] if len(with_links) else []
+    return alignment_targets.teacher_links(
+        [texts[0][kept[i]] for i in chosen], [texts[1][kept[i]] for i in chosen], [train_links[i] for i in chosen],
+        tokenizer, data_cfg.src_lang, data_cfg.tgt_lang,
     )
 
 

@@ -18,7 +18,7 @@ from mt.align import (
     teacher_forced_attention,
 )
 from mt.words import NO_WORD, piece_words, pool, pooling_matrices, words_of
-from mt.config import TokenizerConfig
+from mt.config import AlignerConfig, TokenizerConfig
 from mt.model import Transformer
 from mt.tokenizer import Piece, Tokenizer
 
@@ -192,7 +192,8 @@ def test_words_without_pieces_split_words_and_glued_punctuation(tokenizer):
     assert owners.count(3) >= 3  # a rare word in many pieces, all on it
     assert owners == sorted(owners)  # pieces follow the words in order
     torch.manual_seed(0)
-    model = Transformer(tiny_config(), tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id).eval()
+    with_aligner = tiny_config(aligner=AlignerConfig(enabled=True, n_heads=2, ffn_dim=64))  # every method can run
+    model = Transformer(with_aligner, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id).eval()
     for method in METHODS:
         (a,) = align(model, tokenizer, [text], ["\u200b Two men ,"], method=method)
         assert a.word_matrix.shape == (4, 4)

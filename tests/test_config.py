@@ -22,7 +22,7 @@ from conftest import REPO
 CONFIGS = REPO / "configs"
 CONFIG_DIR = str(CONFIGS)
 GROUP_FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent != CONFIGS)
-REQUIRED = {"data/hf": ["data.path=corpus"], "data/files": ["data.path=corpus"]}  # their ??? values
+REQUIRED = {"data/hf": ["data.path=corpus"], "data/files": ["data.path=corpus"], "experiment/align": ["train.init_from=run"]}  # their ??? values
 
 
 def compose_config(overrides=()):
@@ -218,7 +218,7 @@ def test_mt_train_reports_bad_config_in_one_line_before_data_work(tmp_path):
 def test_run_dir_is_named_after_the_experiment(overrides, folder, tmp_path):
     mt_train = Path(sys.executable).parent / "mt-train"
     # a bad value stops the run right after Hydra made its run dir
-    args = [str(mt_train), *overrides, "train.lr=0", f"data.data_dir={tmp_path / 'data'}"]
+    args = [str(mt_train), *overrides, "train.lr=-1", f"data.data_dir={tmp_path / 'data'}"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     run_dirs = [path.parent for path in (tmp_path / "outputs").glob("*/*/*/.hydra")]

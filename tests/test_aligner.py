@@ -1,0 +1,103 @@
+"""The aligner on top of a frozen model (mt/aligner.py): its masks, its loss, that it learns a
+toy alignment, and that training it leaves every other weight as it was."""
+
+import random
+
+import pytest
+import torch
+
+from mt.aer import score_alignments
+from mt.batching import collate
+from mt.config import AlignerConfig
+from mt.model import Transformer
+from mt.objective import Objective, alignment_loss
+
+from conftest import VOCAB, tiny_config
+
+ALIGNER = AlignerConfig(enabled=True, n_layers=1, n_heads=2, align_heads=1, ffn_dim=64, dropout=0.0)
+
+
+def aligner_model(seed: int = 0, **aligner) -> Transformer:
+    torch.manual_seed(seed)
+    cfg = tiny_config(aligner=AlignerConfig(**{**vars(ALIGNER), **aligner}))
+    return Transformer(cfg, VOCAB, VOCAB, pad_id=0).eval()
+
+
+@pytest.mark.parametrize("inputs", ["shift", "predict", "both"])
+def test_rows_sum_to_one_over_real_source_and_ignore_padding(inputs):
+    model = aligner_model(inputs=inputs)
+    batch = collate([[5, 6, 7, 8], [9, 10]], [[11, 12, 13], [14]], [0, 1])
+    with torch.no_grad():
+        weights = model.aligner_attention(batch.src_ids, batch.tgt_in)  # (batch, tgt_len, src_len)
+        alone = model.aligner_attention(batch.src_ids[1:, :3], batch.tgt_in[1:, :2])  # pair 1 without padding
+    assert weights.shape == (2, 4, 5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4))
+    assert torch.all(weights[1, :, 3:] == 0)  # padded source columns get nothing
+    # the padded batch gives the pair's rows as the pair alone does (the full-context layer and
+    # the shifted rows must not read padding)
+    torch.testing.assert_close(weights[1, :2, :3], alone[0], atol=1e-5, rtol=1e-4)
+
+
+def test_frozen_objective_is_the_aligners_loss_and_reaches_only_the_aligner():
+    model = aligner_model()
+    batch = collate([[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]], [0, 1], links=[[(0, 0), (2, 1)], [(1, 2)]])
+    objective = Objective(model, 0.1, alignment_weight=0.5, frozen=True)
+    total, terms, n_tokens = objective(batch.src_ids, batch.tgt_in, batch.tgt_out, batch.alignment)
+    expected = alignment_loss(model.aligner_attention(batch.src_ids, batch.tgt_in), batch.alignment)
+    assert terms.keys() == {"align"} and n_tokens == 3 + 4
+    torch.testing.assert_close(terms["align"], expected)
+    torch.testing.assert_close(total, 0.5 * expected)
+    total.backward()
+    for name, parameter in model.named_parameters():
+        assert (parameter.grad is not None) == name.startswith("aligner."), name
+    # unfrozen: the cross-entropy of the same pass as well, and still no gradient of the
+    # aligner's term reaches the translation model
+    model.zero_grad()
+    joint = Objective(model, 0.1, alignment_weight=0.5)
+    _, joint_terms, _ = joint(batch.src_ids, batch.tgt_in, batch.tgt_out, batch.alignment)
+    plain_total, plain_terms, _ = Objective(model, 0.1)(batch.src_ids, batch.tgt_in, batch.tgt_out)
+    torch.testing.assert_close(joint_terms["xent"], plain_terms["xent"])
+    joint_terms["align"].backward()
+    assert all(p.grad is None for name, p in model.named_parameters() if not name.startswith("aligner."))
+
+
+def toy_pairs(n_pairs: int, seed: int) -> list[tuple[list[int], list[int], list[tuple[int, int]]]]:
+    """Source: 3-7 distinct tokens of 5..24; target: their translations (token + 15) in reversed
+    order, so source piece i aligns with target piece len - 1 - i."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n_pairs):
+        src = rng.sample(range(5, 25), rng.randint(3, 7))
+        tgt = [token + 15 for token in reversed(src)]
+        pairs.append((src, tgt, [(i, len(src) - 1 - i) for i in range(len(src))]))
+    return pairs
+
+
+def test_aligner_learns_a_toy_permutation_on_a_frozen_random_model():
+    model = aligner_model(seed=1)
+    frozen = {name: p.detach().clone() for name, p in model.translation_parameters()}
+    for _, parameter in model.translation_parameters():
+        parameter.requires_grad_(False)
+    model.aligner.train()
+    objective = Objective(model, 0.0, alignment_weight=1.0, frozen=True)
+    optimizer = torch.optim.AdamW(model.aligner.parameters(), lr=3e-3)
+    train, test = toy_pairs(512, seed=2), toy_pairs(100, seed=3)
+    torch.manual_seed(0)
+    for step in range(300):
+        chunk = [train[(step * 32 + k) % len(train)] for k in range(32)]
+        batch = collate([s for s, _, _ in chunk], [t for _, t, _ in chunk], list(range(32)), [l for _, _, l in chunk])
+        total, terms, n_tokens = objective(batch.src_ids, batch.tgt_in, batch.tgt_out, batch.alignment)
+        optimizer.zero_grad()
+        (total / n_tokens).backward()
+        optimizer.step()
+    model.eval()
+    batch = collate([s for s, _, _ in test], [t for _, t, _ in test], list(range(len(test))))
+    with torch.no_grad():
+        weights = model.aligner_attention(batch.src_ids, batch.tgt_in)
+    predicted = [
+        {(int(weights[k, t, : len(src)].argmax()), t) for t in range(len(tgt))} for k, (src, tgt, _) in enumerate(test)
+    ]
+    gold = [set(links) for _, _, links in test]
+    assert score_alignments(predicted, gold, gold).aer < 0.05
+    for name, parameter in model.translation_parameters():
+        assert torch.equal(parameter, frozen[name]), name

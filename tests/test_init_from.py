@@ -1,0 +1,185 @@
+"""Starting a run from a checkpoint (``train.init_from``), freezing all but the aligner
+(``train.trainable=alignment``), and the inference commands reading the aligner by default.
+
+Tiny runs through ``mt.train.train`` on a local corpus with a links file (no eflomal)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mt.align import align, default_method
+from mt.checkpoint import load_checkpoint, load_for_inference
+from mt.config import AlignerConfig, Config, DataConfig, TokenizerConfig, init_config, to_dict, validate
+from mt.errors import ConfigError
+from mt.train import train
+
+from conftest import tiny_config
+
+BIN = Path(sys.executable).parent
+WORDS_DE = "Hund Katze Mann Frau Kind Ball Park Haus Auto Baum".split()
+WORDS_EN = "dog cat man woman child ball park house car tree".split()
+
+
+def write_corpus(folder: Path) -> None:
+    """80 pairs of 'ein X sieht ein Y .' / 'a X sees a Y .' with their word links."""
+    lines = {"de": [], "en": [], "links": []}
+    for k in range(80):
+        x, y = k % 10, (k * 3 + 1) % 10
+        lines["de"].append(f"ein {WORDS_DE[x]} sieht ein {WORDS_DE[y]} .")
+        lines["en"].append(f"a {WORDS_EN[x]} sees a {WORDS_EN[y]} .")
+        lines["links"].append("0-0 1-1 2-2 3-3 4-4 5-5")
+    for split, rows in (("train", slice(0, 80)), ("valid", slice(0, 8)), ("test", slice(8, 16))):
+        for lang in ("de", "en"):
+            (folder / f"{split}.{lang}").write_text("".join(line + "\n" for line in lines[lang][rows]))
+    (folder / "links.txt").write_text("".join(line + "\n" for line in lines["links"]))
+
+
+def base_config(folder: Path, out: str, **train) -> Config:
+    cfg = Config()
+    cfg.data = DataConfig(
+        source="files", name=None, path=str(folder), src_lang="de", tgt_lang="en", train_split="train",
+        valid_split="valid", test_split="test", data_dir=str(folder / "data"), max_len=30,
+    )
+    cfg.tokenizer = TokenizerConfig(vocab_size=60)
+    cfg.model = tiny_config()
+    cfg.decoding.beam_size = 2
+    settings = dict(
+        max_steps=6, max_minutes=0, valid_every=3, batch_tokens=256, num_threads=1, precision="fp32",
+        average_last=0, average_best=0, patience=0, warmup_steps=2,
+    )  # fmt: skip
+    for key, value in {**settings, **train}.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+def stage_config(folder: Path, init_from: Path, **train) -> Config:
+    """What ``experiment=align`` sets, on a config whose model and data are the schema's defaults
+    (init_from brings the checkpoint's)."""
+    cfg = base_config(folder, "", init_from=str(init_from), trainable="alignment", alignment_weight=1.0, **train)
+    cfg.model = tiny_config(d_model=512)  # a different model: must not matter, nothing given on the command line
+    cfg.model.aligner = AlignerConfig(enabled=True, n_layers=1, n_heads=2, ffn_dim=64, dropout=0.0)
+    cfg.data = DataConfig(alignments="file", alignments_path=str(folder / "links.txt"), data_dir=str(folder / "data"))
+    cfg.decoding.beam_size = 5
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("init")
+    write_corpus(folder)
+    train(base_config(folder, ""), folder / "base")
+    return folder
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_init_from_with_lr_0_reproduces_the_validation_loss(base_run):
+    cfg = base_config(base_run, "", init_from=str(base_run / "base" / "checkpoints" / "last.pt"), lr=0.0, max_steps=3)
+    cfg.model = tiny_config(d_model=512)  # replaced by the checkpoint's model
+    train(cfg, base_run / "again")
+    assert metrics(base_run / "again")[0]["val_loss"] == metrics(base_run / "base")[-1]["val_loss"]
+    restarted = load_checkpoint(base_run / "again" / "checkpoints" / "last.pt")
+    assert restarted["step"] == 3  # a new step count, optimizer and schedule
+    assert restarted["model_config"]["d_model"] == 32
+
+
+def test_the_aligner_stage_changes_nothing_but_the_aligner(base_run):
+    train(stage_config(base_run, base_run / "base", max_steps=12, lr=3e-3), base_run / "stage")  # the run dir: its best.pt
+    before = load_checkpoint(base_run / "base" / "checkpoints" / "best.pt")["model"]
+    after = load_checkpoint(base_run / "stage" / "checkpoints" / "last.pt")
+    aligner_keys = {k for k in after["model"] if k.startswith("aligner.")}
+    assert aligner_keys and set(after["model"]) - aligner_keys == set(before)
+    for name, tensor in before.items():
+        assert torch.equal(after["model"][name], tensor), name
+    n_aligner = sum(after["model"][k].numel() for k in aligner_keys)
+    n_optimized = sum(state["exp_avg"].numel() for state in after["optimizer"]["state"].values())
+    assert n_optimized == n_aligner  # optimizer state for the aligner only
+    records = metrics(base_run / "stage")
+    assert all("align_loss" in r and "imitation_aer" in r and "xent_loss" not in r for r in records)
+    assert records[-1]["align_loss"] < records[0]["align_loss"]
+    assert len({r["val_bleu"] for r in records}) == 1  # the translation cannot change
+    # the test translations are the base model's, with the base run's decoding settings
+    base_scores = json.loads((base_run / "base" / "test_scores.json").read_text())
+    stage_scores = json.loads((base_run / "stage" / "test_scores.json").read_text())
+    assert stage_scores["bleu"] == base_scores["bleu"] and stage_scores["beam_size"] == 2
+    assert (base_run / "stage" / "test.hyp.en").read_text() == (base_run / "base" / "test.hyp.en").read_text()
+
+
+def test_mt_align_and_translate_read_the_aligner_by_default(base_run):
+    checkpoint = base_run / "stage" / "checkpoints" / "last.pt"
+    model, tokenizer, info = load_for_inference(checkpoint)
+    assert default_method(info) == "aligner"
+    pair = ("ein Hund sieht ein Ball .", "a dog sees a ball .")
+    expected = align(model, tokenizer, [pair[0]], [pair[1]], method="aligner")[0]
+    attention = align(model, tokenizer, [pair[0]], [pair[1]], method="attention")[0]
+    assert expected.aligner is not None and not (expected.word_matrix == attention.word_matrix).all()
+    result = subprocess.run([str(BIN / "mt-align"), str(checkpoint), *pair], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    pharaoh = result.stdout.strip().splitlines()[-1]
+    assert pharaoh == " ".join(f"{i}-{j}" for i, j in expected.links)
+    result = subprocess.run(
+        [str(BIN / "mt-translate"), str(checkpoint), pair[0], "--output-format", "jsonl", "--align"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    hypothesis = record["hypotheses"][0]["text"]
+    own = align(model, tokenizer, [pair[0]], [hypothesis], method="aligner")[0]
+    assert record["hypotheses"][0]["alignment"]["links"] == [list(link) for link in own.links]
+
+
+def test_model_keys_given_on_the_command_line_must_agree_with_the_checkpoint():
+    checkpoint = {
+        "model_config": to_dict(tiny_config()),
+        "decoding": {"beam_size": 3},
+        "config": {"data": {"src_lang": "fr", "tgt_lang": "en", "max_len": 40, "data_dir": "elsewhere"}},
+    }
+    cfg = Config()
+    cfg.model.d_model, cfg.model.dropout, cfg.data.max_len = 64, 0.3, 50
+    result = init_config(checkpoint, cfg, ["model.dropout", "data.max_len"], "ckpt.pt")
+    assert result.model.d_model == 32 and result.model.dropout == 0.3  # dropout may change, the shape comes along
+    assert (result.data.src_lang, result.data.max_len, result.data.data_dir) == ("fr", 50, "data")
+    assert result.decoding.beam_size == 3
+    with pytest.raises(ConfigError, match="config key 'model.d_model' = 64 contradicts train.init_from=ckpt.pt"):
+        init_config(checkpoint, cfg, ["model.d_model"], "ckpt.pt")
+    with pytest.raises(ConfigError, match="'model.encoder.n_layers'"):
+        init_config(checkpoint, cfg, ["model.encoder"], "ckpt.pt")  # a group stands for its keys
+    validate(result)
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["train.trainable=alignment"], "train.trainable"),  # no aligner
+        (["train.trainable=alignment", "model.aligner.enabled=true"], "train.trainable"),  # nothing to start from
+        (["train.trainable=everything"], "train.trainable"),
+        (["model.aligner.inputs=both_ways"], "model.aligner.inputs"),
+        (["experiment=align", "train.init_from=x.pt", "train.alignment_weight=0"], "train.alignment_weight"),
+    ],
+)
+def test_invalid_stage_settings_name_their_key(overrides, key):
+    from hydra import compose, initialize_config_dir
+
+    from mt.config import from_hydra
+
+    from conftest import REPO
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        from_hydra(cfg)
+
+
+def test_init_from_a_missing_checkpoint_is_one_line(tmp_path):
+    mt_train = BIN / "mt-train"
+    args = [str(mt_train), "experiment=align", f"train.init_from={tmp_path / 'nothing'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("mt-train: error: train.init_from: checkpoint ")
+    assert "Traceback" not in result.stderr
