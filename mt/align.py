@@ -304,12 +304,28 @@ def _piece_ids(segmentations: Sequence[Segmentation]) -> tuple[list[list[int]], 
 
 
 def aligner_word_links(
-    segmentations: Sequence[Segmentation], aligner: Sequence[np.ndarray], threshold: float | None = None
+    segmentations: Sequence[Segmentation], aligner: Sequence[np.ndarray], threshold: float | None = None, null: bool = False
 ) -> tuple[list[np.ndarray], list[list[tuple[int, int]]]]:
     """Word matrices (n_tgt_words, n_src_words) and links of each pair from the aligner's
-    matrices (:func:`teacher_forced_aligner`)."""
-    matrices = [seg.word_matrix(method_rows(matrix, "aligner")) for seg, matrix in zip(segmentations, aligner)]
-    return matrices, [links_of(words, threshold) for words in matrices]
+    matrices (:func:`teacher_forced_aligner`).
+
+    Args:
+        null: the aligner learnt to put unaligned pieces' mass on the source EOS
+            (``model.aligner.null``): a link (i, j) is kept only where source word i holds at
+            least as much of target word j's mass as EOS does.
+    """
+    matrices, links = [], []
+    for seg, matrix in zip(segmentations, aligner):
+        rows = method_rows(matrix, "aligner")  # (tgt_len, src_len + 1), EOS column last
+        words = seg.word_matrix(rows)
+        pair_links = links_of(words, threshold)
+        if null:
+            null_mass = seg.tgt_pool @ rows[:, -1]  # (n_tgt_words,) EOS mass of each target word
+            mass = seg.tgt_pool @ rows @ seg.src_pool  # (n_tgt_words, n_src_words) before renormalising
+            pair_links = [(i, j) for i, j in pair_links if mass[j, i] >= null_mass[j]]
+        matrices.append(words)
+        links.append(pair_links)
+    return matrices, links
 
 
 def word_links(
@@ -359,7 +375,7 @@ def align(
     aligner = [None] * len(segmentations)
     if method == "aligner":
         aligner = segmented_aligner(model, segmentations, batch_size, device)
-        matrices, links = aligner_word_links(segmentations, aligner, threshold)
+        matrices, links = aligner_word_links(segmentations, aligner, threshold, model.cfg.aligner.null)
     else:
         matrices, links = word_links(segmentations, attention, method, layer, heads, threshold)
     return [
@@ -447,7 +463,8 @@ def aer_report(
         _, links = word_links(segmentations, attention, "supervised", layer, heads)
         report["aer"] = report["aer_supervised"] = round(score_alignments(links, gold.sure, gold.possible).aer, 5)
     if model.aligner is not None:
-        _, links = aligner_word_links(segmentations, segmented_aligner(model, segmentations, batch_size, device))
+        aligner = segmented_aligner(model, segmentations, batch_size, device)
+        _, links = aligner_word_links(segmentations, aligner, null=model.cfg.aligner.null)
         report["aer"] = report["aer_aligner"] = round(score_alignments(links, gold.sure, gold.possible).aer, 5)
     return report
 
@@ -468,7 +485,8 @@ def imitation_aer(
     Returns: the AER, a rate in [0, 1].
     """
     if model.aligner is not None:
-        _, links = aligner_word_links(segmentations, segmented_aligner(model, segmentations, batch_size, device))
+        aligner = segmented_aligner(model, segmentations, batch_size, device)
+        _, links = aligner_word_links(segmentations, aligner, null=model.cfg.aligner.null)
     else:
         layer, heads, full_context = supervised_heads(model)
         attention = segmented_attention(model, segmentations, batch_size, device, full_context_layer=full_context)

@@ -23,6 +23,10 @@ y_1..y_n; :meth:`mt.model.Transformer.layer_states`):
   rows of G̃, :func:`mt.batching.alignment_targets`).
 
 Every input is detached: the aligner's loss never reaches the translation model.
+
+With ``null`` (:func:`null_targets`) a target piece without links learns to put its mass on the
+source EOS, the NULL word of the IBM models (Brown et al. 1993): at extraction a target word
+whose EOS mass exceeds that of its best source word stays unaligned.
 """
 
 from __future__ import annotations
@@ -121,3 +125,19 @@ class Aligner(nn.Module):
         scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(self.head_dim)  # (batch, n_heads, tgt_len, src_len)
         scores = scores.masked_fill(~src_mask[:, None, None, :], float("-inf"))
         return scores.softmax(-1).mean(1)  # (batch, tgt_len, src_len)
+
+
+def null_targets(alignment: torch.Tensor, src_mask: torch.Tensor, tgt_mask: torch.Tensor) -> torch.Tensor:
+    """G̃ with each real target row that has no links pointing at its source EOS (NULL).
+
+    Args:
+        alignment: (batch, tgt_len, src_len) G̃, linked rows sum to 1, others zero.
+        src_mask: (batch, src_len) bool, True = real source token; EOS is the last real one.
+        tgt_mask: (batch, tgt_len) bool, True = a real target row (``tgt_out`` not padding).
+
+    Returns: (batch, tgt_len, src_len), every real row sums to 1.
+    """
+    unlinked = tgt_mask & (alignment.sum(-1) == 0)  # (batch, tgt_len)
+    eos = src_mask.sum(1) - 1  # (batch,) position of each source EOS
+    null = F.one_hot(eos, alignment.size(-1)).to(alignment.dtype)[:, None, :]  # (batch, 1, src_len)
+    return alignment + unlinked[..., None] * null

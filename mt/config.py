@@ -119,6 +119,9 @@ class AlignerConfig:
         align_heads: heads of the alignment attention; their average is the alignment.
         ffn_dim: inner width of those layers' feed-forward blocks.
         dropout: dropout inside the aligner.
+        null: target pieces without links learn to attend to the source EOS, which stands for
+            "aligned to nothing" (the NULL word of the IBM models, Brown et al. 1993); a target
+            word then gets no link when its EOS mass exceeds that of its best source word.
     """
 
     enabled: bool = False
@@ -128,6 +131,7 @@ class AlignerConfig:
     align_heads: int = 1
     ffn_dim: int = 1024
     dropout: float = 0.1
+    null: bool = True
 
 
 @dataclass

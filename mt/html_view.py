@@ -10,14 +10,16 @@ Content-Security-Policy forbids any load).
 Embedded data (``<script id="alignment-data" type="application/json">``)::
 
     {"title", "method", "layer": the layer mt-align used, "heads": the heads it averaged,
-     "n_layers", "n_heads", "scale": 1000, "has_gold", "n_pairs_total",
+     "n_layers", "n_heads", "scale": 1000, "has_gold", "n_pairs_total", ["layer_names"],
      "pairs": [{"index", "src_words", "tgt_words", "links", ["sure", "possible"],
                 "matrices": [layer][head][tgt_word][src_word]}]}
 
 Matrices hold integer thousandths (``round(p * scale)``), head index ``n_heads`` being the
 average of ``heads``, pooled the way mt-align pools its ``word_matrix`` (average the pieces'
 attention over the heads, then pool into words), so the view at mt-align's layer and average
-is its ``word_matrix`` to 3 decimals.
+is its ``word_matrix`` to 3 decimals. With ``--method aligner`` the aligner's matrix is one
+more "layer" (every head entry the same), named ``aligner`` in ``layer_names``, and the view
+opens on it.
 """
 
 from __future__ import annotations
@@ -106,6 +108,9 @@ def view_data(
         if a.segmentation is None:
             raise ValueError(f"pair {k} has no segmentation (align() sets it)")
         matrices = view_matrices(a.attention, a.segmentation, method, heads)
+        if method == "aligner":  # the aligner's matrix as one more layer, each head entry the same
+            aligner = a.segmentation.word_matrix(method_rows(a.aligner, "aligner"))
+            matrices = np.concatenate([matrices, np.broadcast_to(aligner, (1, n_heads + 1, *aligner.shape))])
         pair = {
             "index": k,
             "src_words": a.src_words,
@@ -119,7 +124,7 @@ def view_data(
             pair["sure"] = sorted(list(link) for link in gold.sure[k])
             pair["possible"] = sorted(list(link) for link in gold.possible[k])
         pairs.append(pair)
-    return {
+    data = {
         "title": title,
         "method": method,
         "layer": layer,
@@ -131,6 +136,9 @@ def view_data(
         "n_pairs_total": len(alignments),
         "pairs": pairs,
     }
+    if method == "aligner":
+        data.update(layer=n_layers, n_layers=n_layers + 1, layer_names=[*map(str, range(n_layers)), "aligner"])
+    return data
 
 
 def render_html(data: dict) -> str:

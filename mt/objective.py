@@ -14,6 +14,7 @@ import contextlib
 
 import torch
 
+from mt.aligner import null_targets
 from mt.batching import Batch
 from mt.device import autocast
 from mt.model import Transformer
@@ -117,6 +118,8 @@ class Objective(torch.nn.Module):
         with torch.no_grad() if self.frozen else contextlib.nullcontext():
             src_states, src_mask, tgt_states = self.model.layer_states(src_ids, tgt_in)
         weights = self.model.aligner(src_states, src_mask, tgt_states, tgt_in != self.model.pad_id)
+        if self.model.cfg.aligner.null:  # unlinked pieces learn to attend to EOS (NULL)
+            alignment = null_targets(alignment, src_mask, real)
         align = alignment_loss(weights, alignment)
         if self.frozen:
             return self.alignment_weight * align, {"align": align}, int(real.sum())

@@ -10,6 +10,7 @@ from mt.aer import score_alignments
 from mt.batching import collate
 from mt.config import AlignerConfig
 from mt.model import Transformer
+from mt.aligner import null_targets
 from mt.objective import Objective, alignment_loss
 
 from conftest import VOCAB, tiny_config
@@ -43,7 +44,9 @@ def test_frozen_objective_is_the_aligners_loss_and_reaches_only_the_aligner():
     batch = collate([[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]], [0, 1], links=[[(0, 0), (2, 1)], [(1, 2)]])
     objective = Objective(model, 0.1, alignment_weight=0.5, frozen=True)
     total, terms, n_tokens = objective(batch.src_ids, batch.tgt_in, batch.tgt_out, batch.alignment)
-    expected = alignment_loss(model.aligner_attention(batch.src_ids, batch.tgt_in), batch.alignment)
+    # with null (the default), unlinked real rows (here the EOS rows and pair 1's first two) target the source EOS
+    targets = null_targets(batch.alignment, batch.src_ids != 0, batch.tgt_out != 0)
+    expected = alignment_loss(model.aligner_attention(batch.src_ids, batch.tgt_in), targets)
     assert terms.keys() == {"align"} and n_tokens == 3 + 4
     torch.testing.assert_close(terms["align"], expected)
     torch.testing.assert_close(total, 0.5 * expected)
@@ -59,6 +62,36 @@ def test_frozen_objective_is_the_aligners_loss_and_reaches_only_the_aligner():
     torch.testing.assert_close(joint_terms["xent"], plain_terms["xent"])
     joint_terms["align"].backward()
     assert all(p.grad is None for name, p in model.named_parameters() if not name.startswith("aligner."))
+
+
+def test_null_targets_point_unlinked_real_rows_at_the_source_eos():
+    batch = collate([[5, 6, 7], [8]], [[10, 11], [12, 13, 14]], [0, 1], links=[[(0, 0), (2, 0)], [(0, 1)]])
+    targets = null_targets(batch.alignment, batch.src_ids != 0, batch.tgt_out != 0)
+    expected = torch.zeros(2, 4, 4)
+    expected[0, 0, 0] = expected[0, 0, 2] = 0.5  # linked rows unchanged
+    expected[0, 1, 3] = expected[0, 2, 3] = 1.0  # piece 11 and EOS: to pair 0's EOS (position 3)
+    expected[1, 1, 0] = 1.0
+    expected[1, 0, 1] = expected[1, 2, 1] = expected[1, 3, 1] = 1.0  # pair 1's EOS is at position 1; no padding rows
+    assert torch.equal(targets, expected)
+
+
+def test_null_extraction_leaves_a_word_whose_eos_mass_wins_unaligned(bilingual_tokenizer):
+    import numpy as np
+
+    from mt.align import aligner_word_links
+    from mt.words import segment
+
+    (seg,) = segment(bilingual_tokenizer, ["Ein Hund"], ["A dog"], 60)
+    n_src, n_tgt = len(seg.src_pieces), len(seg.tgt_pieces)
+    matrix = np.zeros((n_tgt + 1, n_src + 1), np.float32)
+    matrix[:, -1] = 0.7  # every piece: mostly NULL …
+    matrix[:, 0] = 0.3  # … and the rest on the first source piece ("Ein")
+    last_word = [t for t in range(n_tgt) if seg.tgt_pool[1, t] > 0]
+    matrix[last_word, -1], matrix[last_word, -2] = 0.1, 0.9  # but "dog" on the last source piece ("Hund")
+    (words,), (links,) = aligner_word_links([seg], [matrix], null=True)
+    assert links == [(1, 1)]  # "A" stays unaligned: NULL holds more of it than "Ein"
+    (_,), (plain,) = aligner_word_links([seg], [matrix], null=False)
+    assert plain == [(0, 0), (1, 1)] and np.allclose(words.sum(1), 1.0)
 
 
 def toy_pairs(n_pairs: int, seed: int) -> list[tuple[list[int], list[int], list[tuple[int, int]]]]:
@@ -101,3 +134,19 @@ def test_aligner_learns_a_toy_permutation_on_a_frozen_random_model():
     assert score_alignments(predicted, gold, gold).aer < 0.05
     for name, parameter in model.translation_parameters():
         assert torch.equal(parameter, frozen[name]), name
+
+
+def test_html_view_opens_on_the_aligners_matrix(bilingual_tokenizer):
+    import numpy as np
+
+    from mt.align import align
+    from mt.html_view import SCALE, view_data
+
+    torch.manual_seed(0)
+    cfg = tiny_config(aligner=ALIGNER)
+    model = Transformer(cfg, bilingual_tokenizer.src_vocab_size, bilingual_tokenizer.tgt_vocab_size, 0).eval()
+    (a,) = align(model, bilingual_tokenizer, ["Ein Hund rennt im Park."], ["A dog runs in the park."], method="aligner")
+    data = view_data([a], "aligner", layer=0)
+    assert data["layer"] == data["n_layers"] - 1 == 2 and data["layer_names"] == ["0", "1", "aligner"]
+    shown = np.array(data["pairs"][0]["matrices"][data["layer"]][data["n_heads"]]) / SCALE  # what the page opens on
+    np.testing.assert_allclose(shown, a.word_matrix, atol=0.5 / SCALE)
