@@ -11,7 +11,10 @@ a diagonal floor that needs no model; each model × method × decoder layer (arg
 for a model trained with guided alignment also its supervised heads (``supervised``, with the
 full-context pass when trained with it); then, with ``--reverse``, the symmetrized pair for
 each method at the default layers and at each model's lowest-AER layer (picked on this same gold
-set: an upper bound on ``--layer auto``), and ``supervised`` when both models have it.
+set: an upper bound on ``--layer auto``), and ``supervised`` when both models have it. A model
+with an aligner (``experiment=align``) adds its ``aligner`` rows (as ``mt-align`` reads it; with
+``model.aligner.null`` also without the NULL rule, and with each τ), symmetrized when both
+models have one.
 Prints a Markdown table (precision, recall, F1, AER in %), then one JSON object ``{row: AER}``.
 """
 
@@ -24,7 +27,7 @@ import time
 import numpy as np
 
 from mt.aer import load_gold, score_alignments
-from mt.align import LAYER_METHODS, attend, default_layer, supervised_heads, word_links
+from mt.align import LAYER_METHODS, aligner_word_links, attend, default_layer, segmented_aligner, supervised_heads, word_links
 from mt.checkpoint import load_for_inference
 from mt.symmetrize import HEURISTICS, symmetrize
 
@@ -50,6 +53,7 @@ def main() -> None:
     argmax = {}  # role → method → [links of each layer]
     defaults = {}
     supervised = {}  # role → links of the heads guided alignment trained
+    aligners = {}  # role → links of the aligner, as mt-align reads it
     for role, path in (("forward", args.forward), ("reverse", args.reverse)):
         if path is None:
             continue
@@ -87,6 +91,19 @@ def main() -> None:
             rows[f"{info['src_lang']}→{info['tgt_lang']} supervised, layer {supervised_layer}, heads {heads}"
                  + (" (full context)" if full_context is not None else "")] = supervised[role]
 
+        if model.aligner is not None:
+            matrices = segmented_aligner(model, segmentations, args.batch_size)
+            null = model.cfg.aligner.null
+            for with_null in dict.fromkeys((null, False)):
+                for threshold in [None, *thresholds]:
+                    _, links = aligner_word_links(segmentations, matrices, threshold, with_null)
+                    links = [{(j, i) for i, j in pair} if flip else set(pair) for pair in links]
+                    name = f"{info['src_lang']}→{info['tgt_lang']} aligner"
+                    name += (" without NULL" if null and not with_null else "") + (f", τ {threshold}" if threshold else "")
+                    rows[name] = links
+                    if with_null == null and threshold is None:
+                        aligners[role] = links
+
     def aer(links: list[set]) -> float:
         return score_alignments(links, gold.sure, gold.possible).aer
 
@@ -109,6 +126,12 @@ def main() -> None:
         for heuristic in HEURISTICS:
             rows[f"symmetrized supervised, {heuristic}"] = [
                 symmetrize(f, r, heuristic) for f, r in zip(supervised["forward"], supervised["reverse"])
+            ]
+
+    if len(aligners) == 2:
+        for heuristic in HEURISTICS:
+            rows[f"symmetrized aligner, {heuristic}"] = [
+                symmetrize(f, r, heuristic) for f, r in zip(aligners["forward"], aligners["reverse"])
             ]
 
     print("\n| links | precision | recall | F1 | AER |\n|---|---|---|---|---|")
