@@ -119,7 +119,7 @@ class PairAlignment:
     Attributes:
         attention: (n_layers, n_heads, tgt_len + 1, src_len + 1) float32 over pieces, the
             teacher-forced rows BOS..last piece (see the module docstring), EOS column
-            included; rows sum to 1.
+            included; rows sum to 1. None when :func:`align` was told not to keep it.
         src_tokens, tgt_tokens: the pieces of each axis, ``</s>`` last.
         src_words, tgt_words: whitespace words.
         word_matrix: (n_tgt_words, n_src_words) float32 from the chosen method, layer and heads.
@@ -133,7 +133,7 @@ class PairAlignment:
             aligner``; None otherwise.
     """
 
-    attention: np.ndarray
+    attention: np.ndarray | None
     src_tokens: list[str]
     tgt_tokens: list[str]
     src_words: list[str]
@@ -358,12 +358,17 @@ def align(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    keep_attention: bool = True,
 ) -> list[PairAlignment]:
     """Align each (source, target) pair from the model's cross-attention.
 
     The word matrix averages the heads ``heads`` (default: all) of decoder layer ``layer``
     (default: :func:`default_layer`), read with ``method``; links are its row-wise argmax,
-    or all cells ≥ ``threshold``.
+    or all cells ≥ ``threshold``. With ``method="aligner"`` both come from the aligner.
+
+    ``keep_attention=False`` with the ``aligner`` method skips the pass that computes every
+    layer's cross-attention (for the files and the HTML view): ``PairAlignment.attention`` is
+    then None and the pairs cost one teacher-forced pass instead of two.
 
     Raises:
         ValueError: an unknown method, ``layer`` or a head index out of range, or unequal
@@ -371,7 +376,13 @@ def align(
     """
     layer, heads = _check_choice(model, method, layer, heads)
     full_context = layer if method == "supervised" and model.cfg.alignment.full_context else None
-    segmentations, attention = attend(model, tokenizer, src_texts, tgt_texts, batch_size, device, progress, full_context)
+    if method == "aligner" and not keep_attention:
+        if len(src_texts) != len(tgt_texts):
+            raise ValueError(f"{len(src_texts)} source but {len(tgt_texts)} target sentences")
+        segmentations = segment(tokenizer, src_texts, tgt_texts, model.cfg.max_positions - 1)
+        attention = [None] * len(segmentations)
+    else:
+        segmentations, attention = attend(model, tokenizer, src_texts, tgt_texts, batch_size, device, progress, full_context)
     aligner = [None] * len(segmentations)
     if method == "aligner":
         aligner = segmented_aligner(model, segmentations, batch_size, device)

@@ -38,12 +38,13 @@ def _run(prog: str, body: Callable[[], None]) -> None:
 def _train_app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from mt.config import from_hydra
+    from mt.config import command_line_keys, from_hydra
     from mt.train import train
 
     def body() -> None:
         config = from_hydra(cfg)  # validation happens here, before any data work
-        train(config, HydraConfig.get().runtime.output_dir)
+        hydra_config = HydraConfig.get()
+        train(config, hydra_config.runtime.output_dir, command_line_keys(hydra_config.overrides.task))
 
     _run("mt-train", body)
 
@@ -138,8 +139,9 @@ def _read_stdin() -> list[str]:
 
 # ------------------------------------------------------------------------------ mt-translate
 def translate_main(argv: Sequence[str] | None = None) -> None:
-    """``mt-translate CHECKPOINT [SENTENCE ...] [--n-best K] [--output-format text|jsonl] [--align]``:
-    one translation per sentence (or per stdin line), or its K best with scores and alignment."""
+    """``mt-translate CHECKPOINT [SENTENCE ...] [--n-best K] [--output-format text|jsonl] [--align]
+    [--markup html|xml]``: one translation per sentence (or per stdin line), or its K best with scores
+    and alignment; with ``--markup``, the tags of each line carried into its translations."""
     parser = argparse.ArgumentParser(
         prog="mt-translate",
         description="Translate sentences given as arguments, or stdin line by line (a blank line gives a blank line).",
@@ -161,6 +163,12 @@ def translate_main(argv: Sequence[str] | None = None) -> None:
         "--align", action="store_true",
         help="jsonl: add the word alignment of each best hypothesis (as mt-align: default method and layer)",
     )
+    parser.add_argument(
+        "--markup", choices=("html", "xml"),
+        help="each line is HTML or XML: translate its text without the tags and put every tag back on the "
+        "translation's words through the alignment (a line that does not parse gives an empty line, a one-line "
+        "error naming it, and exit status 1)",
+    )
     args = parser.parse_intermixed_args(argv)  # sentences may come before or after the flags
     if args.align and args.output_format != "jsonl":
         parser.error("--align goes with --output-format jsonl")
@@ -172,30 +180,89 @@ def translate_main(argv: Sequence[str] | None = None) -> None:
         model, tokenizer, info, decoding = _load(args)
         if args.n_best > decoding.beam_size:
             raise MtError(f"--n-best {args.n_best} exceeds the beam size {decoding.beam_size} (raise --beam-size)")
-        sentences = args.sentences if args.sentences else _read_stdin()
+        lines = args.sentences if args.sentences else _read_stdin()
+        markups, errors = _parse_markup(lines, args.markup) if args.markup else ([], {})  # None: did not parse
+        sentences = [m.text if m else "" for m in markups] if args.markup else lines
         try:
             nbest = translate_nbest(model, tokenizer, sentences, decoding, args.n_best, args.device)
         except ValueError as error:  # a beam wider than half the vocabulary
             raise MtError(f"--beam-size {decoding.beam_size}: {error}") from None
+        marked, alignments = [[h.text for h in hypotheses] for hypotheses in nbest], {}
+        if args.markup:
+            marked, alignments = _markup_translations(
+                model, tokenizer, markups, nbest, decoding.batch_size, args.device, default_method(info)
+            )
         if args.output_format == "jsonl":
-            alignments = {}
-            if args.align:
-                alignments = _best_alignments(
-                    model, tokenizer, sentences, nbest, decoding.batch_size, args.device, default_method(info)
+            if args.align:  # every line, or those --markup did not align (no tags)
+                todo = [[] if index in alignments else hypotheses for index, hypotheses in enumerate(nbest)]
+                alignments |= _best_alignments(
+                    model, tokenizer, sentences, todo, decoding.batch_size, args.device, default_method(info)
                 )
             for index, (source, hypotheses) in enumerate(zip(sentences, nbest)):
-                record = _translation_record(index, source, hypotheses, alignments.get(index))
+                record = _translation_record(index, source, hypotheses, alignments.get(index) if args.align else None)
+                if args.markup:
+                    _add_markup(record, lines[index], marked[index], errors.get(index))
                 sys.stdout.write(_json_line(record) + "\n")
         elif args.n_best == 1:
-            for hypotheses in nbest:
-                sys.stdout.write((hypotheses[0].text if hypotheses else "") + "\n")
+            for texts in marked:
+                sys.stdout.write((texts[0] if texts else "") + "\n")
         else:  # the Moses n-best layout, without its feature-score field
-            for index, hypotheses in enumerate(nbest):
-                for h in hypotheses:
-                    sys.stdout.write(f"{index} ||| {h.text} ||| {h.score:.6f}\n")
+            for index, (hypotheses, texts) in enumerate(zip(nbest, marked)):
+                for h, text in zip(hypotheses, texts):
+                    sys.stdout.write(f"{index} ||| {text} ||| {h.score:.6f}\n")
+                if not hypotheses and args.markup and index not in errors and texts[0]:
+                    sys.stdout.write(f"{index} ||| {texts[0]} ||| 0.000000\n")  # markup only: nothing to translate
         sys.stdout.flush()
+        if errors:
+            sys.exit(1)  # the lines named on stderr were not translated
 
     _run("mt-translate", body)
+
+
+def _parse_markup(lines: Sequence[str], mode: str) -> tuple[list, dict[int, str]]:
+    """``--markup``: :class:`~mt.markup.Markup` of each line (None where it does not parse), and
+    line index → error, each also printed as one line ``mt-translate: error: line N: …`` on stderr."""
+    from mt.markup import MarkupError, parse
+
+    markups, errors = [], {}
+    for index, line in enumerate(lines):
+        try:
+            markups.append(parse(line, mode))
+        except MarkupError as error:
+            errors[index] = f"line {index + 1}: {error}"
+            print(f"mt-translate: error: {errors[index]}", file=sys.stderr)
+            markups.append(None)
+    return markups, errors
+
+
+def _markup_translations(model, tokenizer, markups, nbest, batch_size: int, device: str, method: str):
+    """``--markup``: per line, every hypothesis with the line's tags (a line without hypotheses: its
+    tags alone; a line that did not parse: ""), and line index → alignment of its best hypothesis."""
+    from mt.markup import align_and_transfer, transfer
+
+    pairs = [(index, h.text) for index, hypotheses in enumerate(nbest) if markups[index] for h in hypotheses]
+    sources, translations = [markups[index] for index, _ in pairs], [text for _, text in pairs]
+    outputs, alignments = align_and_transfer(model, tokenizer, sources, translations, method, batch_size, device)
+    marked = [
+        [] if hypotheses else [transfer(markup, "", []) if markup else ""] for markup, hypotheses in zip(markups, nbest)
+    ]
+    best = {}
+    for position, ((index, _), output) in enumerate(zip(pairs, outputs)):
+        if not marked[index] and position in alignments:
+            best[index] = alignments[position]
+        marked[index].append(output)
+    return marked, best
+
+
+def _add_markup(record: dict, line: str, marked: list[str], error: str | None) -> None:
+    """``--markup`` jsonl fields: ``source_markup``, ``translation_markup``, each hypothesis's
+    ``markup``, and ``error`` for a line that does not parse."""
+    record["source_markup"] = line
+    record["translation_markup"] = marked[0] if marked else ""
+    for hypothesis, text in zip(record["hypotheses"], marked):
+        hypothesis["markup"] = text
+    if error is not None:
+        record["error"] = error
 
 
 def _best_alignments(model, tokenizer, sentences, nbest, batch_size: int, device: str, method: str) -> dict:
@@ -205,7 +272,7 @@ def _best_alignments(model, tokenizer, sentences, nbest, batch_size: int, device
     indices = [i for i, hypotheses in enumerate(nbest) if hypotheses]
     sources = [sentences[i] for i in indices]
     targets = [nbest[i][0].text for i in indices]
-    alignments = align(model, tokenizer, sources, targets, method=method, batch_size=batch_size, device=device)
+    alignments = align(model, tokenizer, sources, targets, method=method, batch_size=batch_size, device=device, keep_attention=False)
     return dict(zip(indices, alignments))
 
 
@@ -468,7 +535,7 @@ def _write_alignment_view(args: argparse.Namespace, model, alignments, layer: in
         layer = model.cfg.alignment.layer if layer is None else layer
         heads = list(range(model.cfg.alignment.heads)) if heads is None else heads
     layer = default_layer(n_layers) if layer is None else layer % n_layers
-    title = f"mt-align {Path(args.checkpoint).name}: method {args.method}, layer {layer}"
+    title = f"mt-align {Path(args.checkpoint).name}: method {args.method}" + ("" if args.method == "aligner" else f", layer {layer}")
     if args.reverse_checkpoint:
         title += f", links symmetrized ({args.symmetrize}) with {Path(args.reverse_checkpoint).name}"
     size = write_html(path, view_data(alignments, args.method, layer, heads, gold, title))

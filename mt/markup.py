@@ -717,7 +717,7 @@ def align_and_transfer(
     ]
     alignments = align(
         model, tokenizer, [markups[k].text for k in todo], [translations[k] for k in todo],
-        method=method, batch_size=batch_size, device=device,
+        method=method, batch_size=batch_size, device=device, keep_attention=False,
     ) if todo else []
     by_position = dict(zip(todo, alignments))
     outputs = [
