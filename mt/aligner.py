@@ -89,6 +89,8 @@ class Aligner(nn.Module):
         self.n_heads = cfg.align_heads
         self.head_dim = d_model // cfg.align_heads
         self.dropout = nn.Dropout(cfg.dropout)
+        # per alignment head, softplus(·) = how much one unit of distance from the diagonal costs
+        self.diagonal = nn.Parameter(torch.zeros(cfg.align_heads)) if cfg.position_bias else None
 
     def forward(
         self, src_states: list[torch.Tensor], src_mask: torch.Tensor, tgt_states: list[torch.Tensor], tgt_mask: torch.Tensor
@@ -123,6 +125,8 @@ class Aligner(nn.Module):
         q = self.q_proj(self.query_norm(x)).view(batch, tgt_len, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(memory).view(batch, -1, self.n_heads, self.head_dim).transpose(1, 2)
         scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(self.head_dim)  # (batch, n_heads, tgt_len, src_len)
+        if self.diagonal is not None:
+            scores = scores - F.softplus(self.diagonal)[:, None, None] * diagonal_distance(src_mask, tgt_mask)[:, None]
         scores = scores.masked_fill(~src_mask[:, None, None, :], float("-inf"))
         return scores.softmax(-1).mean(1)  # (batch, tgt_len, src_len)
 
@@ -141,3 +145,22 @@ def null_targets(alignment: torch.Tensor, src_mask: torch.Tensor, tgt_mask: torc
     eos = src_mask.sum(1) - 1  # (batch,) position of each source EOS
     null = F.one_hot(eos, alignment.size(-1)).to(alignment.dtype)[:, None, :]  # (batch, 1, src_len)
     return alignment + unlinked[..., None] * null
+
+
+def diagonal_distance(src_mask: torch.Tensor, tgt_mask: torch.Tensor) -> torch.Tensor:
+    """|j/n − i/m| for target row j of n target pieces and source piece i of m (EOS excluded),
+    0 in the EOS column (and meaningless at padding, which the masks remove).
+
+    Args:
+        src_mask: (batch, src_len) bool, True = real source token (the last real one is EOS).
+        tgt_mask: (batch, tgt_len) bool, True = a real decoder input (BOS + n pieces).
+
+    Returns: (batch, tgt_len, src_len) float32.
+    """
+    m = (src_mask.sum(1, keepdim=True) - 1).clamp_min(1).float()  # (batch, 1) source pieces
+    n = (tgt_mask.sum(1, keepdim=True) - 1).clamp_min(1).float()  # (batch, 1) target pieces
+    i = torch.arange(src_mask.size(1), device=src_mask.device) / m  # (batch, src_len)
+    j = torch.arange(tgt_mask.size(1), device=tgt_mask.device) / n  # (batch, tgt_len)
+    distance = (j[:, :, None] - i[:, None, :]).abs()
+    is_eos = torch.arange(src_mask.size(1), device=src_mask.device)[None, :] == m.long()  # (batch, src_len)
+    return distance.masked_fill(is_eos[:, None, :], 0.0)

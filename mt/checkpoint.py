@@ -123,8 +123,10 @@ def load_for_inference(
         "decoding": DecodingConfig(**state.get("decoding", {})),
         "step": state.get("step"),
         "path": str(resolve_checkpoint(path)),
-        # trained with guided alignment: mt-align reads the supervised heads by default
-        "alignment_supervised": state.get("config", {}).get("train", {}).get("alignment_weight", 0.0) > 0,
+        # trained with guided alignment (with an aligner the weight was the aligner's): mt-align
+        # reads the supervised heads by default
+        "alignment_supervised": state.get("config", {}).get("train", {}).get("alignment_weight", 0.0) > 0
+        and model.aligner is None,
         "aligner": model.aligner is not None,  # mt-align reads the aligner by default
     }
     return model, tokenizer, info

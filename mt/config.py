@@ -119,6 +119,9 @@ class AlignerConfig:
         align_heads: heads of the alignment attention; their average is the alignment.
         ffn_dim: inner width of those layers' feed-forward blocks.
         dropout: dropout inside the aligner.
+        position_bias: subtract a learnt multiple of |j/n - i/m| (relative distance from the
+            diagonal; target piece j of n, source piece i of m) from the alignment scores, as
+            fast_align's diagonal prior (Dyer et al. 2013); the EOS column has none.
         null: target pieces without links learn to attend to the source EOS, which stands for
             "aligned to nothing" (the NULL word of the IBM models, Brown et al. 1993); a target
             word then gets no link when its EOS mass exceeds that of its best source word.
@@ -131,6 +134,7 @@ class AlignerConfig:
     align_heads: int = 1
     ffn_dim: int = 1024
     dropout: float = 0.1
+    position_bias: bool = True
     null: bool = True
 
 

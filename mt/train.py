@@ -390,7 +390,8 @@ def validate(
     guided = cfg.train.alignment_weight > 0
     with autocast(device, precision):
         if data.gold is not None:
-            metrics.update(aer_report(model, data.gold_segmentations, data.gold, cfg.decoding.batch_size, device, guided))
+            supervised = guided and model.aligner is None  # the weight trains the aligner where there is one
+            metrics.update(aer_report(model, data.gold_segmentations, data.gold, cfg.decoding.batch_size, device, supervised))
         if guided and data.imitation is not None:
             metrics["imitation_aer"] = round(
                 imitation_aer(model, data.imitation_segmentations, data.imitation, cfg.decoding.batch_size, device), 5

@@ -94,6 +94,17 @@ def test_null_extraction_leaves_a_word_whose_eos_mass_wins_unaligned(bilingual_t
     assert plain == [(0, 0), (1, 1)] and np.allclose(words.sum(1), 1.0)
 
 
+def test_diagonal_distance_by_hand():
+    from mt.aligner import diagonal_distance
+
+    src_mask = torch.tensor([[True, True, True, True, True], [True, True, True, False, False]])  # 4 pieces + EOS; 2 + EOS
+    tgt_mask = torch.tensor([[True, True, True], [True, True, False]])  # BOS + 2 pieces; BOS + 1 piece
+    distance = diagonal_distance(src_mask, tgt_mask)
+    expected_0 = torch.tensor([[0.0, 0.25, 0.5, 0.75, 0.0], [0.5, 0.25, 0.0, 0.25, 0.0], [1.0, 0.75, 0.5, 0.25, 0.0]])
+    torch.testing.assert_close(distance[0], expected_0)  # rows: pieces 0, 1 and EOS (j/n); the EOS column costs nothing
+    torch.testing.assert_close(distance[1, :2, :3], torch.tensor([[0.0, 0.5, 0.0], [1.0, 0.5, 0.0]]))
+
+
 def toy_pairs(n_pairs: int, seed: int) -> list[tuple[list[int], list[int], list[tuple[int, int]]]]:
     """Source: 3-7 distinct tokens of 5..24; target: their translations (token + 15) in reversed
     order, so source piece i aligns with target piece len - 1 - i."""
