@@ -28,8 +28,10 @@ Everything a run produces goes into ``out_dir``:
   validation), elapsed_s (wall-clock since training started, validations included) and
   nonfinite_steps (updates skipped for a non-finite loss or gradient, in total), rss_mb and
   peak_rss_mb (the training process's resident memory now and at its peak, MiB); with
-  ``data.alignment_gold`` also ``aer`` (default method and layer) and ``aer_by_layer`` ({method:
-  [AER per decoder layer]}), rates in [0, 1];
+  ``data.alignment_gold`` also ``aer`` (default method and layer; the aligner's, also as
+  ``aer_aligner``, when the model has one) and ``aer_by_layer`` ({method: [AER per decoder
+  layer]}), and with ``train.alignment_weight`` > 0 ``imitation_aer`` (against the training
+  links, :func:`mt.align.imitation_aer`), rates in [0, 1];
 - ``{test_split}.hyp.{tgt_lang}`` and ``test_scores.json`` (BLEU, chrF, signatures).
 
 Under ``torchrun`` every rank trains on its own share of each update's batches
