@@ -428,8 +428,9 @@ def align_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--method", choices=METHODS,
         help="attention: the row predicting each target word; shift: Shift-Att, the row where it is the decoder "
-        "input; supervised: the heads guided alignment trained (model.alignment) (default: supervised for a "
-        f"checkpoint trained with train.alignment_weight > 0, else {DEFAULT_METHOD})",
+        "input; supervised: the heads guided alignment trained (model.alignment); aligner: the aligner trained on "
+        "top of the model (experiment=align) (default: aligner for a checkpoint that has one, supervised for one "
+        f"trained with train.alignment_weight > 0, else {DEFAULT_METHOD})",
     )
     parser.add_argument(
         "--layer", type=_layer,
