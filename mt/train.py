@@ -732,18 +732,12 @@ def load_initial_weights(model: Transformer, state: dict, source: str) -> None:
     Raises:
         CheckpointError: weights missing or of another shape (``source`` named).
     """
-    try:
-        missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    except RuntimeError as error:  # shapes differ
-        raise CheckpointError(f"train.init_from={source}: its weights do not fit the model ({_first_line(error)})") from None
-    absent = [key for key in missing if not key.startswith("aligner.")] + list(unexpected)
-    if absent:
-        raise CheckpointError(f"train.init_from={source}: its weights do not fit the model ({', '.join(absent[:4])})")
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[1] if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
+    own, saved = model.state_dict(), state["model"]
+    misfits = [key for key in own if key not in saved and not key.startswith("aligner.")]
+    misfits += [key for key, tensor in saved.items() if key not in own or own[key].shape != tensor.shape]
+    if misfits:
+        raise CheckpointError(f"train.init_from={source}: its weights do not fit the model ({', '.join(misfits[:4])})")
+    model.load_state_dict(saved, strict=False)
 
 
 def load_resume(resume: str | None, checkpoint_dir: Path) -> dict | None:
