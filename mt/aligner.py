@@ -27,11 +27,19 @@ Every input is detached: the aligner's loss never reaches the translation model.
 With ``null`` (:func:`null_targets`) a target piece without links learns to put its mass on the
 source EOS, the NULL word of the IBM models (Brown et al. 1993): at extraction a target word
 whose EOS mass exceeds that of its best source word stays unaligned.
+
+With ``lexicon`` (:class:`Lexicon`) the scores also get learnt multiples of log c(s, t) and
+log c(s), the teacher's link counts over the training pairs: IBM Model 1's translation table
+(Brown et al. 1993) estimated from the teacher. It carries what the states cannot hold after a
+few passes: which rare words the teacher linked to which.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +47,10 @@ from torch import nn
 
 from mt.config import AlignerConfig, AttentionConfig
 from mt.layers import DecoderLayer
+
+LEXICON_SMOOTHING = 0.1  # added to every link count c(s, t): an unseen pair scores log 0.1
+# the lexicon's buffers in a Transformer's state dict: their sizes depend on the data
+LEXICON_BUFFERS = ("aligner.lexicon.keys", "aligner.lexicon.counts", "aligner.lexicon.source_counts")
 
 
 class LayerMix(nn.Module):
@@ -70,9 +82,12 @@ class Aligner(nn.Module):
         d_model: the translation model's width.
         n_src_states, n_tgt_states: how many state tensors each side of
             :meth:`mt.model.Transformer.layer_states` returns (layers + 1).
+        src_vocab, tgt_vocab: vocabulary sizes, for ``cfg.lexicon``.
     """
 
-    def __init__(self, cfg: AlignerConfig, d_model: int, n_src_states: int, n_tgt_states: int):
+    def __init__(
+        self, cfg: AlignerConfig, d_model: int, n_src_states: int, n_tgt_states: int, src_vocab: int = 0, tgt_vocab: int = 0
+    ):
         super().__init__()
         self.cfg = cfg
         self.src_mix = LayerMix(n_src_states, d_model)
@@ -91,9 +106,17 @@ class Aligner(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         # per alignment head, softplus(·) = how much one unit of distance from the diagonal costs
         self.diagonal = nn.Parameter(torch.zeros(cfg.align_heads)) if cfg.position_bias else None
+        self.lexicon = Lexicon(src_vocab, tgt_vocab) if cfg.lexicon else None
 
     def forward(
-        self, src_states: list[torch.Tensor], src_mask: torch.Tensor, tgt_states: list[torch.Tensor], tgt_mask: torch.Tensor
+        self,
+        src_states: list[torch.Tensor],
+        src_mask: torch.Tensor,
+        tgt_states: list[torch.Tensor],
+        tgt_mask: torch.Tensor,
+        src_ids: torch.Tensor | None = None,
+        tgt_out: torch.Tensor | None = None,
+        left_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The alignment of each target piece.
 
@@ -103,9 +126,17 @@ class Aligner(nn.Module):
             tgt_states: (n_tgt_states) × (batch, tgt_len, d_model) at the decoder inputs BOS,
                 y_1..y_n (right-padded).
             tgt_mask: (batch, tgt_len) bool, True = a real decoder input.
+            src_ids: (batch, src_len) source ids; needed with a lexicon.
+            tgt_out: (batch, tgt_len) the piece of each row (y_1..y_n, EOS, padding); needed
+                with a lexicon (:func:`target_pieces` makes it from the decoder inputs).
+            left_out: (batch, tgt_len, src_len) the batch's own share of the lexicon's counts
+                (its G̃ with NULL rows, as counted), left out during training; None at inference.
 
         Returns: (batch, tgt_len, src_len) float32, row t the alignment of the piece predicted
             at row t (``tgt_out[:, t]``), rows sum to 1 over real source positions.
+
+        Raises:
+            ValueError: a lexicon without ``src_ids``/``tgt_out``, or one never counted.
         """
         src_states = [s.detach() for s in src_states]
         tgt_states = [s.detach() for s in tgt_states]
@@ -127,6 +158,10 @@ class Aligner(nn.Module):
         scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(self.head_dim)  # (batch, n_heads, tgt_len, src_len)
         if self.diagonal is not None:
             scores = scores - F.softplus(self.diagonal)[:, None, None] * diagonal_distance(src_mask, tgt_mask)[:, None]
+        if self.lexicon is not None:
+            if src_ids is None or tgt_out is None:
+                raise ValueError("an aligner with a lexicon needs src_ids and tgt_out")
+            scores = scores + self.lexicon(src_ids, tgt_out, left_out)[:, None]
         scores = scores.masked_fill(~src_mask[:, None, None, :], float("-inf"))
         return scores.softmax(-1).mean(1)  # (batch, tgt_len, src_len)
 
@@ -164,3 +199,130 @@ def diagonal_distance(src_mask: torch.Tensor, tgt_mask: torch.Tensor) -> torch.T
     distance = (j[:, :, None] - i[:, None, :]).abs()
     is_eos = torch.arange(src_mask.size(1), device=src_mask.device)[None, :] == m.long()  # (batch, src_len)
     return distance.masked_fill(is_eos[:, None, :], 0.0)
+
+
+def target_pieces(tgt_in: torch.Tensor, pad_id: int, eos_id: int) -> torch.Tensor:
+    """The piece each decoder row predicts: (batch, tgt_len) decoder inputs BOS, y_1..y_n,
+    padding → y_1..y_n, EOS, padding (``tgt_out`` of :func:`mt.batching.collate`)."""
+    real = tgt_in != pad_id
+    out = F.pad(tgt_in[:, 1:], (0, 1), value=pad_id)
+    last = real.sum(1) - 1  # (batch,) the row that predicts EOS
+    return out.scatter(1, last[:, None], eos_id)
+
+
+class Lexicon(nn.Module):
+    """The teacher's link counts between source and target pieces, as alignment score biases.
+
+    c(s, t) sums, over the distinct training pairs, the weight G̃ gives (source piece s, target
+    piece t) (:func:`count_links`); c(s) = Σ_t c(s, t). The bias for target row t and source
+    position i is ``a · log(c(s_i, t) + 0.1) − b · log(c(s_i) + 1)`` with learnt a and b (both
+    1 at first: log of IBM Model 1's t(t | s), Brown et al. 1993, with the teacher's links as
+    counts). NULL links (target pieces the teacher left unlinked) count towards the source EOS.
+
+    Buffers (their sizes depend on the data; loading a state dict resizes them):
+        keys: (n_entries,) int64, sorted: ``s * tgt_vocab + t`` of every pair with a count.
+        counts: (n_entries,) float32 c(s, t).
+        source_counts: (src_vocab,) float32 c(s).
+
+    Args:
+        src_vocab, tgt_vocab: vocabulary sizes.
+    """
+
+    def __init__(self, src_vocab: int, tgt_vocab: int):
+        super().__init__()
+        self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
+        self.register_buffer("keys", torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("counts", torch.zeros(0))
+        self.register_buffer("source_counts", torch.zeros(0))
+        self.weights = nn.Parameter(torch.ones(2))  # a, b above
+
+    def fill(self, keys: torch.Tensor, counts: torch.Tensor, source_counts: torch.Tensor) -> None:
+        """Store the counts :func:`count_links` returns."""
+        device = self.weights.device
+        self.keys, self.counts, self.source_counts = keys.to(device), counts.to(device), source_counts.to(device)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("keys", "counts", "source_counts"):  # sizes come from the data: take the saved ones
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                setattr(self, name, torch.empty_like(saved, device=self.weights.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def lookup(self, src_ids: torch.Tensor, tgt_out: torch.Tensor) -> torch.Tensor:
+        """c(s_i, t_j): (batch, src_len), (batch, tgt_len) ids → (batch, tgt_len, src_len) float32."""
+        query = src_ids[:, None, :] * self.tgt_vocab + tgt_out[:, :, None]
+        index = torch.searchsorted(self.keys, query).clamp_max(self.keys.numel() - 1)
+        return torch.where(self.keys[index] == query, self.counts[index], 0.0)
+
+    def forward(self, src_ids: torch.Tensor, tgt_out: torch.Tensor, left_out: torch.Tensor | None = None) -> torch.Tensor:
+        """The biases: (batch, src_len), (batch, tgt_len) ids → (batch, tgt_len, src_len) float32.
+
+        Args:
+            left_out: (batch, tgt_len, src_len) the batch's own G̃ (NULL rows included, as
+                counted), whose share of c(s, t) and c(s) is subtracted (leave-one-out), or None.
+
+        Raises:
+            ValueError: never filled (no counts).
+        """
+        if self.keys.numel() == 0:
+            raise ValueError("the aligner's lexicon has no counts (it is filled when the stage starts)")
+        pair_counts = self.lookup(src_ids, tgt_out)  # (batch, tgt_len, src_len)
+        source_counts = self.source_counts[src_ids][:, None, :]  # (batch, 1, src_len)
+        if left_out is not None:  # G̃ summed over the rows and columns holding the same pieces
+            same_src = (src_ids[:, :, None] == src_ids[:, None, :]).float()  # (batch, src_len, src_len)
+            same_tgt = (tgt_out[:, :, None] == tgt_out[:, None, :]).float()  # (batch, tgt_len, tgt_len)
+            left_out = left_out.float()
+            pair_counts = (pair_counts - same_tgt @ left_out @ same_src).clamp_min(0.0)
+            source_counts = (source_counts - left_out.sum(1, keepdim=True) @ same_src).clamp_min(0.0)
+        return self.weights[0] * torch.log(pair_counts + LEXICON_SMOOTHING) - self.weights[1] * torch.log1p(source_counts)
+
+
+def count_links(
+    src_ids: Sequence[Sequence[int]],
+    tgt_ids: Sequence[Sequence[int]],
+    links: Sequence[np.ndarray],
+    eos_id: int,
+    src_vocab: int,
+    tgt_vocab: int,
+    null: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The teacher's link counts for :class:`Lexicon`, each distinct pair counted once.
+
+    Each pair adds its G̃ (:func:`mt.batching.alignment_targets`: a target piece with k links
+    gives each 1/k) over rows y_1..y_n and EOS and columns x_1..x_m; with ``null``, each row
+    without links adds 1 to (source EOS, its piece), as :func:`null_targets` trains it.
+
+    Args:
+        src_ids, tgt_ids: piece ids per training pair (no specials).
+        links: per pair, (n_links, 2) int positions (src_piece, tgt_piece).
+        eos_id: the EOS id (both sides).
+        src_vocab, tgt_vocab: vocabulary sizes.
+        null: count unlinked rows towards the source EOS.
+
+    Returns: keys (n_entries,) int64 sorted ``s * tgt_vocab + t``, counts (n_entries,) float32,
+        source_counts (src_vocab,) float32.
+    """
+    seen: set[bytes] = set()
+    all_keys, all_weights = [], []
+    for src, tgt, pair_links in zip(src_ids, tgt_ids, links):
+        src, tgt = np.asarray(src, dtype=np.int64), np.append(np.asarray(tgt, dtype=np.int64), eos_id)
+        fingerprint = src.tobytes() + b"|" + tgt.tobytes()
+        if fingerprint in seen:  # copies of a pair (e.g. data.alignment_gold_train_copies) count once
+            continue
+        seen.add(fingerprint)
+        pair_links = np.asarray(pair_links, dtype=np.int64).reshape(-1, 2)
+        degree = np.bincount(pair_links[:, 1], minlength=len(tgt))
+        all_keys.append(src[pair_links[:, 0]] * tgt_vocab + tgt[pair_links[:, 1]])
+        all_weights.append(1.0 / degree[pair_links[:, 1]])
+        if null:
+            unlinked = tgt[degree == 0]
+            all_keys.append(eos_id * tgt_vocab + unlinked)
+            all_weights.append(np.ones(len(unlinked)))
+    keys, inverse = np.unique(np.concatenate(all_keys) if all_keys else np.zeros(0, np.int64), return_inverse=True)
+    counts = np.bincount(inverse, weights=np.concatenate(all_weights) if all_weights else None, minlength=len(keys))
+    source_counts = np.bincount(keys // tgt_vocab, weights=counts, minlength=src_vocab)
+    return (
+        torch.from_numpy(keys),
+        torch.from_numpy(counts.astype(np.float32)),
+        torch.from_numpy(source_counts.astype(np.float32)),
+    )

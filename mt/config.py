@@ -125,6 +125,13 @@ class AlignerConfig:
         null: target pieces without links learn to attend to the source EOS, which stands for
             "aligned to nothing" (the NULL word of the IBM models, Brown et al. 1993); a target
             word then gets no link when its EOS mass exceeds that of its best source word.
+        lexicon: add learnt multiples of log c(s, t) and log c(s) to the alignment scores, where
+            c counts the teacher's links between source piece s and target piece t over the
+            training pairs (NULL links included): the translation table of IBM Model 1 (Brown
+            et al. 1993) estimated from the teacher, as eflomal's priors carry one. Counted when
+            the stage starts (:class:`mt.aligner.Lexicon`), stored in the checkpoint; during
+            training each pair's own links are left out of the counts (leave-one-out), so that
+            the aligner learns how far to trust them on text it was not counted on.
     """
 
     enabled: bool = False
@@ -136,6 +143,7 @@ class AlignerConfig:
     dropout: float = 0.1
     position_bias: bool = True
     null: bool = True
+    lexicon: bool = False
 
 
 @dataclass
@@ -613,6 +621,13 @@ def validate(config: Config) -> None:
         "needs alignment targets: set data.alignments=eflomal or data.alignments=file",
     )
     require(train.trainable in TRAINABLE, "train.trainable", train.trainable, "allowed: " + ", ".join(TRAINABLE))
+    if model.aligner.enabled and model.aligner.lexicon:
+        require(
+            data.alignments != "none" and not data.streaming,
+            "model.aligner.lexicon",
+            True,
+            "counts the teacher's links: needs data.alignments=eflomal or data.alignments=file, and data.streaming=false",
+        )
     if train.trainable == "alignment":
         require(model.aligner.enabled, "train.trainable", train.trainable, "needs an aligner: model.aligner.enabled=true")
         require(

@@ -7,10 +7,11 @@ import math
 import torch
 from torch import nn
 
-from mt.aligner import Aligner
+from mt.aligner import Aligner, target_pieces
 from mt.attention import Cache, KVCache
 from mt.config import ModelConfig
 from mt.layers import DecoderLayer, EncoderLayer, sinusoidal_positions
+from mt.tokenizer import EOS_ID
 
 DecoderCache = list[dict[str, Cache]]
 
@@ -68,7 +69,7 @@ class Transformer(nn.Module):
         self.output_proj = nn.Linear(cfg.d_model, tgt_vocab_size, bias=False)
         # the word aligner on top (mt/aligner.py), reading the embeddings and every layer's output
         self.aligner = (
-            Aligner(cfg.aligner, cfg.d_model, cfg.encoder.n_layers + 1, cfg.decoder.n_layers + 1)
+            Aligner(cfg.aligner, cfg.d_model, cfg.encoder.n_layers + 1, cfg.decoder.n_layers + 1, src_vocab_size, tgt_vocab_size)
             if cfg.aligner.enabled
             else None
         )
@@ -238,7 +239,8 @@ class Transformer(nn.Module):
             raise ValueError("this model has no aligner (train one: mt-train experiment=align train.init_from=RUN_DIR)")
         with torch.no_grad():
             src_states, src_mask, tgt_states = self.layer_states(src_ids, tgt_in)
-        return self.aligner(src_states, src_mask, tgt_states, tgt_in != self.pad_id)
+        tgt_out = target_pieces(tgt_in, self.pad_id, EOS_ID)
+        return self.aligner(src_states, src_mask, tgt_states, tgt_in != self.pad_id, src_ids, tgt_out)
 
     def translation_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Every named parameter but the aligner's: what ``train.trainable=alignment`` freezes."""

@@ -117,9 +117,12 @@ class Objective(torch.nn.Module):
         """The aligner's term (and, unless frozen, the cross-entropy from the same pass)."""
         with torch.no_grad() if self.frozen else contextlib.nullcontext():
             src_states, src_mask, tgt_states = self.model.layer_states(src_ids, tgt_in)
-        weights = self.model.aligner(src_states, src_mask, tgt_states, tgt_in != self.model.pad_id)
         if self.model.cfg.aligner.null:  # unlinked pieces learn to attend to EOS (NULL)
             alignment = null_targets(alignment, src_mask, real)
+        # the lexicon counts this batch's links: leave them out while learning how far to trust it
+        weights = self.model.aligner(
+            src_states, src_mask, tgt_states, tgt_in != self.model.pad_id, src_ids, tgt_out, left_out=alignment
+        )
         align = alignment_loss(weights, alignment)
         if self.frozen:
             return self.alignment_weight * align, {"align": align}, int(real.sum())

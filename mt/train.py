@@ -61,6 +61,7 @@ from mt import batching
 from mt import corpora
 from mt import distributed
 from mt.align import aer_report, imitation_aer
+from mt.aligner import LEXICON_BUFFERS, count_links
 from mt.average import average_run, best_checkpoints, step_checkpoints
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import Config, TrainConfig, init_config, to_dict
@@ -681,6 +682,8 @@ def train(cfg: Config, out_dir: str | Path, command_line_keys: Sequence[str] = (
         if cfg.train.trainable == "alignment":  # only the aligner learns
             for _, parameter in model.translation_parameters():
                 parameter.requires_grad_(False)
+        if model.aligner is not None and model.aligner.lexicon is not None and resume is None:
+            fill_lexicon(model, data, cfg)
         log.info(
             "model: %.2fM parameters (%.2fM trained), device %s, precision %s, %d process(es) × %d accumulated batch(es) per update",
             sum(p.numel() for p in model.parameters()) / 1e6, sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
@@ -725,6 +728,17 @@ def train(cfg: Config, out_dir: str | Path, command_line_keys: Sequence[str] = (
         distributed.teardown(context)
 
 
+def fill_lexicon(model: Transformer, data: TrainingData, cfg: Config) -> None:
+    """Count the teacher's links of the training pairs into the aligner's lexicon
+    (:func:`mt.aligner.count_links`; the config's validation made sure there are links)."""
+    started = time.perf_counter()
+    tokenizer = data.tokenizer
+    counts = count_links(data.train_src, data.train_tgt, data.train_links, tokenizer.eos_id,
+                         tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, cfg.model.aligner.null)  # fmt: skip
+    model.aligner.lexicon.fill(*counts)
+    log.info("aligner lexicon: %d piece pairs counted in %.1f s", counts[0].numel(), time.perf_counter() - started)
+
+
 def load_initial_weights(model: Transformer, state: dict, source: str) -> None:
     """``train.init_from``: the checkpoint's weights into ``model``; an aligner the checkpoint
     lacks keeps its fresh initialisation.
@@ -734,7 +748,11 @@ def load_initial_weights(model: Transformer, state: dict, source: str) -> None:
     """
     own, saved = model.state_dict(), state["model"]
     misfits = [key for key in own if key not in saved and not key.startswith("aligner.")]
-    misfits += [key for key, tensor in saved.items() if key not in own or own[key].shape != tensor.shape]
+    misfits += [
+        key
+        for key, tensor in saved.items()
+        if key not in own or (own[key].shape != tensor.shape and key not in LEXICON_BUFFERS)  # those take any size
+    ]
     if misfits:
         raise CheckpointError(f"train.init_from={source}: its weights do not fit the model ({', '.join(misfits[:4])})")
     model.load_state_dict(saved, strict=False)

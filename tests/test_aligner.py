@@ -161,3 +161,74 @@ def test_html_view_opens_on_the_aligners_matrix(bilingual_tokenizer):
     assert data["layer"] == data["n_layers"] - 1 == 2 and data["layer_names"] == ["0", "1", "aligner"]
     shown = np.array(data["pairs"][0]["matrices"][data["layer"]][data["n_heads"]]) / SCALE  # what the page opens on
     np.testing.assert_allclose(shown, a.word_matrix, atol=0.5 / SCALE)
+
+
+def naive_counts(pairs, null: bool) -> dict[tuple[int, int], float]:
+    """c(s, t) the slow way: each distinct pair's G̃ (NULL rows included) summed by ids."""
+    counts: dict[tuple[int, int], float] = {}
+    distinct = {(tuple(src), tuple(tgt)): links for src, tgt, links in pairs}
+    for (src, tgt), links in distinct.items():
+        batch = collate([list(src)], [list(tgt)], [0], [links])
+        targets = batch.alignment
+        if null:
+            targets = null_targets(targets, batch.src_ids != 0, batch.tgt_out != 0)
+        for t, s in targets[0].nonzero().tolist():
+            key = (int(batch.src_ids[0, s]), int(batch.tgt_out[0, t]))
+            counts[key] = counts.get(key, 0.0) + float(targets[0, t, s])
+    return counts
+
+
+LEXICON_PAIRS = [
+    ([5, 6, 7], [10, 11], [(0, 0), (2, 0)]),  # piece 11 unlinked (NULL)
+    ([5, 8], [12, 10, 10], [(0, 1), (1, 0), (0, 2)]),  # a repeated target piece
+    ([5, 6, 7], [10, 11], [(0, 0), (2, 0)]),  # a copy of the first pair: counted once
+    ([9], [13], [(0, 0)]),
+]
+
+
+@pytest.mark.parametrize("null", [True, False])
+def test_count_links_matches_summing_each_distinct_pairs_targets(null):
+    from mt.aligner import count_links
+
+    src, tgt, links = zip(*LEXICON_PAIRS)
+    keys, counts, source_counts = count_links(src, tgt, [torch.tensor(l).numpy() for l in links], 3, VOCAB, VOCAB, null)
+    expected = naive_counts(LEXICON_PAIRS, null)
+    assert sorted(keys.tolist()) == keys.tolist()
+    assert {(k // VOCAB, k % VOCAB): v for k, v in zip(keys.tolist(), counts.tolist())} == pytest.approx(expected)
+    for s in range(VOCAB):
+        assert float(source_counts[s]) == pytest.approx(sum(v for (s2, _), v in expected.items() if s2 == s))
+
+
+def test_lexicon_leaves_a_pairs_own_links_out_as_if_counted_without_it():
+    """Training scores pair k with counts that lack pair k (leave-one-out): the biases must equal
+    those of a lexicon counted on the other pairs alone."""
+    from mt.aligner import Lexicon, count_links
+
+    pairs = LEXICON_PAIRS[:2] + LEXICON_PAIRS[3:]
+    full, without = Lexicon(VOCAB, VOCAB), Lexicon(VOCAB, VOCAB)
+    for lexicon, chosen in ((full, pairs), (without, pairs[1:])):
+        src, tgt, links = zip(*chosen)
+        lexicon.fill(*count_links(src, tgt, [torch.tensor(l).numpy() for l in links], 3, VOCAB, VOCAB, null=True))
+    src, tgt, links = pairs[0]
+    batch = collate([src], [tgt], [0], [links])
+    own = null_targets(batch.alignment, batch.src_ids != 0, batch.tgt_out != 0)
+    with torch.no_grad():
+        left_out = full(batch.src_ids, batch.tgt_out, left_out=own)
+        torch.testing.assert_close(left_out, without(batch.src_ids, batch.tgt_out))
+        assert not torch.allclose(full(batch.src_ids, batch.tgt_out), left_out)  # its own links did count
+
+
+def test_a_filled_lexicon_survives_the_state_dict_round_trip():
+    from mt.aligner import count_links, target_pieces
+
+    model = aligner_model(lexicon=True)
+    src, tgt, links = zip(*LEXICON_PAIRS)
+    model.aligner.lexicon.fill(*count_links(src, tgt, [torch.tensor(l).numpy() for l in links], 3, VOCAB, VOCAB, True))
+    batch = collate([list(s) for s in src], [list(t) for t in tgt], [0, 1, 2, 3])
+    assert torch.equal(target_pieces(batch.tgt_in, 0, 3), batch.tgt_out)
+    fresh = aligner_model(seed=5, lexicon=True)
+    with pytest.raises(ValueError, match="no counts"):
+        fresh.aligner_attention(batch.src_ids, batch.tgt_in)
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.aligner_attention(batch.src_ids, batch.tgt_in), model.aligner_attention(batch.src_ids, batch.tgt_in))
