@@ -169,10 +169,14 @@ def teacher_forced_aligner(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    encoder_states: Sequence[list[torch.Tensor] | None] | None = None,
 ) -> list[np.ndarray]:
     """The aligner's alignment of each pair (:meth:`mt.model.Transformer.aligner_attention`).
 
-    Args: as :func:`teacher_forced_attention`.
+    Args: as :func:`teacher_forced_attention`, and
+        encoder_states: per pair, the encoder's outputs for its source already (e.g. by the
+            search, :meth:`mt.model.Transformer.encode`): n_encoder_layers + 1 tensors
+            (len(src) + 1, d_model), or None; a batch whose pairs all have them skips the encoder.
 
     Returns: per pair, (len(tgt) + 1, len(src) + 1) float32: row t for the piece predicted at
         decoder row t (y_1..y_n, EOS); columns the source pieces and EOS; rows sum to 1.
@@ -183,7 +187,13 @@ def teacher_forced_aligner(
     model.eval()
     out: list[np.ndarray] = [np.zeros(0)] * len(src_ids)
     for batch, src, tgt_in in _teacher_forced_batches(src_ids, tgt_ids, batch_size, device, progress):
-        weights = model.aligner_attention(src, tgt_in).float().cpu().numpy()  # (batch, tgt_len, src_len)
+        src_states = None
+        if encoder_states is not None and all(encoder_states[k] is not None for k in batch):
+            src_states = [  # (batch, src_len, d_model) per layer, padded with zeros as padding is masked
+                torch.nn.utils.rnn.pad_sequence([encoder_states[k][layer] for k in batch], batch_first=True).to(device)
+                for layer in range(len(encoder_states[batch[0]]))
+            ]
+        weights = model.aligner_attention(src, tgt_in, src_states).float().cpu().numpy()  # (batch, tgt_len, src_len)
         for row, k in enumerate(batch):
             out[k] = weights[row, : len(tgt_ids[k]) + 1, : len(src_ids[k]) + 1].copy()
     return out
@@ -294,9 +304,22 @@ def segmented_aligner(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    encoder_states: Sequence[tuple[Sequence[int], list[torch.Tensor]] | None] | None = None,
 ) -> list[np.ndarray]:
-    """:func:`teacher_forced_aligner` over already segmented pairs (their pieces)."""
-    return teacher_forced_aligner(model, *_piece_ids(segmentations), batch_size, device, progress)
+    """:func:`teacher_forced_aligner` over already segmented pairs (their pieces).
+
+    Args:
+        encoder_states: per pair, (source ids with EOS, the encoder's outputs for them) from an
+            earlier pass, or None; used where the ids are the segmentation's source pieces + EOS.
+    """
+    src_ids, tgt_ids = _piece_ids(segmentations)
+    usable = None
+    if encoder_states is not None:  # another tokenization (e.g. truncated otherwise) runs the encoder again
+        usable = [
+            pair[1] if pair is not None and list(pair[0]) == [*src, Tokenizer.eos_id] else None
+            for src, pair in zip(src_ids, encoder_states)
+        ]
+    return teacher_forced_aligner(model, src_ids, tgt_ids, batch_size, device, progress, usable)
 
 
 def _piece_ids(segmentations: Sequence[Segmentation]) -> tuple[list[list[int]], list[list[int]]]:
@@ -359,6 +382,7 @@ def align(
     device: str | torch.device = "cpu",
     progress: bool = False,
     keep_attention: bool = True,
+    encoder_states: Sequence[tuple[Sequence[int], list[torch.Tensor]] | None] | None = None,
 ) -> list[PairAlignment]:
     """Align each (source, target) pair from the model's cross-attention.
 
@@ -368,7 +392,9 @@ def align(
 
     ``keep_attention=False`` with the ``aligner`` method skips the pass that computes every
     layer's cross-attention (for the files and the HTML view): ``PairAlignment.attention`` is
-    then None and the pairs cost one teacher-forced pass instead of two.
+    then None and the pairs cost one teacher-forced pass instead of two. ``encoder_states``
+    (per pair, as :func:`segmented_aligner` takes them: e.g. the search's) spares the aligner
+    method the encoder where the source ids match.
 
     Raises:
         ValueError: an unknown method, ``layer`` or a head index out of range, or unequal
@@ -385,7 +411,7 @@ def align(
         segmentations, attention = attend(model, tokenizer, src_texts, tgt_texts, batch_size, device, progress, full_context)
     aligner = [None] * len(segmentations)
     if method == "aligner":
-        aligner = segmented_aligner(model, segmentations, batch_size, device)
+        aligner = segmented_aligner(model, segmentations, batch_size, device, encoder_states=encoder_states)
         matrices, links = aligner_word_links(segmentations, aligner, threshold, model.cfg.aligner.null)
     else:
         matrices, links = word_links(segmentations, attention, method, layer, heads, threshold)
@@ -474,7 +500,7 @@ def aer_report(
         _, links = word_links(segmentations, attention, "supervised", layer, heads)
         report["aer"] = report["aer_supervised"] = round(score_alignments(links, gold.sure, gold.possible).aer, 5)
     if model.aligner is not None:
-        aligner = segmented_aligner(model, segmentations, batch_size, device)
+        aligner = segmented_aligner(model, segmentations, batch_size, device, encoder_states=encoder_states)
         _, links = aligner_word_links(segmentations, aligner, null=model.cfg.aligner.null)
         report["aer"] = report["aer_aligner"] = round(score_alignments(links, gold.sure, gold.possible).aer, 5)
     return report
@@ -496,7 +522,7 @@ def imitation_aer(
     Returns: the AER, a rate in [0, 1].
     """
     if model.aligner is not None:
-        aligner = segmented_aligner(model, segmentations, batch_size, device)
+        aligner = segmented_aligner(model, segmentations, batch_size, device, encoder_states=encoder_states)
         _, links = aligner_word_links(segmentations, aligner, null=model.cfg.aligner.null)
     else:
         layer, heads, full_context = supervised_heads(model)

@@ -183,15 +183,18 @@ def translate_main(argv: Sequence[str] | None = None) -> None:
         lines = args.sentences if args.sentences else _read_stdin()
         markups, errors = _parse_markup(lines, args.markup) if args.markup else ([], {})  # None: did not parse
         sentences = [m.text if m else "" for m in markups] if args.markup else lines
-        try:
-            nbest = translate_nbest(model, tokenizer, sentences, decoding, args.n_best, args.device)
+        markup = (
+            _MarkupTransfer(model, tokenizer, markups, decoding.batch_size, args.device, default_method(info))
+            if args.markup
+            else None
+        )
+        try:  # with --markup, each batch's hypotheses are aligned as it finishes, reusing its encoder pass
+            nbest = translate_nbest(model, tokenizer, sentences, decoding, args.n_best, args.device, on_batch=markup)
         except ValueError as error:  # a beam wider than half the vocabulary
             raise MtError(f"--beam-size {decoding.beam_size}: {error}") from None
         marked, alignments = [[h.text for h in hypotheses] for hypotheses in nbest], {}
-        if args.markup:
-            marked, alignments = _markup_translations(
-                model, tokenizer, markups, nbest, decoding.batch_size, args.device, default_method(info)
-            )
+        if markup is not None:
+            marked, alignments = markup.results()
         if args.output_format == "jsonl":
             if args.align:  # every line, or those --markup did not align (no tags)
                 todo = [[] if index in alignments else hypotheses for index, hypotheses in enumerate(nbest)]
@@ -235,23 +238,50 @@ def _parse_markup(lines: Sequence[str], mode: str) -> tuple[list, dict[int, str]
     return markups, errors
 
 
-def _markup_translations(model, tokenizer, markups, nbest, batch_size: int, device: str, method: str):
-    """``--markup``: per line, every hypothesis with the line's tags (a line without hypotheses: its
-    tags alone; a line that did not parse: ""), and line index → alignment of its best hypothesis."""
-    from mt.markup import align_and_transfer, transfer
+class _MarkupTransfer:
+    """``--markup``: called by :func:`mt.evaluate.translate_nbest` after each batch, it aligns the
+    batch's hypotheses to their sources (reusing the search's encoder outputs) and puts each
+    line's tags on every hypothesis."""
 
-    pairs = [(index, h.text) for index, hypotheses in enumerate(nbest) if markups[index] for h in hypotheses]
-    sources, translations = [markups[index] for index, _ in pairs], [text for _, text in pairs]
-    outputs, alignments = align_and_transfer(model, tokenizer, sources, translations, method, batch_size, device)
-    marked = [
-        [] if hypotheses else [transfer(markup, "", []) if markup else ""] for markup, hypotheses in zip(markups, nbest)
-    ]
-    best = {}
-    for position, ((index, _), output) in enumerate(zip(pairs, outputs)):
-        if not marked[index] and position in alignments:
-            best[index] = alignments[position]
-        marked[index].append(output)
-    return marked, best
+    def __init__(self, model, tokenizer, markups, batch_size: int, device: str, method: str):
+        self.model, self.tokenizer, self.markups = model, tokenizer, markups
+        self.batch_size, self.device, self.method = batch_size, device, method
+        self.marked: dict[int, list[str]] = {}  # line index → its hypotheses with markup
+        self.best: dict[int, object] = {}  # line index → alignment of its best hypothesis
+
+    def __call__(self, indices, src_ids, encoder_states, hypotheses) -> None:
+        from mt.markup import align_and_transfer
+
+        pairs = [
+            (index, row, h.text)
+            for row, (index, line_hypotheses) in enumerate(zip(indices, hypotheses))
+            if self.markups[index]
+            for h in line_hypotheses
+        ]
+        lengths = (src_ids != self.model.pad_id).sum(1).tolist()  # (batch,) source ids with EOS
+        encoder = [
+            (src_ids[row, : lengths[row]].tolist(), [s[row, : lengths[row]] for s in encoder_states])
+            for _, row, _ in pairs
+        ]
+        outputs, alignments = align_and_transfer(
+            self.model, self.tokenizer, [self.markups[index] for index, _, _ in pairs], [text for _, _, text in pairs],
+            self.method, self.batch_size, self.device, encoder_states=encoder,
+        )  # fmt: skip
+        for position, ((index, _, _), output) in enumerate(zip(pairs, outputs)):
+            if index not in self.marked and position in alignments:
+                self.best[index] = alignments[position]
+            self.marked.setdefault(index, []).append(output)
+
+    def results(self) -> tuple[list[list[str]], dict]:
+        """Per line, every hypothesis with the line's tags (a line without hypotheses: its tags
+        alone; a line that did not parse: ""), and line index → alignment of its best hypothesis."""
+        from mt.markup import transfer
+
+        marked = [
+            self.marked.get(index) or [transfer(markup, "", []) if markup else ""]
+            for index, markup in enumerate(self.markups)
+        ]
+        return marked, self.best
 
 
 def _add_markup(record: dict, line: str, marked: list[str], error: str | None) -> None:

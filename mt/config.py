@@ -132,6 +132,9 @@ class AlignerConfig:
             the stage starts (:class:`mt.aligner.Lexicon`), stored in the checkpoint; during
             training each pair's own links are left out of the counts (leave-one-out), so that
             the aligner learns how far to trust them on text it was not counted on.
+        lexicon_leave_one_out: leave each training pair's own links out of the counts while
+            training (``false``: the aligner learns to trust the counts as it meets them on the
+            text they were counted on).
     """
 
     enabled: bool = False
@@ -144,6 +147,7 @@ class AlignerConfig:
     position_bias: bool = True
     null: bool = True
     lexicon: bool = False
+    lexicon_leave_one_out: bool = True
 
 
 @dataclass

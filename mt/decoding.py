@@ -102,6 +102,7 @@ def greedy_search(
     src_ids: torch.Tensor,
     max_len_a: float = 1.2,
     max_len_b: int = 10,
+    encoder_states: list[torch.Tensor] | None = None,
 ) -> list[Hypothesis]:
     """Pick the most probable token at each step until EOS or the length limit.
 
@@ -110,12 +111,13 @@ def greedy_search(
     Args:
         src_ids: (batch, src_len) long source ids with EOS, right-padded.
         max_len_a, max_len_b: output limit ``a * src_len + b`` tokens (EOS included).
+        encoder_states: a list to receive every encoder layer's output (:meth:`Transformer.encode`).
 
     Returns: one hypothesis per sentence, in input order (score = log_prob).
     """
     batch = src_ids.size(0)
     device = src_ids.device
-    memory, src_mask = model.encode(src_ids)
+    memory, src_mask = model.encode(src_ids, encoder_states)
     cache = model.new_cache()
     limits = max_lengths(src_ids, model.pad_id, max_len_a, max_len_b, model.cfg.max_positions - 1)  # (batch,)
     limits_cpu = limits.cpu()  # the search knows which rows hit their limit without a device sync
@@ -161,6 +163,7 @@ def beam_search(
     max_len_a: float = 1.2,
     max_len_b: int = 10,
     n_best: int | None = None,
+    encoder_states: list[torch.Tensor] | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search vectorised over batch × beam.
 
@@ -179,6 +182,7 @@ def beam_search(
         length_penalty_alpha: alpha of :func:`length_penalty` (0 = rank by raw log-prob).
         max_len_a, max_len_b: output limit ``a * src_len + b`` tokens (EOS included).
         n_best: hypotheses returned per sentence; None = ``beam_size``.
+        encoder_states: a list to receive every encoder layer's output (:meth:`Transformer.encode`).
 
     Returns: per sentence, its ``n_best`` best finished hypotheses (fewer only if the search
         finished fewer), best score first; distinct token sequences.
@@ -198,7 +202,7 @@ def beam_search(
     # sentence (every beam would hold the same BOS prefix); its 2·beam best tokens then fan out
     # to the beams. The encoder output, the source mask and the cross-attention keys/values keep
     # one row per sentence throughout: the beams of a sentence read them together (group=width).
-    memory, src_mask = model.encode(src_ids)  # (active, src_len, d_model), (active, src_len)
+    memory, src_mask = model.encode(src_ids, encoder_states)  # (active, src_len, d_model), (active, src_len)
     limits = max_lengths(src_ids, model.pad_id, max_len_a, max_len_b, model.cfg.max_positions - 1)  # (active,)
     limits_cpu = limits.cpu()
     cache = model.new_cache()

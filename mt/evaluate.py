@@ -71,12 +71,19 @@ def translate_nbest(
     n_best: int = 1,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    on_batch: Callable[[list[int], torch.Tensor, list[torch.Tensor], list[list[Translation]]], None] | None = None,
 ) -> list[list[Translation]]:
     """The ``n_best`` best translations of each sentence, best first, with their scores.
 
     Batching, blank sentences and truncation as in :func:`translate`; a blank sentence has no
     hypotheses (an empty list). A sentence gets fewer than ``n_best`` only if the search
     finished fewer (a length limit of one token leaves only EOS).
+
+    ``on_batch(indices, src_ids, encoder_states, hypotheses)``, if given, runs after each batch's
+    search with its sentences' indices, their (batch, src_len) source ids, the encoder's
+    layer outputs for them (as :meth:`mt.model.Transformer.encode` keeps them, each
+    (batch, src_len, d_model)) and their hypotheses: work that reuses the encoder pass (the
+    aligner) without keeping it for every sentence.
 
     Raises:
         ValueError: ``n_best`` outside 1..``decoding.beam_size``.
@@ -101,12 +108,13 @@ def translate_nbest(
     model.eval()
     for batch in tqdm(batches, desc="translate", unit="batch", disable=None if progress else True, leave=False):
         src_ids = pad([ids[i] for i in batch]).to(device)
+        states = [] if on_batch is not None else None
         if decoding.beam_size == 1:
-            nbest = [[h] for h in greedy_search(model, src_ids, decoding.max_len_a, decoding.max_len_b)]
+            nbest = [[h] for h in greedy_search(model, src_ids, decoding.max_len_a, decoding.max_len_b, states)]
         else:
             nbest = beam_search(
                 model, src_ids, decoding.beam_size, decoding.length_penalty, decoding.max_len_a, decoding.max_len_b,
-                n_best,
+                n_best, states,
             )
         texts = iter(tokenizer.decode_tgt([h.tokens for hypotheses in nbest for h in hypotheses]))  # one call per batch
         for i, hypotheses in zip(batch, nbest):
@@ -120,6 +128,8 @@ def translate_nbest(
                 )
                 for h in hypotheses
             ]
+        if on_batch is not None:
+            on_batch(batch, src_ids, states, [outputs[i] for i in batch])
     return outputs
 
 

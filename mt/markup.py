@@ -320,6 +320,7 @@ def align_and_transfer(
     batch_size: int = 32,
     device="cpu",
     max_gap: int = MAX_GAP,
+    encoder_states: Sequence | None = None,
 ) -> tuple[list[str], dict]:
     """Align each parsed source's text to its translation with the model, then :func:`transfer`.
 
@@ -327,6 +328,8 @@ def align_and_transfer(
         markups, translations: one translation per parsed line (the same line may come several
             times, once per hypothesis).
         method: the alignment method (:func:`mt.align.default_method` of the checkpoint).
+        encoder_states: per pair, (source ids, encoder outputs) of the search, or None
+            (:func:`mt.align.align`).
 
     Returns: the translations with markup, and position → :class:`~mt.align.PairAlignment` for
         the pairs that have markup and words on both sides (the others need no links: a line
@@ -342,6 +345,7 @@ def align_and_transfer(
     alignments = align(
         model, tokenizer, [markups[k].text for k in todo], [translations[k] for k in todo],
         method=method, batch_size=batch_size, device=device, keep_attention=False,
+        encoder_states=[encoder_states[k] for k in todo] if encoder_states is not None else None,
     ) if todo else []
     by_position = dict(zip(todo, alignments))
     outputs = [

@@ -101,11 +101,14 @@ class Transformer(nn.Module):
             x = x + self.positions[offset : offset + length]
         return self.embedding_dropout(x)
 
-    def encode(self, src_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, src_ids: torch.Tensor, states: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the encoder.
 
         Args:
             src_ids: (batch, src_len) long, right-padded with ``pad_id``, each row ending in EOS.
+            states: a list to receive what :meth:`layer_states` returns as ``src_states`` (the
+                embedded source, each layer's output, the last = memory), e.g. for the aligner
+                to reuse a search's encoder pass; None = keep nothing.
 
         Returns:
             memory: (batch, src_len, d_model) encoder output (final layer norm applied).
@@ -113,9 +116,14 @@ class Transformer(nn.Module):
         """
         src_mask = src_ids != self.pad_id  # (batch, src_len)
         x = self._embed(self.src_embedding, src_ids)
+        kept = [x]
         for layer in self.encoder_layers:
             x = layer(x, src_mask)
-        return self.encoder_norm(x), src_mask
+            kept.append(x)
+        memory = kept[-1] = self.encoder_norm(x)
+        if states is not None:
+            states.extend(kept)
+        return memory, src_mask
 
     def new_cache(self) -> DecoderCache:
         """An empty incremental-decoding cache: one dict per decoder layer and attention site."""
@@ -192,12 +200,14 @@ class Transformer(nn.Module):
         return self.decoder_norm(x), weights
 
     def layer_states(
-        self, src_ids: torch.Tensor, tgt_in: torch.Tensor
+        self, src_ids: torch.Tensor, tgt_in: torch.Tensor, src_states: list[torch.Tensor] | None = None
     ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
         """Teacher-forced pass that keeps every layer's output (what the aligner reads).
 
         Args:
             src_ids, tgt_in: as :meth:`encode` and :meth:`decode`.
+            src_states: the source side already computed (:meth:`encode`'s ``states`` for these
+                ``src_ids``): the encoder does not run again.
 
         Returns:
             src_states: n_encoder_layers + 1 tensors (batch, src_len, d_model): the embedded
@@ -207,13 +217,11 @@ class Transformer(nn.Module):
             tgt_states: n_decoder_layers + 1 tensors (batch, tgt_len, d_model), likewise; the
                 last is :meth:`decode`'s hidden.
         """
-        src_mask = src_ids != self.pad_id  # (batch, src_len)
-        x = self._embed(self.src_embedding, src_ids)
-        src_states = [x]
-        for layer in self.encoder_layers:
-            x = layer(x, src_mask)
-            src_states.append(x)
-        src_states[-1] = memory = self.encoder_norm(x)
+        if src_states is None:
+            src_states = []
+            memory, src_mask = self.encode(src_ids, src_states)
+        else:
+            memory, src_mask = src_states[-1], src_ids != self.pad_id
         y = self._embed(self.tgt_embedding, tgt_in)
         tgt_states = [y]
         for layer in self.decoder_layers:
@@ -222,12 +230,15 @@ class Transformer(nn.Module):
         tgt_states[-1] = self.decoder_norm(y)
         return src_states, src_mask, tgt_states
 
-    def aligner_attention(self, src_ids: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+    def aligner_attention(
+        self, src_ids: torch.Tensor, tgt_in: torch.Tensor, src_states: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """The aligner's alignment of a teacher-forced batch, the translation model run without
         gradients (it is frozen, or the aligner must not change it).
 
         Args:
             src_ids, tgt_in: as :meth:`encode` and :meth:`decode`.
+            src_states: as :meth:`layer_states`.
 
         Returns: (batch, tgt_len, src_len) float32, row t the alignment of the piece predicted
             at row t; rows sum to 1 over real source positions.
@@ -238,7 +249,7 @@ class Transformer(nn.Module):
         if self.aligner is None:
             raise ValueError("this model has no aligner (train one: mt-train experiment=align train.init_from=RUN_DIR)")
         with torch.no_grad():
-            src_states, src_mask, tgt_states = self.layer_states(src_ids, tgt_in)
+            src_states, src_mask, tgt_states = self.layer_states(src_ids, tgt_in, src_states)
         tgt_out = target_pieces(tgt_in, self.pad_id, EOS_ID)
         return self.aligner(src_states, src_mask, tgt_states, tgt_in != self.pad_id, src_ids, tgt_out)
 

@@ -119,9 +119,10 @@ class Objective(torch.nn.Module):
             src_states, src_mask, tgt_states = self.model.layer_states(src_ids, tgt_in)
         if self.model.cfg.aligner.null:  # unlinked pieces learn to attend to EOS (NULL)
             alignment = null_targets(alignment, src_mask, real)
-        # the lexicon counts this batch's links: leave them out while learning how far to trust it
+        # the lexicon counts this batch's links: left out while learning how far to trust it
+        left_out = alignment if self.model.cfg.aligner.lexicon_leave_one_out else None
         weights = self.model.aligner(
-            src_states, src_mask, tgt_states, tgt_in != self.model.pad_id, src_ids, tgt_out, left_out=alignment
+            src_states, src_mask, tgt_states, tgt_in != self.model.pad_id, src_ids, tgt_out, left_out=left_out
         )
         align = alignment_loss(weights, alignment)
         if self.frozen:

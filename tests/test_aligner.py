@@ -3,6 +3,8 @@ toy alignment, and that training it leaves every other weight as it was."""
 
 import random
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -232,3 +234,26 @@ def test_a_filled_lexicon_survives_the_state_dict_round_trip():
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fresh.aligner_attention(batch.src_ids, batch.tgt_in), model.aligner_attention(batch.src_ids, batch.tgt_in))
+
+
+def test_reusing_the_searchs_encoder_outputs_gives_the_same_alignment():
+    from mt.align import teacher_forced_aligner
+
+    model = aligner_model()
+    src_ids, tgt_ids = [[5, 6, 7, 8], [9, 10]], [[11, 12, 13], [14]]
+    batch = collate(src_ids, tgt_ids, [0, 1])
+    states = []
+    with torch.no_grad():
+        model.encode(batch.src_ids, states)
+        torch.testing.assert_close(
+            model.aligner_attention(batch.src_ids, batch.tgt_in, states), model.aligner_attention(batch.src_ids, batch.tgt_in)
+        )
+    lengths = [5, 3]  # pieces + EOS
+    per_pair = [[s[row, : lengths[row]] for s in states] for row in range(2)]
+    plain = teacher_forced_aligner(model, src_ids, tgt_ids)
+    reused = teacher_forced_aligner(model, src_ids, tgt_ids, encoder_states=per_pair)
+    for a, b in zip(plain, reused):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # states of another source are not silently used: only the right ones change nothing
+    wrong = [[torch.zeros_like(s) for s in pair] for pair in per_pair]
+    assert not np.allclose(teacher_forced_aligner(model, src_ids, tgt_ids, encoder_states=wrong)[0], plain[0])
