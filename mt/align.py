@@ -146,16 +146,28 @@ class PairAlignment:
     aligner: np.ndarray | None = None
 
 
+TEACHER_FORCED_TOKENS = 1024  # padded positions per side and batch: long pairs do not pad short ones
+
+
 def _teacher_forced_batches(src_ids, tgt_ids, batch_size: int, device, progress: bool):
-    """Length-sorted batches: (pair indices, src (batch, src_len + 1) with EOS, tgt_in (batch,
-    tgt_len + 1) with BOS), on ``device``."""
+    """Length-sorted batches of at most ``batch_size`` pairs and about
+    :data:`TEACHER_FORCED_TOKENS` padded positions per side: (pair indices, src (batch,
+    src_len + 1) with EOS, tgt_in (batch, tgt_len + 1) with BOS), on ``device``."""
     from tqdm.auto import tqdm
 
     bos, eos = Tokenizer.bos_id, Tokenizer.eos_id
-    order = sorted(range(len(src_ids)), key=lambda k: (len(src_ids[k]), len(tgt_ids[k])))
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="align", unit="batch", disable=None if progress else True, leave=False):
-        batch = order[start : start + batch_size]
+    order = sorted(range(len(src_ids)), key=lambda k: (len(tgt_ids[k]), len(src_ids[k])))
+    batches: list[list[int]] = []
+    longest = 0
+    for k in order:
+        size = max(len(src_ids[k]), len(tgt_ids[k])) + 1
+        if batches and len(batches[-1]) < batch_size and max(longest, size) * (len(batches[-1]) + 1) <= TEACHER_FORCED_TOKENS:
+            batches[-1].append(k)
+            longest = max(longest, size)
+        else:
+            batches.append([k])
+            longest = size
+    for batch in tqdm(batches, desc="align", unit="batch", disable=None if progress else True, leave=False):
         src = pad([[*src_ids[k], eos] for k in batch]).to(device)
         tgt_in = pad([[bos, *tgt_ids[k]] for k in batch]).to(device)
         yield batch, src, tgt_in
@@ -500,7 +512,7 @@ def aer_report(
         _, links = word_links(segmentations, attention, "supervised", layer, heads)
         report["aer"] = report["aer_supervised"] = round(score_alignments(links, gold.sure, gold.possible).aer, 5)
     if model.aligner is not None:
-        aligner = segmented_aligner(model, segmentations, batch_size, device, encoder_states=encoder_states)
+        aligner = segmented_aligner(model, segmentations, batch_size, device)
         _, links = aligner_word_links(segmentations, aligner, null=model.cfg.aligner.null)
         report["aer"] = report["aer_aligner"] = round(score_alignments(links, gold.sure, gold.possible).aer, 5)
     return report
@@ -522,7 +534,7 @@ def imitation_aer(
     Returns: the AER, a rate in [0, 1].
     """
     if model.aligner is not None:
-        aligner = segmented_aligner(model, segmentations, batch_size, device, encoder_states=encoder_states)
+        aligner = segmented_aligner(model, segmentations, batch_size, device)
         _, links = aligner_word_links(segmentations, aligner, null=model.cfg.aligner.null)
     else:
         layer, heads, full_context = supervised_heads(model)

@@ -36,6 +36,7 @@ few passes: which rare words the teacher linked to which.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -49,8 +50,8 @@ from mt.config import AlignerConfig, AttentionConfig
 from mt.layers import DecoderLayer
 
 LEXICON_SMOOTHING = 0.1  # added to every link count c(s, t): an unseen pair scores log 0.1
-# the lexicon's buffers in a Transformer's state dict: their sizes depend on the data
-LEXICON_BUFFERS = ("aligner.lexicon.keys", "aligner.lexicon.counts", "aligner.lexicon.source_counts")
+# where the lexicons' buffers sit in a Transformer's state dict: their sizes depend on the data
+LEXICON_PREFIXES = ("aligner.lexicon.", "aligner.word_lexicon.")
 
 
 class LayerMix(nn.Module):
@@ -107,6 +108,7 @@ class Aligner(nn.Module):
         # per alignment head, softplus(·) = how much one unit of distance from the diagonal costs
         self.diagonal = nn.Parameter(torch.zeros(cfg.align_heads)) if cfg.position_bias else None
         self.lexicon = Lexicon(src_vocab, tgt_vocab) if cfg.lexicon else None
+        self.word_lexicon = WordLexicon(src_vocab, tgt_vocab) if cfg.word_lexicon else None
 
     def forward(
         self,
@@ -158,10 +160,11 @@ class Aligner(nn.Module):
         scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(self.head_dim)  # (batch, n_heads, tgt_len, src_len)
         if self.diagonal is not None:
             scores = scores - F.softplus(self.diagonal)[:, None, None] * diagonal_distance(src_mask, tgt_mask)[:, None]
-        if self.lexicon is not None:
-            if src_ids is None or tgt_out is None:
-                raise ValueError("an aligner with a lexicon needs src_ids and tgt_out")
-            scores = scores + self.lexicon(src_ids, tgt_out, left_out)[:, None]
+        for lexicon in (self.lexicon, self.word_lexicon):
+            if lexicon is not None:
+                if src_ids is None or tgt_out is None:
+                    raise ValueError("an aligner with a lexicon needs src_ids and tgt_out")
+                scores = scores + lexicon(src_ids, tgt_out, left_out)[:, None]
         scores = scores.masked_fill(~src_mask[:, None, None, :], float("-inf"))
         return scores.softmax(-1).mean(1)  # (batch, tgt_len, src_len)
 
@@ -218,9 +221,10 @@ class Lexicon(nn.Module):
     position i is ``a · log(c(s_i, t) + 0.1) − b · log(c(s_i) + 1)`` with learnt a and b (both
     1 at first: log of IBM Model 1's t(t | s), Brown et al. 1993, with the teacher's links as
     counts). NULL links (target pieces the teacher left unlinked) count towards the source EOS.
+    :class:`WordLexicon` counts whole words instead.
 
     Buffers (their sizes depend on the data; loading a state dict resizes them):
-        keys: (n_entries,) int64, sorted: ``s * tgt_vocab + t`` of every pair with a count.
+        keys: (n_entries,) int64, sorted: ``s * key_base + t`` of every unit pair with a count.
         counts: (n_entries,) float32 c(s, t).
         source_counts: (src_vocab,) float32 c(s).
 
@@ -231,28 +235,48 @@ class Lexicon(nn.Module):
     def __init__(self, src_vocab: int, tgt_vocab: int):
         super().__init__()
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
+        self.key_base = tgt_vocab
         self.register_buffer("keys", torch.zeros(0, dtype=torch.int64))
         self.register_buffer("counts", torch.zeros(0))
         self.register_buffer("source_counts", torch.zeros(0))
         self.weights = nn.Parameter(torch.ones(2))  # a, b above
 
-    def fill(self, keys: torch.Tensor, counts: torch.Tensor, source_counts: torch.Tensor) -> None:
-        """Store the counts :func:`count_links` returns."""
+    def units(self, ids: torch.Tensor, side: str) -> torch.Tensor:
+        """What is counted, per position: (batch, len) ids → (batch, len) int64 (here the ids)."""
+        return ids
+
+    def source_count(self, src_units: torch.Tensor) -> torch.Tensor:
+        """c(s) of each source unit, same shape, float32."""
+        return self.source_counts[src_units]
+
+    def count(self, src_ids, tgt_ids, links, eos_id: int, null: bool) -> int:
+        """Count the teacher's links of the training pairs (:func:`count_links`) and keep them.
+
+        Args: as :func:`count_links`, with piece ids per pair. Returns: the unit pairs counted.
+        """
+        keys, counts, source_keys, source_counts = count_links(src_ids, tgt_ids, links, eos_id, self.key_base, null)
+        dense = torch.zeros(self.src_vocab)
+        dense[source_keys] = source_counts
+        self.fill(keys, counts, source_counts=dense)
+        return keys.numel()
+
+    def fill(self, keys: torch.Tensor, counts: torch.Tensor, **tables: torch.Tensor) -> None:
+        """Store counts: the pair table, and the source side's as named buffers."""
         device = self.weights.device
-        self.keys, self.counts, self.source_counts = keys.to(device), counts.to(device), source_counts.to(device)
+        self.keys, self.counts = keys.to(device), counts.to(device)
+        for name, table in tables.items():
+            setattr(self, name, table.to(device))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("keys", "counts", "source_counts"):  # sizes come from the data: take the saved ones
+        for name in self._buffers:  # sizes come from the data: take the saved ones
             saved = state_dict.get(prefix + name)
             if saved is not None:
                 setattr(self, name, torch.empty_like(saved, device=self.weights.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def lookup(self, src_ids: torch.Tensor, tgt_out: torch.Tensor) -> torch.Tensor:
-        """c(s_i, t_j): (batch, src_len), (batch, tgt_len) ids → (batch, tgt_len, src_len) float32."""
-        query = src_ids[:, None, :] * self.tgt_vocab + tgt_out[:, :, None]
-        index = torch.searchsorted(self.keys, query).clamp_max(self.keys.numel() - 1)
-        return torch.where(self.keys[index] == query, self.counts[index], 0.0)
+    def lookup(self, src_units: torch.Tensor, tgt_units: torch.Tensor) -> torch.Tensor:
+        """c(s_i, t_j): (batch, src_len), (batch, tgt_len) units → (batch, tgt_len, src_len) float32."""
+        return _table_lookup(self.keys, self.counts, src_units[:, None, :] * self.key_base + tgt_units[:, :, None])
 
     def forward(self, src_ids: torch.Tensor, tgt_out: torch.Tensor, left_out: torch.Tensor | None = None) -> torch.Tensor:
         """The biases: (batch, src_len), (batch, tgt_len) ids → (batch, tgt_len, src_len) float32.
@@ -266,63 +290,156 @@ class Lexicon(nn.Module):
         """
         if self.keys.numel() == 0:
             raise ValueError("the aligner's lexicon has no counts (it is filled when the stage starts)")
-        pair_counts = self.lookup(src_ids, tgt_out)  # (batch, tgt_len, src_len)
-        source_counts = self.source_counts[src_ids][:, None, :]  # (batch, 1, src_len)
-        if left_out is not None:  # G̃ summed over the rows and columns holding the same pieces
-            same_src = (src_ids[:, :, None] == src_ids[:, None, :]).float()  # (batch, src_len, src_len)
-            same_tgt = (tgt_out[:, :, None] == tgt_out[:, None, :]).float()  # (batch, tgt_len, tgt_len)
+        src_units, tgt_units = self.units(src_ids, "src"), self.units(tgt_out, "tgt")
+        pair_counts = self.lookup(src_units, tgt_units)  # (batch, tgt_len, src_len)
+        source_counts = self.source_count(src_units)[:, None, :]  # (batch, 1, src_len)
+        if left_out is not None:  # G̃ summed over the rows and columns holding the same units
+            same_src = (src_units[:, :, None] == src_units[:, None, :]).float()  # (batch, src_len, src_len)
+            same_tgt = (tgt_units[:, :, None] == tgt_units[:, None, :]).float()  # (batch, tgt_len, tgt_len)
             left_out = left_out.float()
             pair_counts = (pair_counts - same_tgt @ left_out @ same_src).clamp_min(0.0)
             source_counts = (source_counts - left_out.sum(1, keepdim=True) @ same_src).clamp_min(0.0)
         return self.weights[0] * torch.log(pair_counts + LEXICON_SMOOTHING) - self.weights[1] * torch.log1p(source_counts)
 
 
+class WordLexicon(Lexicon):
+    """:class:`Lexicon` over whole words: every piece of a word stands for the word (a hash of
+    its piece ids, :func:`word_units`), so a rare word split into common pieces keeps its own
+    counts. A piece links its word pair with the weight G̃ gives the piece pair.
+
+    Buffers besides the pair table: ``source_keys``/``source_counts`` (c(s) per source word,
+    sorted), ``src_word_start``/``tgt_word_start`` ((vocab,) bool: the piece begins a word).
+    """
+
+    def __init__(self, src_vocab: int, tgt_vocab: int):
+        super().__init__(src_vocab, tgt_vocab)
+        self.key_base = 2**WORD_HASH_BITS
+        self.register_buffer("source_keys", torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("src_word_start", torch.zeros(0, dtype=torch.bool))
+        self.register_buffer("tgt_word_start", torch.zeros(0, dtype=torch.bool))
+
+    def set_word_starts(self, src_pieces: Sequence[str], tgt_pieces: Sequence[str], n_specials: int = 4) -> None:
+        """Which pieces begin a word: sentencepiece's "▁" prefix; the special ids 0 … n_specials − 1
+        (padding, unknown, BOS, EOS) are words of their own."""
+        for name, pieces in (("src_word_start", src_pieces), ("tgt_word_start", tgt_pieces)):
+            starts = torch.tensor([piece.startswith("\u2581") for piece in pieces], dtype=torch.bool)
+            starts[:n_specials] = True
+            setattr(self, name, starts.to(self.weights.device))
+
+    def units(self, ids: torch.Tensor, side: str) -> torch.Tensor:
+        return word_units(ids, self.src_word_start if side == "src" else self.tgt_word_start)
+
+    def source_count(self, src_units: torch.Tensor) -> torch.Tensor:
+        return _table_lookup(self.source_keys, self.source_counts, src_units)
+
+    def count(self, src_ids, tgt_ids, links, eos_id: int, null: bool) -> int:
+        src_words, tgt_words = self._units_of(src_ids, "src"), self._units_of(tgt_ids, "tgt")
+        eos = int(self.units(torch.tensor([[eos_id]]), "tgt")[0, 0])
+        keys, counts, source_keys, source_counts = count_links(src_words, tgt_words, links, eos, self.key_base, null)
+        self.fill(keys, counts, source_keys=source_keys, source_counts=source_counts)
+        return keys.numel()
+
+
+    def _units_of(self, sequences: Sequence[Sequence[int]], side: str, chunk: int = 1024) -> list[np.ndarray]:
+        """:meth:`units` of many unpadded id sequences, a padded chunk at a time (padding, id 0,
+        is a word of its own and joins no real word)."""
+        out: list[np.ndarray] = []
+        for start in range(0, len(sequences), chunk):
+            rows = [np.asarray(sequences[k], dtype=np.int64) for k in range(start, min(start + chunk, len(sequences)))]
+            padded = torch.zeros(len(rows), max([len(r) for r in rows] + [1]), dtype=torch.int64)
+            for k, row in enumerate(rows):
+                padded[k, : len(row)] = torch.from_numpy(row)
+            units = self.units(padded, side).numpy()
+            out.extend(units[k, : len(row)] for k, row in enumerate(rows))
+        return out
+
+
+WORD_HASH_BITS = 31
+_WORD_HASH_PRIME = 1_000_003
+
+
+def word_units(ids: torch.Tensor, word_start: torch.Tensor) -> torch.Tensor:
+    """The word of each piece as a number: (batch, len) piece ids → (batch, len) int64 in
+    [0, 2^31), the same for every piece of a word: a polynomial hash of the word's piece ids.
+
+    Args:
+        word_start: (vocab,) bool, True for pieces that begin a word (and for special tokens);
+            position 0 always begins one.
+    """
+    starts = word_start[ids]
+    starts[:, 0] = True
+    positions = torch.arange(ids.size(1), device=ids.device).expand_as(ids)
+    first = torch.where(starts, positions, 0).cummax(1).values  # (batch, len) where each piece's word begins
+    modulus = 2**WORD_HASH_BITS
+    powers = _hash_powers(ids.size(1)).to(ids.device)
+    terms = (ids.long() + 1) * powers[positions - first] % modulus  # < 2^31 each
+    word = starts.long().cumsum(1) - 1  # (batch, len) word index of each piece
+    sums = torch.zeros_like(terms).scatter_add_(1, word, terms)
+    return sums.gather(1, word) % modulus
+
+
+@functools.lru_cache(maxsize=8)
+def _hash_powers(length: int) -> torch.Tensor:
+    """(length,) int64: _WORD_HASH_PRIME^k mod 2^31."""
+    return torch.tensor([pow(_WORD_HASH_PRIME, k, 2**WORD_HASH_BITS) for k in range(max(length, 1))], dtype=torch.int64)
+
+
+def _table_lookup(keys: torch.Tensor, values: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """values[k] where keys[k] == query (keys sorted), else 0: same shape as ``query``, float32."""
+    if keys.numel() == 0:
+        return torch.zeros(query.shape, device=query.device)
+    index = torch.searchsorted(keys, query).clamp_max(keys.numel() - 1)
+    return torch.where(keys[index] == query, values[index], 0.0)
+
+
 def count_links(
-    src_ids: Sequence[Sequence[int]],
-    tgt_ids: Sequence[Sequence[int]],
+    src_units: Sequence[Sequence[int]],
+    tgt_units: Sequence[Sequence[int]],
     links: Sequence[np.ndarray],
-    eos_id: int,
-    src_vocab: int,
-    tgt_vocab: int,
+    eos_unit: int,
+    key_base: int,
     null: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The teacher's link counts for :class:`Lexicon`, each distinct pair counted once.
 
     Each pair adds its G̃ (:func:`mt.batching.alignment_targets`: a target piece with k links
-    gives each 1/k) over rows y_1..y_n and EOS and columns x_1..x_m; with ``null``, each row
-    without links adds 1 to (source EOS, its piece), as :func:`null_targets` trains it.
+    gives each 1/k) over rows y_1..y_n and EOS and columns x_1..x_m, to the units (piece ids,
+    or words: :class:`WordLexicon`) at those positions; with ``null``, each row without links
+    adds 1 to (source EOS, its unit), as :func:`null_targets` trains it.
 
     Args:
-        src_ids, tgt_ids: piece ids per training pair (no specials).
+        src_units, tgt_units: per training pair, the unit of each piece (no specials).
         links: per pair, (n_links, 2) int positions (src_piece, tgt_piece).
-        eos_id: the EOS id (both sides).
-        src_vocab, tgt_vocab: vocabulary sizes.
+        eos_unit: the unit of EOS (both sides).
+        key_base: above every target unit: a pair's key is ``s * key_base + t``.
         null: count unlinked rows towards the source EOS.
 
-    Returns: keys (n_entries,) int64 sorted ``s * tgt_vocab + t``, counts (n_entries,) float32,
-        source_counts (src_vocab,) float32.
+    Returns: keys (n_entries,) int64 sorted, counts (n_entries,) float32, and the source side's
+        c(s) as sorted source units (n_sources,) int64 and their counts (n_sources,) float32.
     """
     seen: set[bytes] = set()
     all_keys, all_weights = [], []
-    for src, tgt, pair_links in zip(src_ids, tgt_ids, links):
-        src, tgt = np.asarray(src, dtype=np.int64), np.append(np.asarray(tgt, dtype=np.int64), eos_id)
+    for src, tgt, pair_links in zip(src_units, tgt_units, links):
+        src, tgt = np.asarray(src, dtype=np.int64), np.append(np.asarray(tgt, dtype=np.int64), eos_unit)
         fingerprint = src.tobytes() + b"|" + tgt.tobytes()
         if fingerprint in seen:  # copies of a pair (e.g. data.alignment_gold_train_copies) count once
             continue
         seen.add(fingerprint)
         pair_links = np.asarray(pair_links, dtype=np.int64).reshape(-1, 2)
         degree = np.bincount(pair_links[:, 1], minlength=len(tgt))
-        all_keys.append(src[pair_links[:, 0]] * tgt_vocab + tgt[pair_links[:, 1]])
+        all_keys.append(src[pair_links[:, 0]] * key_base + tgt[pair_links[:, 1]])
         all_weights.append(1.0 / degree[pair_links[:, 1]])
         if null:
             unlinked = tgt[degree == 0]
-            all_keys.append(eos_id * tgt_vocab + unlinked)
+            all_keys.append(eos_unit * key_base + unlinked)
             all_weights.append(np.ones(len(unlinked)))
     keys, inverse = np.unique(np.concatenate(all_keys) if all_keys else np.zeros(0, np.int64), return_inverse=True)
     counts = np.bincount(inverse, weights=np.concatenate(all_weights) if all_weights else None, minlength=len(keys))
-    source_counts = np.bincount(keys // tgt_vocab, weights=counts, minlength=src_vocab)
+    source_keys, source_inverse = np.unique(keys // key_base, return_inverse=True)
+    source_counts = np.bincount(source_inverse, weights=counts, minlength=len(source_keys))
     return (
         torch.from_numpy(keys),
         torch.from_numpy(counts.astype(np.float32)),
+        torch.from_numpy(source_keys),
         torch.from_numpy(source_counts.astype(np.float32)),
     )

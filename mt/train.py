@@ -61,7 +61,7 @@ from mt import batching
 from mt import corpora
 from mt import distributed
 from mt.align import aer_report, imitation_aer
-from mt.aligner import LEXICON_BUFFERS, count_links
+from mt.aligner import LEXICON_PREFIXES, WordLexicon
 from mt.average import average_run, best_checkpoints, step_checkpoints
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import Config, TrainConfig, init_config, to_dict
@@ -682,7 +682,7 @@ def train(cfg: Config, out_dir: str | Path, command_line_keys: Sequence[str] = (
         if cfg.train.trainable == "alignment":  # only the aligner learns
             for _, parameter in model.translation_parameters():
                 parameter.requires_grad_(False)
-        if model.aligner is not None and model.aligner.lexicon is not None and resume is None:
+        if model.aligner is not None and (cfg.model.aligner.lexicon or cfg.model.aligner.word_lexicon) and resume is None:
             fill_lexicon(model, data, cfg)
         log.info(
             "model: %.2fM parameters (%.2fM trained), device %s, precision %s, %d process(es) × %d accumulated batch(es) per update",
@@ -731,12 +731,16 @@ def train(cfg: Config, out_dir: str | Path, command_line_keys: Sequence[str] = (
 def fill_lexicon(model: Transformer, data: TrainingData, cfg: Config) -> None:
     """Count the teacher's links of the training pairs into the aligner's lexicon
     (:func:`mt.aligner.count_links`; the config's validation made sure there are links)."""
-    started = time.perf_counter()
     tokenizer = data.tokenizer
-    counts = count_links(data.train_src, data.train_tgt, data.train_links, tokenizer.eos_id,
-                         tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, cfg.model.aligner.null)  # fmt: skip
-    model.aligner.lexicon.fill(*counts)
-    log.info("aligner lexicon: %d piece pairs counted in %.1f s", counts[0].numel(), time.perf_counter() - started)
+    for lexicon in (model.aligner.lexicon, model.aligner.word_lexicon):
+        if lexicon is None:
+            continue
+        started = time.perf_counter()
+        if isinstance(lexicon, WordLexicon):
+            lexicon.set_word_starts(*(side.id_to_piece(list(range(side.get_piece_size()))) for side in (tokenizer.src, tokenizer.tgt)))
+        n_entries = lexicon.count(data.train_src, data.train_tgt, data.train_links, tokenizer.eos_id, cfg.model.aligner.null)
+        unit = "word" if isinstance(lexicon, WordLexicon) else "piece"
+        log.info("aligner lexicon: %d %s pairs counted in %.1f s", n_entries, unit, time.perf_counter() - started)
 
 
 def load_initial_weights(model: Transformer, state: dict, source: str) -> None:
@@ -751,7 +755,7 @@ def load_initial_weights(model: Transformer, state: dict, source: str) -> None:
     misfits += [
         key
         for key, tensor in saved.items()
-        if key not in own or (own[key].shape != tensor.shape and key not in LEXICON_BUFFERS)  # those take any size
+        if key not in own or (own[key].shape != tensor.shape and not key.startswith(LEXICON_PREFIXES))  # any size
     ]
     if misfits:
         raise CheckpointError(f"train.init_from={source}: its weights do not fit the model ({', '.join(misfits[:4])})")

@@ -193,24 +193,24 @@ def test_count_links_matches_summing_each_distinct_pairs_targets(null):
     from mt.aligner import count_links
 
     src, tgt, links = zip(*LEXICON_PAIRS)
-    keys, counts, source_counts = count_links(src, tgt, [torch.tensor(l).numpy() for l in links], 3, VOCAB, VOCAB, null)
+    keys, counts, source_keys, source_counts = count_links(src, tgt, [torch.tensor(l).numpy() for l in links], 3, VOCAB, null)
     expected = naive_counts(LEXICON_PAIRS, null)
     assert sorted(keys.tolist()) == keys.tolist()
     assert {(k // VOCAB, k % VOCAB): v for k, v in zip(keys.tolist(), counts.tolist())} == pytest.approx(expected)
-    for s in range(VOCAB):
-        assert float(source_counts[s]) == pytest.approx(sum(v for (s2, _), v in expected.items() if s2 == s))
+    sources = dict(zip(source_keys.tolist(), source_counts.tolist()))
+    assert sources == pytest.approx({s: sum(v for (s2, _), v in expected.items() if s2 == s) for s, _ in expected})
 
 
 def test_lexicon_leaves_a_pairs_own_links_out_as_if_counted_without_it():
     """Training scores pair k with counts that lack pair k (leave-one-out): the biases must equal
     those of a lexicon counted on the other pairs alone."""
-    from mt.aligner import Lexicon, count_links
+    from mt.aligner import Lexicon
 
     pairs = LEXICON_PAIRS[:2] + LEXICON_PAIRS[3:]
     full, without = Lexicon(VOCAB, VOCAB), Lexicon(VOCAB, VOCAB)
     for lexicon, chosen in ((full, pairs), (without, pairs[1:])):
         src, tgt, links = zip(*chosen)
-        lexicon.fill(*count_links(src, tgt, [torch.tensor(l).numpy() for l in links], 3, VOCAB, VOCAB, null=True))
+        lexicon.count(src, tgt, [torch.tensor(l).numpy() for l in links], 3, null=True)
     src, tgt, links = pairs[0]
     batch = collate([src], [tgt], [0], [links])
     own = null_targets(batch.alignment, batch.src_ids != 0, batch.tgt_out != 0)
@@ -221,11 +221,11 @@ def test_lexicon_leaves_a_pairs_own_links_out_as_if_counted_without_it():
 
 
 def test_a_filled_lexicon_survives_the_state_dict_round_trip():
-    from mt.aligner import count_links, target_pieces
+    from mt.aligner import target_pieces
 
     model = aligner_model(lexicon=True)
     src, tgt, links = zip(*LEXICON_PAIRS)
-    model.aligner.lexicon.fill(*count_links(src, tgt, [torch.tensor(l).numpy() for l in links], 3, VOCAB, VOCAB, True))
+    model.aligner.lexicon.count(src, tgt, [torch.tensor(l).numpy() for l in links], 3, True)
     batch = collate([list(s) for s in src], [list(t) for t in tgt], [0, 1, 2, 3])
     assert torch.equal(target_pieces(batch.tgt_in, 0, 3), batch.tgt_out)
     fresh = aligner_model(seed=5, lexicon=True)
@@ -257,3 +257,59 @@ def test_reusing_the_searchs_encoder_outputs_gives_the_same_alignment():
     # states of another source are not silently used: only the right ones change nothing
     wrong = [[torch.zeros_like(s) for s in pair] for pair in per_pair]
     assert not np.allclose(teacher_forced_aligner(model, src_ids, tgt_ids, encoder_states=wrong)[0], plain[0])
+
+
+def word_lexicon_of(pairs, null=True):
+    """A WordLexicon whose pieces 4, 6, 8, … begin words and 5, 7, 9, … continue them."""
+    from mt.aligner import WordLexicon
+
+    pieces = ["<pad>", "<unk>", "<s>", "</s>"] + [("\u2581w" if i % 2 == 0 else "x") for i in range(4, VOCAB)]
+    lexicon = WordLexicon(VOCAB, VOCAB)
+    lexicon.set_word_starts(pieces, pieces)
+    src, tgt, links = zip(*pairs)
+    lexicon.count(src, tgt, [torch.tensor(l).numpy() for l in links], 3, null)
+    return lexicon
+
+
+def test_word_units_name_each_word_by_its_pieces_wherever_it_stands():
+    lexicon = word_lexicon_of(LEXICON_PAIRS)
+    ids = torch.tensor([[4, 5, 7, 6, 8, 9, 3], [6, 4, 5, 7, 3, 0, 0]])  # words: (4 5 7) (6) (8 9) EOS | (6) (4 5 7) EOS pad pad
+    units = lexicon.units(ids, "src")
+    row0, row1 = units[0].tolist(), units[1].tolist()
+    assert row0[0] == row0[1] == row0[2] and row0[4] == row0[5]  # one unit per word
+    assert len({row0[0], row0[3], row0[4], row0[6]}) == 4  # different words differ, EOS is its own
+    assert row1[1:4] == row0[0:3] and row1[0] == row0[3] and row1[4] == row0[6]  # the same word elsewhere: the same unit
+    assert lexicon.units(torch.tensor([[4, 5]]), "src")[0, 0] != lexicon.units(torch.tensor([[4, 7]]), "src")[0, 0]
+
+
+def test_word_lexicon_counts_word_pairs_and_leaves_a_pair_out_exactly():
+    pairs = [
+        ([4, 5, 6], [10, 11, 12], [(0, 0), (1, 1), (2, 2)]),  # src words (4 5) (6); tgt words (10 11) (12)
+        ([4, 5, 8], [10, 11, 14], [(0, 0), (2, 2)]),
+        ([6], [12], [(0, 0)]),
+    ]
+    lexicon = word_lexicon_of(pairs)
+    without = word_lexicon_of(pairs[1:])
+    batch = collate([pairs[0][0]], [pairs[0][1]], [0], [pairs[0][2]])
+    src_units, tgt_units = lexicon.units(batch.src_ids, "src"), lexicon.units(batch.tgt_out, "tgt")
+    counts = lexicon.lookup(src_units, tgt_units)[0]  # (tgt_len, src_len)
+    # word (4 5) ↔ word (10 11): pair 0 gives rows 10 and 11 a weight of 1 each (10→4, 11→5), pair 1 gives row 10 one more
+    assert float(counts[0, 0]) == pytest.approx(3.0) and float(counts[1, 1]) == pytest.approx(3.0)
+    assert float(counts[2, 2]) == pytest.approx(2.0)  # (6) ↔ (12) in pairs 0 and 2
+    own = null_targets(batch.alignment, batch.src_ids != 0, batch.tgt_out != 0)
+    with torch.no_grad():
+        torch.testing.assert_close(lexicon(batch.src_ids, batch.tgt_out, left_out=own), without(batch.src_ids, batch.tgt_out))
+
+
+def test_a_model_with_both_lexicons_round_trips_its_state_dict():
+    model = aligner_model(lexicon=True, word_lexicon=True)
+    src, tgt, links = zip(*LEXICON_PAIRS)
+    arrays = [torch.tensor(l).numpy() for l in links]
+    model.aligner.lexicon.count(src, tgt, arrays, 3, True)
+    model.aligner.word_lexicon.set_word_starts(*[["<pad>", "<unk>", "<s>", "</s>"] + ["\u2581w"] * (VOCAB - 4)] * 2)
+    model.aligner.word_lexicon.count(src, tgt, arrays, 3, True)
+    fresh = aligner_model(seed=5, lexicon=True, word_lexicon=True)
+    fresh.load_state_dict(model.state_dict())
+    batch = collate([list(s) for s in src], [list(t) for t in tgt], [0, 1, 2, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.aligner_attention(batch.src_ids, batch.tgt_in), model.aligner_attention(batch.src_ids, batch.tgt_in))
