@@ -52,6 +52,8 @@ from mt.layers import DecoderLayer
 LEXICON_SMOOTHING = 0.1  # added to every link count c(s, t): an unseen pair scores log 0.1
 # where the lexicons' buffers sit in a Transformer's state dict: their sizes depend on the data
 LEXICON_PREFIXES = ("aligner.lexicon.", "aligner.word_lexicon.")
+WORD_HASH_BITS = 31  # word_units are below 2^31, so that a word pair's key fits an int64
+_WORD_HASH_PRIME = 1_000_003
 
 
 class LayerMix(nn.Module):
@@ -339,7 +341,6 @@ class WordLexicon(Lexicon):
         self.fill(keys, counts, source_keys=source_keys, source_counts=source_counts)
         return keys.numel()
 
-
     def _units_of(self, sequences: Sequence[Sequence[int]], side: str, chunk: int = 1024) -> list[np.ndarray]:
         """:meth:`units` of many unpadded id sequences, a padded chunk at a time (padding, id 0,
         is a word of its own and joins no real word)."""
@@ -352,10 +353,6 @@ class WordLexicon(Lexicon):
             units = self.units(padded, side).numpy()
             out.extend(units[k, : len(row)] for k, row in enumerate(rows))
         return out
-
-
-WORD_HASH_BITS = 31
-_WORD_HASH_PRIME = 1_000_003
 
 
 def word_units(ids: torch.Tensor, word_start: torch.Tensor) -> torch.Tensor:

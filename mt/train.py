@@ -737,7 +737,8 @@ def fill_lexicon(model: Transformer, data: TrainingData, cfg: Config) -> None:
             continue
         started = time.perf_counter()
         if isinstance(lexicon, WordLexicon):
-            lexicon.set_word_starts(*(side.id_to_piece(list(range(side.get_piece_size()))) for side in (tokenizer.src, tokenizer.tgt)))
+            pieces = [side.id_to_piece(list(range(side.get_piece_size()))) for side in (tokenizer.src, tokenizer.tgt)]
+            lexicon.set_word_starts(*pieces)
         n_entries = lexicon.count(data.train_src, data.train_tgt, data.train_links, tokenizer.eos_id, cfg.model.aligner.null)
         unit = "word" if isinstance(lexicon, WordLexicon) else "piece"
         log.info("aligner lexicon: %d %s pairs counted in %.1f s", n_entries, unit, time.perf_counter() - started)
