@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mt.align import align, default_method
+from mt.aligner import LEXICON_PREFIXES
 from mt.checkpoint import load_checkpoint, load_for_inference
 from mt.config import AlignerConfig, Config, DataConfig, TokenizerConfig, init_config, to_dict, validate
 from mt.errors import ConfigError
@@ -61,7 +62,7 @@ def stage_config(folder: Path, init_from: Path, **train) -> Config:
     (init_from brings the checkpoint's)."""
     cfg = base_config(folder, "", init_from=str(init_from), trainable="alignment", alignment_weight=1.0, **train)
     cfg.model = tiny_config(d_model=512)  # a different model: must not matter, nothing given on the command line
-    cfg.model.aligner = AlignerConfig(enabled=True, n_layers=1, n_heads=2, ffn_dim=64, dropout=0.0)
+    cfg.model.aligner = AlignerConfig(enabled=True, n_layers=1, n_heads=2, ffn_dim=64, dropout=0.0, lexicon=True)
     cfg.data = DataConfig(alignments="file", alignments_path=str(folder / "links.txt"), data_dir=str(folder / "data"))
     cfg.decoding.beam_size = 5
     return cfg
@@ -97,7 +98,9 @@ def test_the_aligner_stage_changes_nothing_but_the_aligner(base_run):
     assert aligner_keys and set(after["model"]) - aligner_keys == set(before)
     for name, tensor in before.items():
         assert torch.equal(after["model"][name], tensor), name
-    n_aligner = sum(after["model"][k].numel() for k in aligner_keys)
+    counts = {k for k in aligner_keys if k.startswith(LEXICON_PREFIXES) and not k.endswith(".weights")}  # buffers
+    assert after["model"]["aligner.lexicon.counts"].sum() > 0  # the teacher's links were counted
+    n_aligner = sum(after["model"][k].numel() for k in aligner_keys - counts)
     n_optimized = sum(state["exp_avg"].numel() for state in after["optimizer"]["state"].values())
     assert n_optimized == n_aligner  # optimizer state for the aligner only
     records = metrics(base_run / "stage")
@@ -161,6 +164,7 @@ def test_model_keys_given_on_the_command_line_must_agree_with_the_checkpoint():
         (["train.trainable=everything"], "train.trainable"),
         (["model.aligner.inputs=both_ways"], "model.aligner.inputs"),
         (["experiment=align", "train.init_from=x.pt", "train.alignment_weight=0"], "train.alignment_weight"),
+        (["model.aligner.enabled=true", "model.aligner.lexicon=true"], "model.aligner.lexicon"),  # no links to count
     ],
 )
 def test_invalid_stage_settings_name_their_key(overrides, key):
