@@ -119,7 +119,7 @@ class Objective(torch.nn.Module):
             src_states, src_mask, tgt_states = self.model.layer_states(src_ids, tgt_in)
         if self.model.cfg.aligner.null:  # unlinked pieces learn to attend to EOS (NULL)
             alignment = null_targets(alignment, src_mask, real)
-        # the lexicon counts this batch's links: left out while learning how far to trust it
+        # the lexicon counted this batch's links too; model.aligner.lexicon_leave_one_out leaves them out
         left_out = alignment if self.model.cfg.aligner.lexicon_leave_one_out else None
         weights = self.model.aligner(
             src_states, src_mask, tgt_states, tgt_in != self.model.pad_id, src_ids, tgt_out, left_out=left_out
