@@ -89,7 +89,7 @@ class Aligner(nn.Module):
     """
 
     def __init__(
-        self, cfg: AlignerConfig, d_model: int, n_src_states: int, n_tgt_states: int, src_vocab: int = 0, tgt_vocab: int = 0
+        self, cfg: AlignerConfig, d_model: int, n_src_states: int, n_tgt_states: int, src_vocab: int, tgt_vocab: int
     ):
         super().__init__()
         self.cfg = cfg
@@ -234,6 +234,8 @@ class Lexicon(nn.Module):
         src_vocab, tgt_vocab: vocabulary sizes.
     """
 
+    unit = "piece"  # what c counts
+
     def __init__(self, src_vocab: int, tgt_vocab: int):
         super().__init__()
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
@@ -312,6 +314,8 @@ class WordLexicon(Lexicon):
     Buffers besides the pair table: ``source_keys``/``source_counts`` (c(s) per source word,
     sorted), ``src_word_start``/``tgt_word_start`` ((vocab,) bool: the piece begins a word).
     """
+
+    unit = "word"
 
     def __init__(self, src_vocab: int, tgt_vocab: int):
         super().__init__(src_vocab, tgt_vocab)

@@ -740,8 +740,7 @@ def fill_lexicon(model: Transformer, data: TrainingData, cfg: Config) -> None:
             pieces = [side.id_to_piece(list(range(side.get_piece_size()))) for side in (tokenizer.src, tokenizer.tgt)]
             lexicon.set_word_starts(*pieces)
         n_entries = lexicon.count(data.train_src, data.train_tgt, data.train_links, tokenizer.eos_id, cfg.model.aligner.null)
-        unit = "word" if isinstance(lexicon, WordLexicon) else "piece"
-        log.info("aligner lexicon: %d %s pairs counted in %.1f s", n_entries, unit, time.perf_counter() - started)
+        log.info("aligner lexicon: %d %s pairs counted in %.1f s", n_entries, lexicon.unit, time.perf_counter() - started)
 
 
 def load_initial_weights(model: Transformer, state: dict, source: str) -> None:
