@@ -302,6 +302,15 @@ class TokenizerConfig:
             core, where all 2.3M sentences of Multi30k × 40 took 35 s and 3.5 GB (README, Data
             at scale). Multi30k's own 58,000 sentences are all used: its vocabulary is the one
             trained on everything.
+        sampling: subword regularization (Kudo 2018): each epoch segments every training
+            sentence anew, drawn from the model's segmentations (sentencepiece's
+            ``enable_sampling``; BPE-dropout for ``bpe``, Provilkov et al. 2020); validation,
+            test and translation keep the single best one. Seeded by ``train.seed`` and the
+            epoch. Not with ``data.streaming`` or ``data.alignments`` (the links are per piece).
+        alpha: sentencepiece's ``alpha``: for ``unigram`` the smoothing of the sampled
+            distribution (smaller = flatter = more varied); for ``bpe`` the merge-dropout rate.
+        nbest_size: sentencepiece's ``nbest_size`` for ``unigram``: sample among the n best
+            segmentations, -1 = all of them (forward-filtering backward-sampling).
     """
 
     model_type: str = "unigram"
@@ -309,6 +318,9 @@ class TokenizerConfig:
     joint: bool = True
     character_coverage: float = 1.0
     input_sentence_size: int = 500_000
+    sampling: bool = False
+    alpha: float = 0.1
+    nbest_size: int = -1
 
 
 @dataclass
@@ -587,6 +599,14 @@ def validate(config: Config) -> None:
         "tokenizer.input_sentence_size",
         tok.input_sentence_size,
         "must be 0 (all sentences) or > 100 (sentencepiece's limit)",
+    )
+    require(0 < tok.alpha <= 1 or not tok.sampling, "tokenizer.alpha", tok.alpha, "must be in (0, 1]")
+    require(tok.nbest_size != 0 and tok.nbest_size >= -1, "tokenizer.nbest_size", tok.nbest_size, "must be -1 (all) or >= 1")
+    require(
+        not (tok.sampling and (config.data.streaming or config.data.alignments != "none")),
+        "tokenizer.sampling",
+        tok.sampling,
+        "needs a loaded corpus (data.streaming=false) without piece links (data.alignments=none)",
     )
     require(
         tok.joint or not model.share_embeddings,

@@ -116,6 +116,29 @@ class Tokenizer:
         """Target texts → piece ids, without BOS/EOS."""
         return self.tgt.encode(list(texts))
 
+    def sample(
+        self, src_texts: Sequence[str], tgt_texts: Sequence[str], alpha: float, nbest_size: int, seed: int
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """One segmentation per text drawn from the model's distribution over segmentations
+        instead of the best one: subword regularization (Kudo 2018; BPE-dropout for a BPE model,
+        Provilkov et al. 2020), sentencepiece's ``enable_sampling``.
+
+        Args:
+            alpha, nbest_size: sentencepiece's sampling options (``tokenizer.alpha``,
+                ``tokenizer.nbest_size``).
+            seed: the same seed draws the same segmentations (sentencepiece's generator is
+                seeded before each side, which is encoded on one thread).
+
+        Returns:
+            src_ids, tgt_ids: piece ids per text, without specials, as :meth:`encode_src` and
+            :meth:`encode_tgt`.
+        """
+        options = dict(enable_sampling=True, alpha=alpha, nbest_size=nbest_size, num_threads=1)
+        spm.set_random_generator_seed((2 * seed) & 0xFFFFFFFF)  # global to sentencepiece
+        src_ids = self.src.encode(list(src_texts), **options)
+        spm.set_random_generator_seed((2 * seed + 1) & 0xFFFFFFFF)
+        return src_ids, self.tgt.encode(list(tgt_texts), **options)
+
     def decode_tgt(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Target piece ids (no specials) → detokenized text."""
         return self.tgt.decode([list(sequence) for sequence in ids])

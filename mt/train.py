@@ -571,8 +571,16 @@ def training_loop(run: Run, state: TrainState) -> str:
     progress = tqdm(initial=state.step, total=cfg.max_steps or None, desc="train", unit="step",
                     disable=None if context.is_main else True, dynamic_ncols=True)  # fmt: skip
     set_train_mode(run.opt.model, cfg.trainable)
+    first_epoch = True
     with StopSignal() as stop_signal, contextlib.closing(progress):
         while True:
+            if data.sampling is not None:  # subword regularization: this epoch's segmentation
+                started = time.perf_counter()
+                ratio = data.resample(cfg.seed + state.epoch)
+                log.log(logging.INFO if first_epoch else logging.DEBUG,
+                        "epoch %d: subwords sampled in %.1f s, %.2f× the target pieces of the best segmentation",
+                        state.epoch, time.perf_counter() - started, ratio)  # fmt: skip
+                first_epoch = False
             updates = epoch_updates(data.src_lens, data.tgt_lens, cfg, state.epoch, group_size)
             for group in updates[state.batches_done // group_size :]:
                 update_tokens = sum(data.tgt_lens[i] + 1 for indices in group for i in indices)  # EOS included

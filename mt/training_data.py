@@ -49,6 +49,7 @@ _IDS_FEATURES = datasets.Features(
 )
 _TOKENIZED_FORMAT = 2  # in the tokenized cache's key: 2 = int32 ids only, one Arrow file
 IMITATION_PAIRS = 300  # training pairs the imitation AER is measured on
+SAMPLING_KEYS = ("sampling", "alpha", "nbest_size")  # tokenizer keys of training-time sampling only
 _BATCH_ROWS = 10_000  # rows per tokenizer call and per Arrow record batch of the tokenized cache
 
 
@@ -91,6 +92,15 @@ class PackedIds(Sequence):
         empty = [np.zeros(0, dtype) for dtype in (np.int32, np.int64, np.int32)]
         return cls(chunks, *(np.concatenate(parts) if parts else zero for parts, zero in zip((chunk_of, starts, lengths), empty)))
 
+    @classmethod
+    def from_lists(cls, sequences: Sequence[Sequence[int]]) -> PackedIds:
+        """The sequences copied into one flat int32 array (e.g. a sampled segmentation)."""
+        lengths = np.fromiter(map(len, sequences), np.int32, len(sequences))
+        flat = np.fromiter(itertools.chain.from_iterable(sequences), np.int32, int(lengths.sum()))
+        starts = np.zeros(len(sequences), np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        return cls([flat], np.zeros(len(sequences), np.int32), starts, lengths)
+
     def select(self, rows: np.ndarray) -> PackedIds:
         """The sequences at ``rows`` ((k,) int array), in that order, sharing the same chunks."""
         return PackedIds(self.chunks, self.chunk_of[rows], self.starts[rows], self.lengths[rows])
@@ -101,6 +111,26 @@ class PackedIds(Sequence):
     def __getitem__(self, i: int) -> list[int]:
         start = self.starts[i]
         return self.chunks[self.chunk_of[i]][start : start + self.lengths[i]].tolist()
+
+
+@dataclass
+class SubwordSampling:
+    """What :meth:`TrainingData.resample` needs for subword regularization (``tokenizer.sampling``).
+
+    Attributes:
+        src_texts, tgt_texts: the kept training pairs' texts, in the order of their ids.
+        best_src, best_tgt: their best segmentations, kept for a pair whose sample would be
+            longer than ``max_len`` pieces.
+        alpha, nbest_size, max_len: ``tokenizer.alpha``, ``tokenizer.nbest_size``, ``data.max_len``.
+    """
+
+    src_texts: list[str]
+    tgt_texts: list[str]
+    best_src: PackedIds
+    best_tgt: PackedIds
+    alpha: float
+    nbest_size: int
+    max_len: int
 
 
 @dataclass
@@ -125,6 +155,8 @@ class TrainingData:
             spread, with their training links as a gold set (imitation AER,
             :func:`mt.align.imitation_aer`), or None.
         imitation_segmentations: their pairs segmented into pieces and words, or None.
+        sampling: with ``tokenizer.sampling``, the texts :meth:`resample` segments anew each
+            epoch; None otherwise (every epoch reads the best segmentation).
     """
 
     tokenizer: Tokenizer
@@ -139,6 +171,23 @@ class TrainingData:
     train_links: list[np.ndarray] | None = None
     imitation: GoldAlignment | None = None
     imitation_segmentations: list[Segmentation] | None = None
+    sampling: SubwordSampling | None = None
+
+    def resample(self, seed: int) -> float:
+        """Draw a new segmentation of every training pair (:meth:`mt.tokenizer.Tokenizer.sample`)
+        into ``train_src``, ``train_tgt``, ``src_lens`` and ``tgt_lens``; the same seed gives the
+        same one. A pair whose sample is longer than ``data.max_len`` on a side keeps its best
+        segmentation on both.
+
+        Returns: the sampled target pieces over the best segmentation's (e.g. 1.1).
+        """
+        sampling = self.sampling
+        src, tgt = self.tokenizer.sample(sampling.src_texts, sampling.tgt_texts, sampling.alpha, sampling.nbest_size, seed)
+        for i in np.flatnonzero([len(s) > sampling.max_len or len(t) > sampling.max_len for s, t in zip(src, tgt)]):
+            src[i], tgt[i] = sampling.best_src[i], sampling.best_tgt[i]
+        self.train_src, self.train_tgt = PackedIds.from_lists(src), PackedIds.from_lists(tgt)
+        self.src_lens, self.tgt_lens = self.train_src.lengths.tolist(), self.train_tgt.lengths.tolist()
+        return sum(self.tgt_lens) / max(1, int(sampling.best_tgt.lengths.sum()))
 
     def batch(self, indices: list[int]) -> batching.Batch:
         """The training pairs at ``indices`` as one padded batch (:func:`mt.batching.collate`)."""
@@ -167,7 +216,8 @@ def load_tokenizer(cfg: TokenizerConfig, train_set: datasets.Dataset | Mapping, 
     """
     if isinstance(train_set, Mapping):
         train_set = datasets.Dataset.from_dict({"src": list(train_set["src"]), "tgt": list(train_set["tgt"])})
-    digest = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode())
+    trained_on = {key: value for key, value in to_dict(cfg).items() if key not in SAMPLING_KEYS}  # sampling: not the model
+    digest = hashlib.sha256(json.dumps(trained_on, sort_keys=True).encode())
     _hash_texts(digest, train_set)
     path = cache_dir / f"sentencepiece-{digest.hexdigest()[:16]}.pt"
     if path.exists():
@@ -324,6 +374,11 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
         src_lens, tgt_lens = train_src.lengths.tolist(), train_tgt.lengths.tolist()
     else:
         src_lens, tgt_lens = [len(s) for s in train_src], [len(t) for t in train_tgt]
+    sampling = None
+    if cfg.tokenizer.sampling:  # the texts of the kept pairs, segmented anew each epoch (resample)
+        rows = splits["train"].select(kept)
+        sampling = SubwordSampling(rows["src"], rows["tgt"], train_src, train_tgt, cfg.tokenizer.alpha,
+                                   cfg.tokenizer.nbest_size, data_cfg.max_len)  # fmt: skip
     log.info("training data ready in %.1f s: %d pairs (peak RSS %.0f MB)",
              time.perf_counter() - started, len(train_src), process_memory_mb()["peak_rss_mb"])  # fmt: skip
     return TrainingData(
@@ -341,6 +396,7 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
         imitation_segmentations=(
             segment(tokenizer, imitation.src, imitation.tgt, cfg.model.max_positions - 1) if imitation else None
         ),
+        sampling=sampling,
     )
 
 

@@ -190,6 +190,10 @@ def test_unknown_model_preset_lists_the_presets():
         (["model.dropout=1.5"], "model.dropout"),
         (["train.lr=abc"], "train.lr"),
         (["tokenizer.input_sentence_size=50"], "tokenizer.input_sentence_size"),  # sentencepiece refuses 1..100
+        (["tokenizer.sampling=true", "tokenizer.alpha=0"], "tokenizer.alpha"),
+        (["tokenizer.nbest_size=0"], "tokenizer.nbest_size"),
+        (["tokenizer.sampling=true", "data.alignments=eflomal"], "tokenizer.sampling"),  # links are per piece
+        (["tokenizer.sampling=true", "data=files", "data.path=x", "data.streaming=true"], "tokenizer.sampling"),
     ],
 )
 def test_invalid_values_name_their_key(overrides, key):

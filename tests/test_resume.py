@@ -150,6 +150,26 @@ def test_resume_restores_the_whole_training_state(tmp_path, multi30k_mirror, mon
     assert _checkpoint(parts)["step"] == 16 and len(_metrics(parts)) == 4
 
 
+def test_resume_with_subword_sampling_draws_the_same_segmentations(tmp_path, multi30k_mirror):
+    """tokenizer.sampling segments each epoch anew from train.seed and the epoch: a run stopped
+    in its second epoch and resumed ends with the weights of the uninterrupted run, and the
+    segmentation mattered (without sampling the weights differ)."""
+    run = ["data.max_train_sentences=300", "tokenizer.vocab_size=300", "train.batch_tokens=2048",
+           "train.precision=fp32", "train.valid_every=100", "train.patience=0"]  # fmt: skip
+    sampling = ["tokenizer.sampling=true", "tokenizer.alpha=0.1"]
+    whole, parts, best = tmp_path / "whole", tmp_path / "parts", tmp_path / "best"
+    train_module.train(_smoke_config(tmp_path, multi30k_mirror, *run, *sampling, "train.max_steps=20"), whole)
+    train_module.train(_smoke_config(tmp_path, multi30k_mirror, *run, *sampling, "train.max_steps=10"), parts)
+    assert _checkpoint(parts)["epoch"] >= 2
+    train_module.train(_smoke_config(tmp_path, multi30k_mirror, *run, *sampling, "train.max_steps=20", "train.resume=auto"), parts)
+    train_module.train(_smoke_config(tmp_path, multi30k_mirror, *run, "train.max_steps=20"), best)
+    expected, resumed = _checkpoint(whole), _checkpoint(parts)
+    assert resumed["step"] == expected["step"] == 20 and resumed["epoch"] == expected["epoch"] >= 3
+    assert_same_tensors(resumed["model"], expected["model"], "model")
+    unsampled = _checkpoint(best)["model"]
+    assert any(not torch.allclose(unsampled[k], expected["model"][k]) for k in unsampled)
+
+
 def test_resume_without_a_checkpoint_is_a_one_line_config_error(tmp_path):
     result = subprocess.run(
         [str(BIN / "mt-train"), "train.resume=auto", f"hydra.run.dir={tmp_path / 'run'}", f"data.data_dir={tmp_path / 'd'}"],

@@ -201,3 +201,50 @@ def test_a_smaller_sample_is_a_fixed_one():
     assert pieces(sampled[0]) == pieces(sampled[1])  # the same vocabulary on every machine and run
     everything = train_sentencepiece(CORPUS, TokenizerConfig(vocab_size=100, input_sentence_size=0), num_threads=1)
     assert pieces(sampled[0]) != pieces(everything)
+
+
+# ------------------------------------------------------- subword regularization (sampling)
+def test_sampling_draws_a_segmentation_per_epoch_that_spells_the_same_text(tmp_path):
+    write_corpus(tmp_path)
+    cfg = files_config(tmp_path)
+    best = prepare_data(cfg, Context(), None)
+    cfg.tokenizer.sampling, cfg.tokenizer.alpha = True, 0.1
+    data = prepare_data(cfg, Context(), None)
+    assert data.tokenizer.state() == best.tokenizer.state()  # sampling is no reason to retrain sentencepiece
+    assert list(data.train_src) == list(best.train_src)  # the best segmentation until the first resample
+    texts = [(s, t) for s, t in TRAIN if s and len(s.split()) < 40]  # the kept pairs, in order
+    draws = {}
+    for seed in (1, 2, 1):
+        data.resample(seed)
+        draws.setdefault(seed, []).append((list(data.train_src), list(data.train_tgt)))
+        assert data.src_lens == [len(s) for s in data.train_src] and data.tgt_lens == [len(t) for t in data.train_tgt]
+        assert data.tokenizer.src.decode(list(data.train_src)) == [s for s, _ in texts]
+        assert data.tokenizer.decode_tgt(list(data.train_tgt)) == [t for _, t in texts]
+        assert sum(data.tgt_lens) >= sum(best.tgt_lens)  # the best segmentation is the shortest
+    assert draws[1][0] == draws[1][1]  # the same seed, the same segmentation
+    assert draws[1][0] != draws[2][0] and draws[1][0][1] != list(best.train_tgt)
+    batch = data.batch([0, 1])
+    assert batch.src_ids[0, : data.src_lens[0]].tolist() == data.train_src[0]
+
+
+def test_a_sample_longer_than_max_len_keeps_the_best_segmentation(tmp_path):
+    write_corpus(tmp_path)
+    cfg = files_config(tmp_path)
+    cfg.tokenizer.sampling, cfg.tokenizer.alpha = True, 0.01  # nearly uniform: long samples
+    data = prepare_data(cfg, Context(), None)
+    best_src, best_tgt = list(data.train_src), list(data.train_tgt)
+    max_len = data.sampling.max_len = max(max(data.src_lens), max(data.tgt_lens))  # the longest best one
+    raw_src, raw_tgt = data.tokenizer.sample(data.sampling.src_texts, data.sampling.tgt_texts, 0.01, -1, seed=3)
+    too_long = [i for i in range(len(raw_src)) if len(raw_src[i]) > max_len or len(raw_tgt[i]) > max_len]
+    assert 0 < len(too_long) < len(raw_src)
+    data.resample(3)
+    for i in range(len(raw_src)):
+        expected = (best_src[i], best_tgt[i]) if i in too_long else (raw_src[i], raw_tgt[i])
+        assert (data.train_src[i], data.train_tgt[i]) == expected, i
+
+
+def test_packed_ids_from_lists_round_trip():
+    lists = [[5, 6], [], [7], [8, 9, 10]]
+    packed = PackedIds.from_lists(lists)
+    assert list(packed) == lists and packed.lengths.tolist() == [2, 0, 1, 3]
+    assert list(PackedIds.from_lists([])) == []
