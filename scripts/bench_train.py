@@ -5,6 +5,7 @@
     python scripts/bench_train.py --device cuda --precision bf16 --reference hf --steps 200
     python scripts/bench_train.py --threads 1 --steps 5 --warmup 2 --reference hf   # a quick check
     python scripts/bench_train.py --alignment-weight 0.1 [--full-context] --steps 100  # guided alignment's cost
+    python scripts/bench_train.py --layers 6+1 --steps 100                     # another depth (deep encoder, shallow decoder)
     python scripts/bench_train.py --minutes 10                                # resident memory over time
 
 Both systems train on the same real Multi30k de→en batches, read by the trainer's own data
@@ -109,12 +110,23 @@ SYSTEMS = {
 
 
 # ------------------------------------------------------------------------ shared with bench_decode.py
-def model_config(name: str, attention_dropout: float | None = None) -> ModelConfig:
+def model_config(name: str, attention_dropout: float | None = None, layers: str | None = None) -> ModelConfig:
     """``default``: ``ModelConfig()`` (256, 3+3 layers, 4 heads, FFN 1024); ``base``: the preset
     ``model=base``, Transformer-base (512, 6+6 layers, 8 heads, FFN 2048; Vaswani et al. 2017,
     Table 3). ``attention_dropout`` replaces the dropout of every attention site (None = the
-    config's)."""
+    config's); ``layers`` (``"E+D"``, e.g. ``"6+1"``) the encoder and decoder depths.
+
+    Raises:
+        ValueError: ``layers`` is not two positive integers joined by ``+``.
+    """
     cfg = _named_model_config(name)
+    if layers is not None:
+        try:
+            cfg.encoder.n_layers, cfg.decoder.n_layers = (int(n) for n in layers.split("+"))
+        except ValueError:
+            raise ValueError(f"--layers {layers!r}: expected ENCODER+DECODER, e.g. 6+1") from None
+        if min(cfg.encoder.n_layers, cfg.decoder.n_layers) < 1:
+            raise ValueError(f"--layers {layers!r}: each side needs at least one layer")
     if attention_dropout is not None:
         for site in (cfg.encoder.self_attention, cfg.decoder.self_attention, cfg.decoder.cross_attention):
             site.dropout = attention_dropout
@@ -307,6 +319,7 @@ def run_system(system: str, batches_path: str, args: argparse.Namespace) -> dict
     command += ["--optimizer-impl", args.optimizer_impl]
     command += ["--profile"] if args.profile else []
     command += ["--attention-dropout", str(args.attention_dropout)] if args.attention_dropout is not None else []
+    command += ["--layers", args.layers] if args.layers else []
     command += ["--alignment-weight", str(args.alignment_weight)] + (["--full-context"] if args.full_context else [])
     command += ["--minutes", str(args.minutes)] if args.minutes is not None else []
     command += ["--release-memory-every", str(args.release_memory_every)]
@@ -383,7 +396,7 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
     )
     if train_cfg.onednn_cache_capacity >= 0:  # as the trainer does, before the first matmul
         set_onednn_cache_capacity(train_cfg.onednn_cache_capacity)
-    cfg = model_config(args.model, args.attention_dropout)
+    cfg = model_config(args.model, args.attention_dropout, args.layers)
     cfg.alignment.full_context = guided and args.full_context
     if system == "hf":
         import transformers  # noqa: F401  (imported before the baseline: its import cost is not the model's)
@@ -489,6 +502,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["default", "base"], default="default")
+    parser.add_argument("--layers", help="encoder+decoder depths instead of the model's, e.g. 6+1 (Kasai et al. 2021)")
     parser.add_argument("--steps", type=int, default=50, help="timed training steps (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them (default 5)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
@@ -563,7 +577,7 @@ def main() -> None:
     except MtError as error:
         sys.exit(f"bench_train: error: {error}")
     args.vocab_size = data.tokenizer.src_vocab_size
-    cfg = model_config(args.model, args.attention_dropout)
+    cfg = model_config(args.model, args.attention_dropout, args.layers)
     if args.minutes is not None:  # a pool of the first five epochs' batches, cycled through
         args.steps = 5 * sum(1 for _ in epoch_updates(data.src_lens, data.tgt_lens, train_cfg, 1, group_size=1))
     batches = training_batches(data, train_cfg, args.warmup + args.steps)

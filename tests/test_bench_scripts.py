@@ -53,6 +53,15 @@ def test_model_flops_ignore_padding():
     assert bench_train.model_flops(cfg, VOCAB, [padded], 0) == bench_train.model_flops(cfg, VOCAB, [(src_ids, tgt_in, tgt_out)], 0)
 
 
+def test_layers_option_sets_both_depths_and_rejects_a_bad_spec():
+    cfg = bench_train.model_config("default", layers="6+1")
+    assert (cfg.encoder.n_layers, cfg.decoder.n_layers) == (6, 1)
+    assert bench_train.model_config("default").decoder.n_layers == 3  # the preset itself is not changed
+    for bad in ("6x1", "6+", "6+0"):
+        with pytest.raises(ValueError, match="--layers"):
+            bench_train.model_config("default", layers=bad)
+
+
 def test_marian_reference_has_our_dimensions():
     # skip only where transformers is not installed at all: a broken install must fail, not skip
     if importlib.util.find_spec("transformers") is None:
