@@ -310,7 +310,9 @@ class TokenizerConfig:
         alpha: sentencepiece's ``alpha``: for ``unigram`` the smoothing of the sampled
             distribution (smaller = flatter = more varied); for ``bpe`` the merge-dropout rate.
         nbest_size: sentencepiece's ``nbest_size`` for ``unigram``: sample among the n best
-            segmentations, -1 = all of them (forward-filtering backward-sampling).
+            segmentations, -1 = all of them (forward-filtering backward-sampling). The default,
+            64 with alpha 0.1 (Kudo 2018's l=64, α=0.1), changes 95% of Multi30k's English
+            training sentences and lengthens them by 12%; -1 with alpha 0.1 nearly doubles them.
     """
 
     model_type: str = "unigram"
@@ -320,7 +322,7 @@ class TokenizerConfig:
     input_sentence_size: int = 500_000
     sampling: bool = False
     alpha: float = 0.1
-    nbest_size: int = -1
+    nbest_size: int = 64
 
 
 @dataclass
