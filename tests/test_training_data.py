@@ -234,7 +234,8 @@ def test_a_sample_longer_than_max_len_keeps_the_best_segmentation(tmp_path):
     data = prepare_data(cfg, Context(), None)
     best_src, best_tgt = list(data.train_src), list(data.train_tgt)
     max_len = data.sampling.max_len = max(max(data.src_lens), max(data.tgt_lens))  # the longest best one
-    raw_src, raw_tgt = data.tokenizer.sample(data.sampling.src_texts, data.sampling.tgt_texts, 0.01, -1, seed=3)
+    sampling = data.sampling
+    raw_src, raw_tgt = data.tokenizer.sample(sampling.src_texts, sampling.tgt_texts, sampling.alpha, sampling.nbest_size, seed=3)
     too_long = [i for i in range(len(raw_src)) if len(raw_src[i]) > max_len or len(raw_tgt[i]) > max_len]
     assert 0 < len(too_long) < len(raw_src)
     data.resample(3)
