@@ -110,27 +110,33 @@ SYSTEMS = {
 
 
 # ------------------------------------------------------------------------ shared with bench_decode.py
-def model_config(name: str, attention_dropout: float | None = None, layers: str | None = None) -> ModelConfig:
+def model_config(name: str, attention_dropout: float | None = None, layers: tuple[int, int] | None = None) -> ModelConfig:
     """``default``: ``ModelConfig()`` (256, 3+3 layers, 4 heads, FFN 1024); ``base``: the preset
     ``model=base``, Transformer-base (512, 6+6 layers, 8 heads, FFN 2048; Vaswani et al. 2017,
     Table 3). ``attention_dropout`` replaces the dropout of every attention site (None = the
-    config's); ``layers`` (``"E+D"``, e.g. ``"6+1"``) the encoder and decoder depths.
-
-    Raises:
-        ValueError: ``layers`` is not two positive integers joined by ``+``.
-    """
+    config's); ``layers`` the encoder and decoder depths (:func:`layer_depths`)."""
     cfg = _named_model_config(name)
     if layers is not None:
-        try:
-            cfg.encoder.n_layers, cfg.decoder.n_layers = (int(n) for n in layers.split("+"))
-        except ValueError:
-            raise ValueError(f"--layers {layers!r}: expected ENCODER+DECODER, e.g. 6+1") from None
-        if min(cfg.encoder.n_layers, cfg.decoder.n_layers) < 1:
-            raise ValueError(f"--layers {layers!r}: each side needs at least one layer")
+        cfg.encoder.n_layers, cfg.decoder.n_layers = layers
     if attention_dropout is not None:
         for site in (cfg.encoder.self_attention, cfg.decoder.self_attention, cfg.decoder.cross_attention):
             site.dropout = attention_dropout
     return cfg
+
+
+def layer_depths(text: str) -> tuple[int, int]:
+    """``--layers E+D`` → (E, D), e.g. ``"6+1"`` → (6, 1).
+
+    Raises:
+        argparse.ArgumentTypeError: not two positive integers joined by ``+``.
+    """
+    try:
+        encoder, decoder = (int(n) for n in text.split("+"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ENCODER+DECODER layers, e.g. 6+1, got {text!r}") from None
+    if min(encoder, decoder) < 1:
+        raise argparse.ArgumentTypeError(f"each side needs at least one layer, got {text!r}")
+    return encoder, decoder
 
 
 def _named_model_config(name: str) -> ModelConfig:
@@ -319,7 +325,7 @@ def run_system(system: str, batches_path: str, args: argparse.Namespace) -> dict
     command += ["--optimizer-impl", args.optimizer_impl]
     command += ["--profile"] if args.profile else []
     command += ["--attention-dropout", str(args.attention_dropout)] if args.attention_dropout is not None else []
-    command += ["--layers", args.layers] if args.layers else []
+    command += ["--layers", "+".join(map(str, args.layers))] if args.layers else []
     command += ["--alignment-weight", str(args.alignment_weight)] + (["--full-context"] if args.full_context else [])
     command += ["--minutes", str(args.minutes)] if args.minutes is not None else []
     command += ["--release-memory-every", str(args.release_memory_every)]
@@ -502,7 +508,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["default", "base"], default="default")
-    parser.add_argument("--layers", help="encoder+decoder depths instead of the model's, e.g. 6+1 (Kasai et al. 2021)")
+    parser.add_argument("--layers", type=layer_depths, help="encoder+decoder depths instead of the model's, e.g. 6+1 (Kasai et al. 2021)")
     parser.add_argument("--steps", type=int, default=50, help="timed training steps (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them (default 5)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")

@@ -4,7 +4,9 @@ scripts/bench_data_scale.py: the corpus it builds."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -54,12 +56,12 @@ def test_model_flops_ignore_padding():
 
 
 def test_layers_option_sets_both_depths_and_rejects_a_bad_spec():
-    cfg = bench_train.model_config("default", layers="6+1")
+    cfg = bench_train.model_config("default", layers=bench_train.layer_depths("6+1"))
     assert (cfg.encoder.n_layers, cfg.decoder.n_layers) == (6, 1)
     assert bench_train.model_config("default").decoder.n_layers == 3  # the preset itself is not changed
     for bad in ("6x1", "6+", "6+0"):
-        with pytest.raises(ValueError, match="--layers"):
-            bench_train.model_config("default", layers=bad)
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(bad))):
+            bench_train.layer_depths(bad)
 
 
 def test_marian_reference_has_our_dimensions():
