@@ -313,6 +313,7 @@ class TokenizerConfig:
             segmentations, -1 = all of them (forward-filtering backward-sampling). The default,
             64 with alpha 0.1 (Kudo 2018's l=64, α=0.1), changes 95% of Multi30k's English
             training sentences and lengthens them by 12%; -1 with alpha 0.1 nearly doubles them.
+            Cost on Multi30k, one thread: 2.5 s per side and epoch at 64, 0.65 s at -1.
     """
 
     model_type: str = "unigram"
