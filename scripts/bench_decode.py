@@ -314,6 +314,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--max-sentences", type=int, default=0, help="first N test sentences (default: all 1,000)")
     parser.add_argument("--batch-size", type=int, help="sentences per batch (default: the checkpoint's, 64)")
+    parser.add_argument("--length-penalty", type=float, help="GNMT length penalty alpha (default: the checkpoint's)")
     parser.add_argument("--length", type=int, default=32, help="forced output length of random weights (default 32)")
     parser.add_argument("--repeats", type=int, default=1, help="timed passes per measurement; the fastest counts (default 1)")
     parser.add_argument("--sweep", action="store_true", help="also time forced output lengths on one batch")
@@ -354,6 +355,8 @@ def main() -> None:
         sys.exit(f"bench_decode: error: {error}")
     if args.batch_size:
         decoding = dataclasses.replace(decoding, batch_size=args.batch_size)
+    if args.length_penalty is not None:
+        decoding = dataclasses.replace(decoding, length_penalty=args.length_penalty)
     max_length = max([args.length, *(args.sweep_lengths if args.sweep else [])])
     if max_length > model.cfg.max_positions - 1:
         parser.error(f"forced lengths must be < model.max_positions = {model.cfg.max_positions}, got {max_length}")
