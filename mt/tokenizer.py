@@ -126,8 +126,10 @@ class Tokenizer:
         Args:
             alpha, nbest_size: sentencepiece's sampling options (``tokenizer.alpha``,
                 ``tokenizer.nbest_size``).
-            seed: the same seed draws the same segmentations (sentencepiece's generator is
-                seeded before each side, which is encoded on one thread).
+            seed: in one process, the same seed draws the same segmentations (sentencepiece's
+                generator is seeded before each side, which is encoded on one thread); another
+                process draws others (sentencepiece 0.2.3), which is why distributed training
+                shares rank 0's (:meth:`mt.training_data.TrainingData.resample`).
 
         Returns:
             src_ids, tgt_ids: piece ids per text, without specials, as :meth:`encode_src` and

@@ -576,7 +576,7 @@ def training_loop(run: Run, state: TrainState) -> str:
         while True:
             if data.sampling is not None:  # subword regularization: this epoch's segmentation
                 started = time.perf_counter()
-                ratio = data.resample(cfg.seed + state.epoch)
+                ratio = data.resample(cfg.seed + state.epoch, context)
                 log.log(logging.INFO if first_epoch else logging.DEBUG,
                         "epoch %d: subwords sampled in %.1f s, %.2f× the target pieces of the best segmentation",
                         state.epoch, time.perf_counter() - started, ratio)  # fmt: skip

@@ -36,7 +36,7 @@ from mt import alignment_targets, batching, corpora
 from mt import distributed
 from mt.aer import GoldAlignment, load_gold
 from mt.checkpoint import save_checkpoint
-from mt.config import Config, DataConfig, TokenizerConfig, to_dict
+from mt.config import Config, DataConfig, TokenizerConfig, subword_sampling, to_dict
 from mt.errors import ConfigError
 from mt.memory import process_memory_mb
 from mt.tokenizer import Tokenizer
@@ -155,8 +155,9 @@ class TrainingData:
             spread, with their training links as a gold set (imitation AER,
             :func:`mt.align.imitation_aer`), or None.
         imitation_segmentations: their pairs segmented into pieces and words, or None.
-        sampling: with ``tokenizer.sampling``, the texts :meth:`resample` segments anew each
-            epoch; None otherwise (every epoch reads the best segmentation).
+        sampling: where training samples subwords (:func:`mt.config.subword_sampling`), the
+            texts :meth:`resample` segments anew each epoch; None otherwise (every epoch reads
+            the best segmentation).
     """
 
     tokenizer: Tokenizer
@@ -173,16 +174,27 @@ class TrainingData:
     imitation_segmentations: list[Segmentation] | None = None
     sampling: SubwordSampling | None = None
 
-    def resample(self, seed: int) -> float:
+    def resample(self, seed: int, context: distributed.Context | None = None) -> float:
         """Draw a new segmentation of every training pair (:meth:`mt.tokenizer.Tokenizer.sample`)
-        into ``train_src``, ``train_tgt``, ``src_lens`` and ``tgt_lens``; the same seed gives the
-        same one. A pair whose sample is longer than ``data.max_len`` on a side keeps its best
-        segmentation on both.
+        into ``train_src``, ``train_tgt``, ``src_lens`` and ``tgt_lens``; in one process the same
+        seed gives the same one. A pair whose sample is longer than ``data.max_len`` on a side
+        keeps its best segmentation on both.
+
+        Args:
+            seed: the draw's seed (``train.seed`` + epoch).
+            context: under ``torch.distributed``, rank 0 draws and every rank receives its
+                segmentation: sentencepiece's sampling is not reproducible across processes
+                (0.2.3: the same seed in three fresh processes drew three segmentations), and
+                ranks with different lengths would build different batches.
 
         Returns: the sampled target pieces over the best segmentation's (e.g. 1.1).
         """
         sampling = self.sampling
-        src, tgt = self.tokenizer.sample(sampling.src_texts, sampling.tgt_texts, sampling.alpha, sampling.nbest_size, seed)
+        src = tgt = None
+        if context is None or context.is_main:
+            src, tgt = self.tokenizer.sample(sampling.src_texts, sampling.tgt_texts, sampling.alpha, sampling.nbest_size, seed)
+        if context is not None:
+            src, tgt = distributed.broadcast(context, (src, tgt))
         for i in np.flatnonzero([len(s) > sampling.max_len or len(t) > sampling.max_len for s, t in zip(src, tgt)]):
             src[i], tgt[i] = sampling.best_src[i], sampling.best_tgt[i]
         self.train_src, self.train_tgt = PackedIds.from_lists(src), PackedIds.from_lists(tgt)
@@ -375,7 +387,7 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
     else:
         src_lens, tgt_lens = [len(s) for s in train_src], [len(t) for t in train_tgt]
     sampling = None
-    if cfg.tokenizer.sampling:  # the texts of the kept pairs, segmented anew each epoch (resample)
+    if subword_sampling(cfg):  # the texts of the kept pairs, segmented anew each epoch (resample)
         rows = splits["train"].select(kept)
         sampling = SubwordSampling(rows["src"], rows["tgt"], train_src, train_tgt, cfg.tokenizer.alpha,
                                    cfg.tokenizer.nbest_size, data_cfg.max_len)  # fmt: skip

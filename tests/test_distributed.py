@@ -10,6 +10,7 @@ updates cross the epoch boundary after update 4.
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ BIN = Path(sys.executable).parent
 NO_DROPOUT = [
     "model.dropout=0",
     *(f"model.{site}.dropout=0" for site in ("encoder.self_attention", "decoder.self_attention", "decoder.cross_attention")),
+    "tokenizer.sampling=false",  # sentencepiece's sampling differs between processes: one segmentation for both runs
 ]
 
 
@@ -89,6 +91,16 @@ def test_two_processes_reach_the_same_weights(runs):
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-5, msg=name)
     assert json.loads((runs[1] / "test_scores.json").read_text())["steps"] == 8
+
+
+def test_two_processes_with_subword_sampling_share_rank_0s_segmentation(tmp_path, multi30k_mirror):
+    """Two ranks train with subword sampling end to end, rank 0's segmentation broadcast each
+    epoch (that the ranks then hold the same one: tests/test_training_data.py)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    _train(torchrun, tmp_path / "ddp", tmp_path / "data", multi30k_mirror, "tokenizer.sampling=true")
+    records = _records(tmp_path / "ddp")
+    assert [r["step"] for r in records] == [2, 4, 6, 8] and [r["epoch"] for r in records] == [1, 1, 2, 2]
+    assert all(math.isfinite(r["train_loss"]) for r in records)
 
 
 def _config(tmp_path: Path, mirror: str | None, *overrides: str):

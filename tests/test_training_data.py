@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from mt.batching import collate, token_batches
 from mt.config import Config, DataConfig, TokenizerConfig
+from mt import distributed
 from mt.distributed import Context
 from mt.tokenizer import Tokenizer, train_sentencepiece
 from mt.train import epoch_updates
@@ -225,6 +226,23 @@ def test_sampling_draws_a_segmentation_per_epoch_that_spells_the_same_text(tmp_p
     assert draws[1][0] != draws[2][0] and draws[1][0][1] != list(best.train_tgt)
     batch = data.batch([0, 1])
     assert batch.src_ids[0, : data.src_lens[0]].tolist() == data.train_src[0]
+
+
+def test_distributed_ranks_train_on_rank_0s_sampled_segmentation(tmp_path, monkeypatch):
+    """sentencepiece's sampling differs between processes, and each rank batches by the pieces'
+    lengths: rank 0 draws, and every other rank takes its draw instead of sampling."""
+    write_corpus(tmp_path)
+    cfg = files_config(tmp_path)
+    cfg.tokenizer.sampling = True
+    rank0, rank1 = prepare_data(cfg, Context(), None), prepare_data(cfg, Context(), None)
+    sent = []  # what each rank hands to the broadcast; every rank gets rank 0's
+    monkeypatch.setattr(distributed, "broadcast", lambda context, value: sent.append(value) or sent[0])
+    rank0.resample(1, Context(rank=0, world_size=2))
+    monkeypatch.setattr(rank1.tokenizer, "sample", lambda *args: pytest.fail("rank 1 sampled on its own"))
+    rank1.resample(2, Context(rank=1, world_size=2))
+    assert sent[1] == (None, None)
+    assert list(rank1.train_src) == list(rank0.train_src) != list(prepare_data(cfg, Context(), None).train_src)
+    assert list(rank1.train_tgt) == list(rank0.train_tgt) and rank1.tgt_lens == rank0.tgt_lens
 
 
 def test_a_sample_longer_than_max_len_keeps_the_best_segmentation(tmp_path):
