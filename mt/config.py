@@ -306,7 +306,11 @@ class TokenizerConfig:
             sentence anew, drawn from the model's segmentations (sentencepiece's
             ``enable_sampling``; BPE-dropout for ``bpe``, Provilkov et al. 2020); validation,
             test and translation keep the single best one. Seeded by ``train.seed`` and the
-            epoch. Not with ``data.streaming`` or ``data.alignments`` (the links are per piece).
+            epoch. It needs a loaded corpus without piece links: not with ``data.streaming``
+            or ``data.alignments`` (the links are per piece). ``null`` (the default) samples
+            wherever it can (:func:`subword_sampling`), ``true`` insists (a config error where
+            it cannot), ``false`` trains on the best segmentation only (the recipe before
+            issue 25, ``experiment=recipe_v1``).
         alpha: sentencepiece's ``alpha``: for ``unigram`` the smoothing of the sampled
             distribution (smaller = flatter = more varied); for ``bpe`` the merge-dropout rate.
         nbest_size: sentencepiece's ``nbest_size`` for ``unigram``: sample among the n best
@@ -321,7 +325,7 @@ class TokenizerConfig:
     joint: bool = True
     character_coverage: float = 1.0
     input_sentence_size: int = 500_000
-    sampling: bool = False
+    sampling: bool | None = None
     alpha: float = 0.1
     nbest_size: int = 64
 
@@ -435,12 +439,14 @@ class DecodingConfig:
     Attributes:
         beam_size: hypotheses kept per sentence (1 = greedy search).
         length_penalty: alpha of the GNMT length penalty ((5 + len) / 6) ** alpha (Wu et al. 2016).
+            1.4 was chosen on Multi30k's val split for the default recipe (README, Results:
+            issue 25); 1.0 is the value before it (``experiment=recipe_v1``).
         max_len_a, max_len_b: hypotheses stop at ``max_len_a * src_len + max_len_b`` tokens.
         batch_size: sentences decoded together.
     """
 
     beam_size: int = 5
-    length_penalty: float = 1.0
+    length_penalty: float = 1.4
     max_len_a: float = 1.2
     max_len_b: int = 10
     batch_size: int = 64
@@ -523,6 +529,16 @@ def model_preset(name: str) -> ModelConfig:
     return from_hydra(cfg).model
 
 
+def subword_sampling(config: Config) -> bool:
+    """Whether training segments its subwords anew each epoch (``tokenizer.sampling``): the key
+    where it is ``true`` or ``false``; where it is ``null``, wherever sampling can run, that is
+    a loaded training corpus (``data.streaming=false``) without piece links
+    (``data.alignments=none``)."""
+    if config.tokenizer.sampling is not None:
+        return config.tokenizer.sampling
+    return not config.data.streaming and config.data.alignments == "none"
+
+
 def validate(config: Config) -> None:
     """Check values the types cannot express, before any data work.
 
@@ -603,10 +619,10 @@ def validate(config: Config) -> None:
         tok.input_sentence_size,
         "must be 0 (all sentences) or > 100 (sentencepiece's limit)",
     )
-    require(0 < tok.alpha <= 1 or not tok.sampling, "tokenizer.alpha", tok.alpha, "must be in (0, 1]")
+    require(0 < tok.alpha <= 1 or not subword_sampling(config), "tokenizer.alpha", tok.alpha, "must be in (0, 1]")
     require(tok.nbest_size != 0 and tok.nbest_size >= -1, "tokenizer.nbest_size", tok.nbest_size, "must be -1 (all) or >= 1")
     require(
-        not (tok.sampling and (config.data.streaming or config.data.alignments != "none")),
+        not (tok.sampling is True and (config.data.streaming or config.data.alignments != "none")),
         "tokenizer.sampling",
         tok.sampling,
         "needs a loaded corpus (data.streaming=false) without piece links (data.alignments=none)",

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mt.batching import collate
-from mt.config import Config, from_hydra, model_preset
+from mt.config import Config, from_hydra, model_preset, subword_sampling, to_dict
 from mt.errors import ConfigError
 from mt.model import Transformer
 from mt.objective import sequence_loss
@@ -191,6 +191,7 @@ def test_unknown_model_preset_lists_the_presets():
         (["train.lr=abc"], "train.lr"),
         (["tokenizer.input_sentence_size=50"], "tokenizer.input_sentence_size"),  # sentencepiece refuses 1..100
         (["tokenizer.sampling=true", "tokenizer.alpha=0"], "tokenizer.alpha"),
+        (["tokenizer.alpha=0"], "tokenizer.alpha"),  # the default samples subwords on a loaded corpus
         (["tokenizer.nbest_size=0"], "tokenizer.nbest_size"),
         (["tokenizer.sampling=true", "data.alignments=eflomal"], "tokenizer.sampling"),  # links are per piece
         (["tokenizer.sampling=true", "data=files", "data.path=x", "data.streaming=true"], "tokenizer.sampling"),
@@ -200,6 +201,28 @@ def test_invalid_values_name_their_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as error:
         from_hydra(compose_config(overrides))
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ([], True),  # the default recipe: a loaded corpus without links
+        (["tokenizer.sampling=false"], False),
+        (["data.alignments=eflomal"], False),  # the links are per piece: the best segmentation
+        (["data=files", "data.path=x", "data.streaming=true"], False),  # no texts to segment anew
+        (["experiment=align", "train.init_from=run"], False),
+        (["experiment=recipe_v1"], False),
+    ],
+)
+def test_tokenizer_sampling_null_samples_wherever_it_can(overrides, expected):
+    assert subword_sampling(from_hydra(compose_config(overrides))) is expected
+
+
+def test_the_recipe_before_issue_25_differs_from_the_default_only_in_sampling_and_length_penalty():
+    default, old = (to_dict(from_hydra(compose_config(o))) for o in ([], ["experiment=recipe_v1"]))
+    assert old["tokenizer"].pop("sampling") is False and default["tokenizer"].pop("sampling") is None
+    assert old["decoding"].pop("length_penalty") == 1.0 and default["decoding"].pop("length_penalty") == 1.4
+    assert old == default
 
 
 def test_mt_train_reports_bad_config_in_one_line_before_data_work(tmp_path):
