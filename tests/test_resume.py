@@ -186,6 +186,11 @@ def signal_data(tmp_path_factory):
     return tmp_path_factory.mktemp("signal-data")
 
 
+# a run resumed by another process is exact without subword sampling only: sentencepiece's draw
+# differs between processes (README, Resuming and failures)
+BEST_SEGMENTATION = "tokenizer.sampling=false"
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, signal_data, multi30k_mirror):
     """``uninterrupted(n)``: the run dir of an uninterrupted mt-train run of ``n`` steps (run once per n)."""
@@ -194,7 +199,7 @@ def uninterrupted(tmp_path_factory, signal_data, multi30k_mirror):
     def run(max_steps: int) -> Path:
         if max_steps not in runs:
             runs[max_steps] = tmp_path_factory.mktemp(f"uninterrupted-{max_steps}") / "run"
-            mt_train(runs[max_steps], signal_data, multi30k_mirror, f"train.max_steps={max_steps}")
+            mt_train(runs[max_steps], signal_data, multi30k_mirror, BEST_SEGMENTATION, f"train.max_steps={max_steps}")
         return runs[max_steps]
 
     return run
@@ -205,7 +210,7 @@ def test_signal_finishes_the_step_writes_last_and_resumes_exactly(
     tmp_path, signal_data, multi30k_mirror, uninterrupted, signum
 ):
     run_dir = tmp_path / "run"
-    args = [str(BIN / "mt-train"), *SMALL, "train.max_steps=100000", f"hydra.run.dir={run_dir}",
+    args = [str(BIN / "mt-train"), *SMALL, BEST_SEGMENTATION, "train.max_steps=100000", f"hydra.run.dir={run_dir}",
             f"data.data_dir={signal_data}"] + ([f"data.mirror={multi30k_mirror}"] if multi30k_mirror else [])
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run_dir / "metrics.jsonl"
@@ -223,7 +228,7 @@ def test_signal_finishes_the_step_writes_last_and_resumes_exactly(
 
     # resumed from there, the run ends where an uninterrupted one ends
     end = stopped_at + 5
-    mt_train(run_dir, signal_data, multi30k_mirror, f"train.max_steps={end}", "train.resume=auto")
+    mt_train(run_dir, signal_data, multi30k_mirror, BEST_SEGMENTATION, f"train.max_steps={end}", "train.resume=auto")
     reference = uninterrupted(end)
     resumed, expected = _checkpoint(run_dir), _checkpoint(reference)
     for key in ("step", "epoch", "batches_done", "best_bleu", "bad_validations", "nonfinite_steps"):

@@ -234,4 +234,4 @@ def test_length_penalty_reaches_the_search_from_the_config_the_checkpoint_and_th
     assert gnmt_scores_hold(jsonl(configured), 0.6)
     assert gnmt_scores_hold(jsonl(configured, "--length-penalty", "2.5"), 2.5)  # the flag beats the checkpoint
     assert gnmt_scores_hold(jsonl(checkpoint, "--length-penalty", "0.6"), 0.6)
-    assert gnmt_scores_hold(jsonl(checkpoint), 1.0)  # the checkpoint has none: the schema default
+    assert gnmt_scores_hold(jsonl(checkpoint), DecodingConfig().length_penalty)  # the checkpoint has none: the schema default
