@@ -93,7 +93,7 @@ def test_two_processes_reach_the_same_weights(runs):
     assert json.loads((runs[1] / "test_scores.json").read_text())["steps"] == 8
 
 
-def test_two_processes_with_subword_sampling_share_rank_0s_segmentation(tmp_path, multi30k_mirror):
+def test_two_processes_train_with_subword_sampling_end_to_end(tmp_path, multi30k_mirror):
     """Two ranks train with subword sampling end to end, rank 0's segmentation broadcast each
     epoch (that the ranks then hold the same one: tests/test_training_data.py)."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

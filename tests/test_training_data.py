@@ -14,9 +14,9 @@ import sentencepiece as spm
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mt import distributed
 from mt.batching import collate, token_batches
 from mt.config import Config, DataConfig, TokenizerConfig
-from mt import distributed
 from mt.distributed import Context
 from mt.tokenizer import Tokenizer, train_sentencepiece
 from mt.train import epoch_updates
