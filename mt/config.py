@@ -307,8 +307,9 @@ class TokenizerConfig:
             ``enable_sampling``; BPE-dropout for ``bpe``, Provilkov et al. 2020); validation,
             test and translation keep the single best one. Seeded by ``train.seed`` and the
             epoch, which reproduces a draw within one process only (sentencepiece 0.2.3; under
-            ``torch.distributed`` rank 0's draw is broadcast). It needs a loaded corpus without piece links: not with ``data.streaming``
-            or ``data.alignments`` (the links are per piece). ``null`` (the default) samples
+            ``torch.distributed`` rank 0's draw is broadcast). It needs a loaded corpus without
+            piece links: not with ``data.streaming`` or ``data.alignments`` (the links are per
+            piece). ``null`` (the default) samples
             wherever it can (:func:`subword_sampling`), ``true`` insists (a config error where
             it cannot), ``false`` trains on the best segmentation only (the recipe before
             issue 25, ``experiment=recipe_v1``).
