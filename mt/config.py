@@ -309,10 +309,9 @@ class TokenizerConfig:
             epoch, which reproduces a draw within one process only (sentencepiece 0.2.3; under
             ``torch.distributed`` rank 0's draw is broadcast). It needs a loaded corpus without
             piece links: not with ``data.streaming`` or ``data.alignments`` (the links are per
-            piece). ``null`` (the default) samples
-            wherever it can (:func:`subword_sampling`), ``true`` insists (a config error where
-            it cannot), ``false`` trains on the best segmentation only (the recipe before
-            issue 25, ``experiment=recipe_v1``).
+            piece). ``null`` (the default) samples wherever it can (:func:`subword_sampling`),
+            ``true`` insists (a config error where it cannot), ``false`` trains on the best
+            segmentation only (the recipe before issue 25, ``experiment=recipe_v1``).
         alpha: sentencepiece's ``alpha``: for ``unigram`` the smoothing of the sampled
             distribution (smaller = flatter = more varied); for ``bpe`` the merge-dropout rate.
         nbest_size: sentencepiece's ``nbest_size`` for ``unigram``: sample among the n best
