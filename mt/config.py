@@ -38,6 +38,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TRAINABLE = ("all", "alignment")
 ALIGNER_INPUTS = ("shift", "predict", "both")
 OPTIMIZER_IMPLS = ("fused", "foreach", "for-loop")
+LR_SCHEDULES = ("inverse_sqrt", "cosine", "linear")
 
 
 @dataclass
@@ -350,8 +351,13 @@ class TrainConfig:
         max_steps: stop after this many updates (0 = no limit).
         max_epochs: stop after this many passes over the data (0 = no limit).
         max_minutes: stop after this much training wall-clock, in minutes (0 = no limit).
-        lr: peak learning rate, reached after ``warmup_steps``; then decays as 1/sqrt(step).
+        lr: peak learning rate, reached after ``warmup_steps``; then decays by ``lr_schedule``.
         warmup_steps: linear warm-up length in updates.
+        lr_schedule: the decay after the warm-up: ``inverse_sqrt`` (lr·sqrt(warmup/step),
+            Vaswani et al. 2017), or ``cosine`` / ``linear`` from ``lr`` to ``min_lr`` at the end
+            of the budget (the first of ``max_steps``, ``max_minutes`` and ``max_epochs`` to be
+            used up; a time-bounded run anneals by its wall-clock).
+        min_lr: the learning rate ``cosine`` and ``linear`` end at.
         betas, weight_decay: AdamW settings (Loshchilov & Hutter 2019).
         label_smoothing: label-smoothing epsilon (Szegedy et al. 2016).
         alignment_weight: λ of the guided-alignment loss (Garg et al. 2019) against the links of
@@ -407,6 +413,8 @@ class TrainConfig:
     max_minutes: float = 60.0
     lr: float = 1e-3
     warmup_steps: int = 800
+    lr_schedule: str = "inverse_sqrt"
+    min_lr: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     weight_decay: float = 0.0001
     label_smoothing: float = 0.1
@@ -659,6 +667,16 @@ def validate(config: Config) -> None:
     )
     require(train.lr >= 0, "train.lr", train.lr, "must be >= 0 (0: the weights do not move)")
     require(train.warmup_steps >= 0, "train.warmup_steps", train.warmup_steps, "must be >= 0")
+    require(
+        train.lr_schedule in LR_SCHEDULES, "train.lr_schedule", train.lr_schedule, "allowed: " + ", ".join(LR_SCHEDULES)
+    )
+    require(0 <= train.min_lr <= train.lr, "train.min_lr", train.min_lr, f"must be in [0, train.lr={train.lr}]")
+    require(
+        train.lr_schedule == "inverse_sqrt" or train.max_steps > 0 or train.max_minutes > 0 or train.max_epochs > 0,
+        "train.lr_schedule",
+        train.lr_schedule,
+        "anneals to the end of the budget: set train.max_steps, train.max_minutes or train.max_epochs",
+    )
     require(len(train.betas) == 2, "train.betas", train.betas, "must be two numbers")
     require(train.alignment_weight >= 0, "train.alignment_weight", train.alignment_weight, "must be >= 0")
     require(

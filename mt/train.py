@@ -184,11 +184,66 @@ def inverse_sqrt_schedule(warmup_steps: int):
     return factor
 
 
+class AnnealedLR(torch.optim.lr_scheduler.LRScheduler):
+    """Linear warm-up over ``warmup_steps`` updates, then a decay from the peak (``train.lr``)
+    to ``min_lr`` over the rest of the run's budget: ``cosine``, half a cosine period (SGDR
+    without restarts, Loshchilov & Hutter 2017), or ``linear``.
+
+    The budget is not a step count. The trainer reports the fraction of it used so far
+    (:meth:`set_progress`: the largest of updates / ``train.max_steps``, minutes /
+    ``train.max_minutes`` and epochs / ``train.max_epochs``), so a run bounded by
+    ``train.max_minutes`` reaches ``min_lr`` at its time limit however fast its host.
+    :meth:`step` (once per applied update) advances the warm-up. ``state_dict`` holds the
+    progress and where the decay began, so a resumed run goes on along the same curve.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, shape: str, min_lr: float):
+        self.warmup_steps, self.shape, self.min_lr = warmup_steps, shape, min_lr
+        self.progress = 0.0  # fraction of the budget used, in [0, 1]
+        self.decay_start: float | None = None if warmup_steps else 0.0  # the progress when the warm-up ended
+        super().__init__(optimizer)
+
+    def set_progress(self, progress: float) -> None:
+        """Record the fraction of the budget used (clipped to [0, 1]) and set the next update's lr."""
+        self.progress = min(max(progress, 0.0), 1.0)
+        if self.decay_start is None and self.last_epoch >= self.warmup_steps:
+            self.decay_start = self.progress
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def get_lr(self) -> list[float]:
+        warm = min(1.0, (self.last_epoch + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        if self.decay_start is None:
+            done = 0.0
+        else:
+            done = (self.progress - self.decay_start) / (1 - self.decay_start) if self.decay_start < 1 else 1.0
+        decay = 0.5 * (1 + math.cos(math.pi * done)) if self.shape == "cosine" else 1 - done
+        return [self.min_lr + (base - self.min_lr) * warm * decay for base in self.base_lrs]
+
+
+def budget_progress(cfg: TrainConfig, step: int, elapsed_s: float, epochs_done: float) -> float:
+    """The fraction of the run's budget used: the largest of ``step / train.max_steps``,
+    ``elapsed_s / (60 · train.max_minutes)`` and ``epochs_done / train.max_epochs`` (unset
+    limits do not count; 0 when none is set).
+
+    Args:
+        step: updates applied.
+        elapsed_s: training wall-clock in seconds, validations included.
+        epochs_done: completed epochs plus the fraction of the current one.
+    """
+    used = [step / cfg.max_steps] if cfg.max_steps else []
+    used += [elapsed_s / 60 / cfg.max_minutes] if cfg.max_minutes else []
+    used += [epochs_done / cfg.max_epochs] if cfg.max_epochs else []
+    return max(used, default=0.0)
+
+
 def build_optimizer(
     parameters: list[torch.nn.Parameter], cfg: TrainConfig
-) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW (Loshchilov & Hutter 2019) with weight decay on matrices only (not on biases and
-    layer-norm gains), and the inverse-square-root schedule of :func:`inverse_sqrt_schedule`.
+    layer-norm gains), and the schedule ``train.lr_schedule`` names: ``inverse_sqrt``
+    (:func:`inverse_sqrt_schedule`), or ``cosine`` / ``linear`` (:class:`AnnealedLR`).
 
     ``train.optimizer_impl`` picks PyTorch's kernel: ``fused`` (one kernel for all parameters),
     ``foreach`` (batched per tensor list) or ``for-loop``.
@@ -202,7 +257,9 @@ def build_optimizer(
         fused=cfg.optimizer_impl == "fused",
         foreach=cfg.optimizer_impl == "foreach",
     )
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(cfg.warmup_steps))
+    if cfg.lr_schedule == "inverse_sqrt":
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(cfg.warmup_steps))
+    return optimizer, AnnealedLR(optimizer, cfg.warmup_steps, cfg.lr_schedule, cfg.min_lr)
 
 
 @dataclass
@@ -582,20 +639,25 @@ def training_loop(run: Run, state: TrainState) -> str:
                         state.epoch, time.perf_counter() - started, ratio)  # fmt: skip
                 first_epoch = False
             updates = epoch_updates(data.src_lens, data.tgt_lens, cfg, state.epoch, group_size)
+            epoch_batches = sum(len(group) for group in updates)
             for group in updates[state.batches_done // group_size :]:
                 update_tokens = sum(data.tgt_lens[i] + 1 for indices in group for i in indices)  # EOS included
                 mine = [data.batch(indices) for indices in group[context.rank :: context.world_size]]
                 result = train_step(run.opt, mine, update_tokens)
                 state.batches_done += len(group)
                 time_up = context.is_main and cfg.max_minutes and state.elapsed() / 60 >= cfg.max_minutes  # rank 0's clock
-                loss, time_up, signalled, *terms = distributed.sum_across(
-                    context, [result.loss, float(bool(time_up)), float(bool(stop_signal.received)), *result.terms.values()], run.opt.device
+                elapsed = state.elapsed() if context.is_main else 0.0
+                loss, time_up, signalled, elapsed, *terms = distributed.sum_across(
+                    context, [result.loss, float(bool(time_up)), float(bool(stop_signal.received)), elapsed, *result.terms.values()], run.opt.device
                 )  # fmt: skip
                 stop_reason = None
                 if not result.finite:
                     skip_nonfinite(state, cfg, run.checkpoint_dir)
                 else:
                     state.step, state.nonfinite_in_a_row = state.step + 1, 0
+                    if isinstance(run.opt.scheduler, AnnealedLR):  # every rank anneals by rank 0's clock
+                        epochs_done = state.epoch - 1 + state.batches_done / epoch_batches
+                        run.opt.scheduler.set_progress(budget_progress(cfg, state.step, elapsed, epochs_done))
                     terms = dict(zip(result.terms, terms))
                     window.add(update_tokens, loss, terms)
                     interval.add(update_tokens, loss, terms)

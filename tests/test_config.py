@@ -195,6 +195,9 @@ def test_unknown_model_preset_lists_the_presets():
         (["tokenizer.nbest_size=0"], "tokenizer.nbest_size"),
         (["tokenizer.sampling=true", "data.alignments=eflomal"], "tokenizer.sampling"),  # links are per piece
         (["tokenizer.sampling=true", "data=files", "data.path=x", "data.streaming=true"], "tokenizer.sampling"),
+        (["train.lr_schedule=exp"], "train.lr_schedule"),
+        (["train.lr_schedule=cosine", "train.max_minutes=0", "train.patience=5"], "train.lr_schedule"),  # no end to anneal to
+        (["train.lr_schedule=cosine", "train.min_lr=0.01"], "train.min_lr"),  # above train.lr
     ],
 )
 def test_invalid_values_name_their_key(overrides, key):

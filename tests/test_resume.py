@@ -257,3 +257,16 @@ def test_unwritable_output_folder_and_full_disk_are_caught_before_training(tmp_p
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100, 99, 1))
     with pytest.raises(DataError, match="MiB free"):
         guards.check_free_space(tmp_path, torch.nn.Linear(100, 100))
+
+
+def test_an_annealed_schedule_reaches_min_lr_at_the_end_of_the_budget(tmp_path, multi30k_mirror):
+    """train.lr_schedule=linear over train.max_steps=12 (warm-up 4): the rate each validation
+    logs is the formula's for the next update, min_lr after the last."""
+    peak, low = 1e-3, 1e-4
+    run = ["data.max_train_sentences=300", "tokenizer.vocab_size=300", "train.batch_tokens=1024", "train.valid_every=4",
+           "train.max_steps=12", "train.patience=0", "train.warmup_steps=4", f"train.lr={peak}",
+           "train.lr_schedule=linear", f"train.min_lr={low}"]  # fmt: skip
+    train_module.train(_smoke_config(tmp_path, multi30k_mirror, *run), tmp_path / "run")
+    logged = {r["step"]: r["lr"] for r in _metrics(tmp_path / "run")}
+    # the decay starts at the peak after update 4 (a third of the budget) and is half done after update 8
+    assert logged == pytest.approx({4: peak, 8: low + (peak - low) / 2, 12: low}, rel=1e-9)

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 
 from mt.config import TrainConfig
 from mt.batching import collate
-from mt.train import Optimization, TrainState, build_optimization, early_stop, epoch_updates, train_step
+from mt.train import (
+    Optimization, TrainState, budget_progress, build_optimization, build_optimizer, early_stop, epoch_updates, train_step,
+)
 
 
 def two_batches() -> list:
@@ -134,3 +136,76 @@ def test_early_stopping_counts_validations_without_a_better_score():
     assert state.bad_validations == 2 and early_stop(state, patience=2) and not early_stop(state, patience=3)
     assert not early_stop(state, patience=0)  # 0 = never
     assert state.record_score(11.0) and state.bad_validations == 0 and state.best_bleu == 11.0
+
+
+def _annealed_lrs(cfg: TrainConfig, elapsed_s_per_update: float = 0.0, n_updates: int | None = None) -> list[float]:
+    """The learning rate of updates 1, 2, … under ``cfg``'s schedule, the trainer's way (step the
+    scheduler after each update, then report the budget used; no epoch limit), and last the rate
+    after the last update."""
+    optimizer, scheduler = build_optimizer([torch.nn.Parameter(torch.zeros(2, 2))], cfg)
+    lrs = []
+    for step in range(1, (n_updates or cfg.max_steps) + 1):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+        scheduler.set_progress(budget_progress(cfg, step, step * elapsed_s_per_update, 0.0))
+    return lrs + [optimizer.param_groups[0]["lr"]]
+
+
+@pytest.mark.parametrize("shape", ["cosine", "linear"])
+def test_annealed_schedule_matches_the_formula_over_a_step_budget(shape):
+    """Linear warm-up to the peak at update ``warmup``, then from the peak at update warmup+1 to
+    min_lr after the last update, written out per update."""
+    peak, low, warmup, n = 1e-3, 1e-5, 4, 20
+    cfg = TrainConfig(lr=peak, min_lr=low, warmup_steps=warmup, lr_schedule=shape, max_steps=n, max_minutes=0)
+    expected = []
+    for update in range(1, n + 1):
+        if update <= warmup:
+            expected.append(low + (peak - low) * update / warmup)
+        else:
+            done = (update - 1 - warmup) / (n - warmup)
+            decay = 0.5 * (1 + math.cos(math.pi * done)) if shape == "cosine" else 1 - done
+            expected.append(low + (peak - low) * decay)
+    assert _annealed_lrs(cfg) == pytest.approx(expected + [low], rel=1e-9)
+    assert max(expected) == pytest.approx(peak)
+
+
+def test_a_time_budget_anneals_by_the_clock_not_the_step_count():
+    """Two hosts, one twice as fast: both reach min_lr at the time limit, the slow one in half
+    the updates, and each is halfway down (linear) at half its decay time."""
+    cfg = TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=0, lr_schedule="linear", max_steps=0, max_minutes=1.0)
+    fast = _annealed_lrs(cfg, elapsed_s_per_update=0.5, n_updates=120)  # 120 updates in 60 s
+    slow = _annealed_lrs(cfg, elapsed_s_per_update=1.0, n_updates=60)
+    assert fast[60] == pytest.approx(slow[30]) == pytest.approx(5e-4)  # after 30 s
+    assert fast[-1] == slow[-1] == 0.0  # after the minute
+    assert fast[-2] == pytest.approx(1e-3 * 0.5 / 60) and slow[-2] == pytest.approx(1e-3 / 60)  # the update that ends it
+    assert budget_progress(cfg, 120, 60.0, 0.0) == 1.0
+
+
+def test_budget_progress_is_the_limit_used_up_most():
+    cfg = TrainConfig(max_steps=100, max_minutes=10.0, max_epochs=4)
+    assert budget_progress(cfg, 50, 60.0, 1.0) == 0.5  # steps lead: 0.5 > 0.1 and 0.25
+    assert budget_progress(cfg, 10, 540.0, 1.0) == 0.9  # the clock leads
+    assert budget_progress(TrainConfig(max_steps=0, max_minutes=0, max_epochs=0), 10, 5.0, 1.0) == 0.0
+
+
+def test_annealed_schedule_resumes_from_its_state_dict():
+    """A scheduler rebuilt from another's state_dict mid-decay continues with the same rates."""
+    cfg = TrainConfig(lr=1e-3, warmup_steps=3, lr_schedule="cosine", max_steps=12, max_minutes=0)
+    whole = _annealed_lrs(cfg)
+    optimizer, scheduler = build_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg)
+    for step in range(1, 7):
+        optimizer.step()
+        scheduler.step()
+        scheduler.set_progress(budget_progress(cfg, step, 0.0, 0.0))
+    state = copy.deepcopy(scheduler.state_dict())
+    optimizer2, resumed = build_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg)
+    optimizer2.load_state_dict(optimizer.state_dict())
+    resumed.load_state_dict(state)
+    lrs = []
+    for step in range(7, 13):
+        lrs.append(optimizer2.param_groups[0]["lr"])
+        optimizer2.step()
+        resumed.step()
+        resumed.set_progress(budget_progress(cfg, step, 0.0, 0.0))
+    assert lrs == pytest.approx(whole[6:-1], rel=1e-12)
