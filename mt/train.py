@@ -645,8 +645,8 @@ def training_loop(run: Run, state: TrainState) -> str:
                 mine = [data.batch(indices) for indices in group[context.rank :: context.world_size]]
                 result = train_step(run.opt, mine, update_tokens)
                 state.batches_done += len(group)
-                time_up = context.is_main and cfg.max_minutes and state.elapsed() / 60 >= cfg.max_minutes  # rank 0's clock
-                elapsed = state.elapsed() if context.is_main else 0.0
+                elapsed = state.elapsed() if context.is_main else 0.0  # rank 0's clock
+                time_up = context.is_main and cfg.max_minutes and elapsed / 60 >= cfg.max_minutes
                 loss, time_up, signalled, elapsed, *terms = distributed.sum_across(
                     context, [result.loss, float(bool(time_up)), float(bool(stop_signal.received)), elapsed, *result.terms.values()], run.opt.device
                 )  # fmt: skip
