@@ -704,8 +704,8 @@ def train(cfg: Config, out_dir: str | Path, command_line_keys: Sequence[str] = (
 
     Raises:
         DataError: corpus files missing or inconsistent; the run dir not writable or too full.
-        ConfigError: ``train.resume`` names no checkpoint; a model key contradicts
-            ``train.init_from``'s checkpoint.
+        ConfigError: ``train.resume`` names no checkpoint, or one trained with another
+            ``train.lr_schedule``; a model key contradicts ``train.init_from``'s checkpoint.
         CheckpointError: ``train.init_from`` is not a checkpoint whose weights fit the model.
         TrainingInterrupted, TrainingFailed: see :func:`training_loop`.
     """
@@ -779,6 +779,13 @@ def train(cfg: Config, out_dir: str | Path, command_line_keys: Sequence[str] = (
                 (out_dir / "metrics.jsonl").write_text("")
         state = TrainState()
         if resume is not None:
+            saved_schedule = resume["scheduler"].get("shape", "inverse_sqrt")  # AnnealedLR keeps its shape
+            if saved_schedule != cfg.train.lr_schedule:
+                raise ConfigError(
+                    f"config key 'train.lr_schedule' = {cfg.train.lr_schedule!r}: the run being resumed used "
+                    f"{saved_schedule!r}; resume with train.lr_schedule={saved_schedule}, or start a new run from its "
+                    "weights with train.init_from"
+                )
             opt.load_state_dict(resume)
             state.load_state_dict(resume)
             if state.batches_done % (context.world_size * cfg.train.accum_steps):

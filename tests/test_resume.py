@@ -21,7 +21,7 @@ from mt import guards
 from mt import train as train_module
 from mt.checkpoint import load_checkpoint
 from mt.config import from_hydra
-from mt.errors import DataError
+from mt.errors import ConfigError, DataError
 from mt.model import Transformer
 
 from conftest import REPO
@@ -270,3 +270,16 @@ def test_an_annealed_schedule_reaches_min_lr_at_the_end_of_the_budget(tmp_path, 
     logged = {r["step"]: r["lr"] for r in _metrics(tmp_path / "run")}
     # the decay starts at the peak after update 4 (a third of the budget) and is half done after update 8
     assert logged == pytest.approx({4: peak, 8: low + (peak - low) / 2, 12: low}, rel=1e-9)
+
+
+def test_resume_with_another_lr_schedule_is_a_one_line_config_error(tmp_path, multi30k_mirror):
+    """The scheduler state of one schedule cannot continue another: a clear error, and the run's
+    last.pt is left as it was."""
+    run = ["data.max_train_sentences=300", "tokenizer.vocab_size=300", "train.batch_tokens=1024", "train.max_steps=2"]
+    train_module.train(_smoke_config(tmp_path, multi30k_mirror, *run), tmp_path / "run")
+    before = (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes()
+    resumed = _smoke_config(tmp_path, multi30k_mirror, *run, "train.max_steps=4", "train.resume=auto", "train.lr_schedule=cosine")
+    with pytest.raises(ConfigError, match=r"train\.lr_schedule.*used 'inverse_sqrt'") as error:
+        train_module.train(resumed, tmp_path / "run")
+    assert "\n" not in str(error.value)
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes() == before
