@@ -718,6 +718,13 @@ def train(cfg: Config, out_dir: str | Path, command_line_keys: Sequence[str] = (
         if context.is_main:
             check_writable(out_dir / "checkpoints")
         resume = load_resume(cfg.train.resume, out_dir / "checkpoints")
+        saved_schedule = resume["scheduler"].get("shape", "inverse_sqrt") if resume else None  # AnnealedLR keeps its shape
+        if saved_schedule not in (None, cfg.train.lr_schedule):  # before any data work
+            raise ConfigError(
+                f"config key 'train.lr_schedule' = {cfg.train.lr_schedule!r}: the run being resumed used "
+                f"{saved_schedule!r}; resume with train.lr_schedule={saved_schedule}, or start a new run from its "
+                "weights with train.init_from"
+            )
         initial = None
         if resume is not None and cfg.train.init_from:  # a resumed stage: the model and data it saved
             cfg = init_config(resume, cfg, command_line_keys, cfg.train.resume)
@@ -779,13 +786,6 @@ def train(cfg: Config, out_dir: str | Path, command_line_keys: Sequence[str] = (
                 (out_dir / "metrics.jsonl").write_text("")
         state = TrainState()
         if resume is not None:
-            saved_schedule = resume["scheduler"].get("shape", "inverse_sqrt")  # AnnealedLR keeps its shape
-            if saved_schedule != cfg.train.lr_schedule:
-                raise ConfigError(
-                    f"config key 'train.lr_schedule' = {cfg.train.lr_schedule!r}: the run being resumed used "
-                    f"{saved_schedule!r}; resume with train.lr_schedule={saved_schedule}, or start a new run from its "
-                    "weights with train.init_from"
-                )
             opt.load_state_dict(resume)
             state.load_state_dict(resume)
             if state.batches_done % (context.world_size * cfg.train.accum_steps):
