@@ -363,6 +363,10 @@ class TrainConfig:
         alignment_weight: λ of the guided-alignment loss (Garg et al. 2019) against the links of
             ``data.alignments``: on the aligner's attention where ``model.aligner.enabled``, else
             on the heads ``model.alignment`` names; 0 = off.
+        rdrop_alpha: α of R-Drop (Liang et al. 2021): each batch runs twice with different
+            dropout and the symmetric KL between the two output distributions, weighted by α,
+            joins the cross-entropy (:class:`mt.objective.Objective`); 0 = off. An update costs
+            about twice as much; the paper uses 5 for translation. Not with guided alignment.
         init_from: start from the weights of this checkpoint (or run dir: its best.pt), with
             its tokenizer and model config, and a new optimizer, schedule and step count
             (fine-tuning; OpenNMT-py's ``train_from`` with ``reset_optim``). A model key given on
@@ -419,6 +423,7 @@ class TrainConfig:
     weight_decay: float = 0.0001
     label_smoothing: float = 0.1
     alignment_weight: float = 0.0
+    rdrop_alpha: float = 0.0
     init_from: str | None = None
     trainable: str = "all"
     clip_norm: float = 1.0
@@ -684,6 +689,13 @@ def validate(config: Config) -> None:
         "train.alignment_weight",
         train.alignment_weight,
         "needs alignment targets: set data.alignments=eflomal or data.alignments=file",
+    )
+    require(train.rdrop_alpha >= 0, "train.rdrop_alpha", train.rdrop_alpha, "must be >= 0 (0: off)")
+    require(
+        train.rdrop_alpha == 0 or train.alignment_weight == 0,
+        "train.rdrop_alpha",
+        train.rdrop_alpha,
+        "does not combine with guided alignment: set train.alignment_weight=0 or train.rdrop_alpha=0",
     )
     require(train.trainable in TRAINABLE, "train.trainable", train.trainable, "allowed: " + ", ".join(TRAINABLE))
     if model.aligner.enabled and (model.aligner.lexicon or model.aligner.word_lexicon):

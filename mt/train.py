@@ -326,7 +326,7 @@ def build_optimization(
         alignment = model.cfg.alignment
         objective = Objective(
             model, cfg.label_smoothing, cfg.alignment_weight, alignment.layer, alignment.heads, alignment.full_context,
-            frozen=cfg.trainable == "alignment",
+            frozen=cfg.trainable == "alignment", rdrop_alpha=cfg.rdrop_alpha,
         )  # fmt: skip
     no_sync = contextlib.nullcontext
     if context.distributed:

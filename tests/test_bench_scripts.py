@@ -177,3 +177,23 @@ def test_bench_train_minutes_reports_glibc_heap_and_its_peak_in_use(tmp_path, mu
     assert report["allocator"] == "glibc"
     assert 0 < report["peak_in_use_mb"] < report["peak_rss_mb"]
     assert "glibc heap" in result.stderr
+
+
+def test_bench_train_times_rdrop_beside_ours(tmp_path, multi30k_mirror):
+    """``--rdrop-alpha``: the same batches through ``mt-train train.rdrop_alpha``'s objective, in
+    the same run; its two passes make each update cost more than ours."""
+    import json
+    import os
+    import subprocess
+
+    if multi30k_mirror is None:
+        pytest.skip("bench_train trains on Multi30k")
+    command = [sys.executable, str(Path(bench_train.__file__)), "--steps", "4", "--warmup", "1", "--threads", "1",
+               "--precision", "fp32", "--rdrop-alpha", "5", "--batch-tokens", "1024", "--data-dir", str(tmp_path)]  # fmt: skip
+    env = dict(os.environ, MT_DATA_MIRROR=multi30k_mirror)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "ours + R-Drop" in result.stdout
+    assert report["rdrop_time_ratio"] == pytest.approx(report["tokens_per_s"] / report["rdrop_tokens_per_s"])
+    assert report["rdrop_time_ratio"] > 1.0

@@ -198,6 +198,8 @@ def test_unknown_model_preset_lists_the_presets():
         (["train.lr_schedule=exp"], "train.lr_schedule"),
         (["train.lr_schedule=cosine", "train.max_minutes=0", "train.patience=5"], "train.lr_schedule"),  # no end to anneal to
         (["train.lr_schedule=cosine", "train.min_lr=0.01"], "train.min_lr"),  # above train.lr
+        (["train.rdrop_alpha=-1"], "train.rdrop_alpha"),
+        (["train.rdrop_alpha=5", "train.alignment_weight=0.1", "data.alignments=eflomal"], "train.rdrop_alpha"),
     ],
 )
 def test_invalid_values_name_their_key(overrides, key):
