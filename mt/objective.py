@@ -2,11 +2,10 @@
 
 :class:`Objective` returns ``(total, terms, n_tokens)``: the total to backpropagate, a dict of
 named terms (``xent``, and ``align`` or ``rdrop`` when switched on, each summed over the batch's
-real target tokens) and the number of
-those tokens. The trainer normalises every term the same way (by the target tokens of the whole
-update), sums each across accumulated batches and processes, and logs it by name
-(``{name}_loss``, ``val_{name}_loss`` in ``metrics.jsonl``): a new loss term is one more entry in
-the dict and, when weighted, one more summand of the total.
+real target tokens) and the number of those tokens. The trainer normalises every term the same
+way (by the target tokens of the whole update), sums each across accumulated batches and
+processes, and logs it by name (``{name}_loss``, ``val_{name}_loss`` in ``metrics.jsonl``): a new
+loss term is one more entry in the dict and, when weighted, one more summand of the total.
 """
 
 from __future__ import annotations
