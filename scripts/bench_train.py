@@ -7,6 +7,7 @@
     python scripts/bench_train.py --alignment-weight 0.1 [--full-context] --steps 100  # guided alignment's cost
     python scripts/bench_train.py --rdrop-alpha 5 --steps 100                  # R-Drop's cost (two passes)
     python scripts/bench_train.py --layers 6+1 --steps 100                     # another depth (deep encoder, shallow decoder)
+    python scripts/bench_train.py --ffn-dim 2048 --steps 100                   # another width (also --d-model)
     python scripts/bench_train.py --minutes 10                                # resident memory over time
 
 Both systems train on the same real Multi30k de→en batches, read by the trainer's own data
@@ -105,7 +106,8 @@ import time
 
 import torch
 
-from mt.config import DataConfig, ModelConfig, TrainConfig, model_preset
+from mt.config import Config, DataConfig, ModelConfig, TrainConfig, model_preset, validate
+from mt.errors import ConfigError
 
 SYSTEMS = {
     "ours": "ours (mt.model.Transformer)",
@@ -116,14 +118,26 @@ SYSTEMS = {
 
 
 # ------------------------------------------------------------------------ shared with bench_decode.py
-def model_config(name: str, attention_dropout: float | None = None, layers: tuple[int, int] | None = None) -> ModelConfig:
+def model_config(
+    name: str,
+    attention_dropout: float | None = None,
+    layers: tuple[int, int] | None = None,
+    d_model: int | None = None,
+    ffn_dim: int | None = None,
+) -> ModelConfig:
     """``default``: ``ModelConfig()`` (256, 3+3 layers, 4 heads, FFN 1024); ``base``: the preset
     ``model=base``, Transformer-base (512, 6+6 layers, 8 heads, FFN 2048; Vaswani et al. 2017,
     Table 3). ``attention_dropout`` replaces the dropout of every attention site (None = the
-    config's); ``layers`` the encoder and decoder depths (:func:`layer_depths`)."""
+    config's); ``layers`` the encoder and decoder depths (:func:`layer_depths`); ``d_model`` and
+    ``ffn_dim`` the width and FFN inner width (``mt-train model.d_model=N model.ffn_dim=N``;
+    the heads stay as they are, so ``d_model`` must be a multiple of them)."""
     cfg = _named_model_config(name)
     if layers is not None:
         cfg.encoder.n_layers, cfg.decoder.n_layers = layers
+    if d_model is not None:
+        cfg.d_model = d_model
+    if ffn_dim is not None:
+        cfg.ffn_dim = ffn_dim
     if attention_dropout is not None:
         for site in (cfg.encoder.self_attention, cfg.decoder.self_attention, cfg.decoder.cross_attention):
             site.dropout = attention_dropout
@@ -332,6 +346,8 @@ def run_system(system: str, batches_path: str, args: argparse.Namespace) -> dict
     command += ["--profile"] if args.profile else []
     command += ["--attention-dropout", str(args.attention_dropout)] if args.attention_dropout is not None else []
     command += ["--layers", "+".join(map(str, args.layers))] if args.layers else []
+    command += ["--d-model", str(args.d_model)] if args.d_model else []
+    command += ["--ffn-dim", str(args.ffn_dim)] if args.ffn_dim else []
     command += ["--alignment-weight", str(args.alignment_weight)] + (["--full-context"] if args.full_context else [])
     command += ["--rdrop-alpha", str(args.rdrop_alpha)]
     command += ["--minutes", str(args.minutes)] if args.minutes is not None else []
@@ -410,7 +426,7 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
     )
     if train_cfg.onednn_cache_capacity >= 0:  # as the trainer does, before the first matmul
         set_onednn_cache_capacity(train_cfg.onednn_cache_capacity)
-    cfg = model_config(args.model, args.attention_dropout, args.layers)
+    cfg = model_config(args.model, args.attention_dropout, args.layers, args.d_model, args.ffn_dim)
     cfg.alignment.full_context = guided and args.full_context
     if system == "hf":
         import transformers  # noqa: F401  (imported before the baseline: its import cost is not the model's)
@@ -517,6 +533,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["default", "base"], default="default")
     parser.add_argument("--layers", type=layer_depths, help="encoder+decoder depths instead of the model's, e.g. 6+1 (Kasai et al. 2021)")
+    parser.add_argument("--d-model", type=int, help="width instead of the model's (model.d_model; a multiple of its heads)")
+    parser.add_argument("--ffn-dim", type=int, help="FFN inner width instead of the model's (model.ffn_dim)")
     parser.add_argument("--steps", type=int, default=50, help="timed training steps (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them (default 5)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
@@ -574,6 +592,10 @@ def main() -> None:
                                ("--rdrop-alpha", args.rdrop_alpha, 0)):  # fmt: skip
         if value < least:
             parser.error(f"{flag} must be >= {least}, got {value}")
+    try:  # the trainer's own checks (e.g. --d-model a multiple of the heads)
+        validate(Config(model=model_config(args.model, args.attention_dropout, args.layers, args.d_model, args.ffn_dim)))
+    except ConfigError as error:
+        parser.error(str(error))
     longest = DataConfig().max_len + 1
     if args.batch_tokens < longest:
         parser.error(f"--batch-tokens must hold one sentence of data.max_len + 1 = {longest} tokens, got {args.batch_tokens}")
@@ -595,7 +617,7 @@ def main() -> None:
     except MtError as error:
         sys.exit(f"bench_train: error: {error}")
     args.vocab_size = data.tokenizer.src_vocab_size
-    cfg = model_config(args.model, args.attention_dropout, args.layers)
+    cfg = model_config(args.model, args.attention_dropout, args.layers, args.d_model, args.ffn_dim)
     if args.minutes is not None:  # a pool of the first five epochs' batches, cycled through
         args.steps = 5 * sum(1 for _ in epoch_updates(data.src_lens, data.tgt_lens, train_cfg, 1, group_size=1))
     batches = training_batches(data, train_cfg, args.warmup + args.steps)
@@ -683,6 +705,8 @@ def main() -> None:
                 "compile": args.compile,
                 "optimizer_impl": args.optimizer_impl,
                 "attention_dropout": args.attention_dropout,
+                "d_model": cfg.d_model,
+                "ffn_dim": cfg.ffn_dim,
                 "threads": ours["threads"],
                 "padding_fraction": all_pad,
                 "guided_tokens_per_s": guided["tokens_per_s"] if guided else None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -62,6 +63,21 @@ def test_layers_option_sets_both_depths_and_rejects_a_bad_spec():
     for bad in ("6x1", "6+", "6+0"):
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(bad))):
             bench_train.layer_depths(bad)
+
+
+def test_width_options_reach_the_model_and_a_bad_width_is_rejected():
+    cfg = bench_train.model_config("default", d_model=384, ffn_dim=2048)
+    assert (cfg.d_model, cfg.ffn_dim) == (384, 2048)
+    assert (bench_train.model_config("default").d_model, bench_train.model_config("default").ffn_dim) == (256, 1024)
+    model = Transformer(cfg, VOCAB, VOCAB, pad_id=0)
+    shapes = {tuple(p.shape) for p in model.parameters()}
+    assert (2048, 384) in shapes and (384, 2048) in shapes  # each FFN's two projections
+    # --d-model that the heads do not divide: the trainer's own one-line config error, before any data work
+    command = [sys.executable, str(Path(bench_train.__file__)), "--d-model", "250", "--steps", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "model.encoder.self_attention.n_heads" in result.stderr and "must divide model.d_model = 250" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_marian_reference_has_our_dimensions():
