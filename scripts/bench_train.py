@@ -592,8 +592,9 @@ def main() -> None:
                                ("--rdrop-alpha", args.rdrop_alpha, 0)):  # fmt: skip
         if value < least:
             parser.error(f"{flag} must be >= {least}, got {value}")
+    cfg = model_config(args.model, args.attention_dropout, args.layers, args.d_model, args.ffn_dim)
     try:  # the trainer's own checks (e.g. --d-model a multiple of the heads)
-        validate(Config(model=model_config(args.model, args.attention_dropout, args.layers, args.d_model, args.ffn_dim)))
+        validate(Config(model=cfg))
     except ConfigError as error:
         parser.error(str(error))
     longest = DataConfig().max_len + 1
@@ -617,7 +618,6 @@ def main() -> None:
     except MtError as error:
         sys.exit(f"bench_train: error: {error}")
     args.vocab_size = data.tokenizer.src_vocab_size
-    cfg = model_config(args.model, args.attention_dropout, args.layers, args.d_model, args.ffn_dim)
     if args.minutes is not None:  # a pool of the first five epochs' batches, cycled through
         args.steps = 5 * sum(1 for _ in epoch_updates(data.src_lens, data.tgt_lens, train_cfg, 1, group_size=1))
     batches = training_batches(data, train_cfg, args.warmup + args.steps)
