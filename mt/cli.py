@@ -39,7 +39,7 @@ def _train_app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from mt.config import command_line_keys, from_hydra
-    from mt.train import train
+    from mt.training.train import train
 
     def body() -> None:
         config = from_hydra(cfg)  # validation happens here, before any data work
@@ -53,9 +53,9 @@ def train_main() -> None:
     """``mt-train [HYDRA OVERRIDES]``: train with the config composed from ``configs/train.yaml``.
 
     First restarts itself on tcmalloc or jemalloc where one is installed (``MT_ALLOCATOR``;
-    :func:`mt.memory.relaunch_with_allocator`).
+    :func:`mt.training.memory.relaunch_with_allocator`).
     """
-    from mt.memory import relaunch_with_allocator
+    from mt.training.memory import relaunch_with_allocator
 
     _run("mt-train", relaunch_with_allocator)
     import hydra
@@ -96,9 +96,9 @@ def _load(args: argparse.Namespace):
 
     import torch
 
-    from mt.checkpoint import load_for_inference
+    from mt.model.checkpoint import load_for_inference
     from mt.config import check_device
-    from mt.memory import set_onednn_cache_capacity
+    from mt.training.memory import set_onednn_cache_capacity
 
     # oneDNN keeps a primitive (with packed weights) per matmul shape, and the search's shapes
     # change as sentences finish: as in training (train.onednn_cache_capacity), keep 64 of them
@@ -120,7 +120,7 @@ def _load(args: argparse.Namespace):
 
 
 def _read_text(path: str) -> list[str]:
-    from mt.corpora import read_lines
+    from mt.data.corpora import read_lines
 
     file = Path(path)
     if not file.is_file():
@@ -132,7 +132,7 @@ def _read_text(path: str) -> list[str]:
 
 
 def _read_stdin() -> list[str]:
-    from mt.corpora import split_lines
+    from mt.data.corpora import split_lines
 
     return split_lines(sys.stdin.buffer.read(), "stdin")
 
@@ -174,8 +174,9 @@ def translate_main(argv: Sequence[str] | None = None) -> None:
         parser.error("--align goes with --output-format jsonl")
 
     def body() -> None:
-        from mt.align import default_method
-        from mt.evaluate import translate_nbest
+        from mt.alignment.align import default_method
+        from mt.inference.evaluate import translate_nbest
+        from mt.inference.markup import MarkupTransfer
 
         model, tokenizer, info, decoding = _load(args)
         if args.n_best > decoding.beam_size:
@@ -184,7 +185,7 @@ def translate_main(argv: Sequence[str] | None = None) -> None:
         markups, errors = _parse_markup(lines, args.markup) if args.markup else ([], {})  # None: did not parse
         sentences = [m.text if m else "" for m in markups] if args.markup else lines
         markup = (
-            _MarkupTransfer(model, tokenizer, markups, decoding.batch_size, args.device, default_method(info))
+            MarkupTransfer(model, tokenizer, markups, decoding.batch_size, args.device, default_method(info))
             if args.markup
             else None
         )
@@ -223,9 +224,9 @@ def translate_main(argv: Sequence[str] | None = None) -> None:
 
 
 def _parse_markup(lines: Sequence[str], mode: str) -> tuple[list, dict[int, str]]:
-    """``--markup``: :class:`~mt.markup.Markup` of each line (None where it does not parse), and
+    """``--markup``: :class:`~mt.inference.markup.Markup` of each line (None where it does not parse), and
     line index → error, each also printed as one line ``mt-translate: error: line N: …`` on stderr."""
-    from mt.markup import MarkupError, parse
+    from mt.inference.markup import MarkupError, parse
 
     markups, errors = [], {}
     for index, line in enumerate(lines):
@@ -236,52 +237,6 @@ def _parse_markup(lines: Sequence[str], mode: str) -> tuple[list, dict[int, str]
             print(f"mt-translate: error: {errors[index]}", file=sys.stderr)
             markups.append(None)
     return markups, errors
-
-
-class _MarkupTransfer:
-    """``--markup``: called by :func:`mt.evaluate.translate_nbest` after each batch, it aligns the
-    batch's hypotheses to their sources (reusing the search's encoder outputs) and puts each
-    line's tags on every hypothesis."""
-
-    def __init__(self, model, tokenizer, markups, batch_size: int, device: str, method: str):
-        self.model, self.tokenizer, self.markups = model, tokenizer, markups
-        self.batch_size, self.device, self.method = batch_size, device, method
-        self.marked: dict[int, list[str]] = {}  # line index → its hypotheses with markup
-        self.best: dict[int, object] = {}  # line index → alignment of its best hypothesis
-
-    def __call__(self, indices, src_ids, encoder_states, hypotheses) -> None:
-        from mt.markup import align_and_transfer
-
-        pairs = [
-            (index, row, h.text)
-            for row, (index, line_hypotheses) in enumerate(zip(indices, hypotheses))
-            if self.markups[index]
-            for h in line_hypotheses
-        ]
-        lengths = (src_ids != self.model.pad_id).sum(1).tolist()  # (batch,) source ids with EOS
-        encoder = [
-            (src_ids[row, : lengths[row]].tolist(), [s[row, : lengths[row]] for s in encoder_states])
-            for _, row, _ in pairs
-        ]
-        outputs, alignments = align_and_transfer(
-            self.model, self.tokenizer, [self.markups[index] for index, _, _ in pairs], [text for _, _, text in pairs],
-            self.method, self.batch_size, self.device, encoder_states=encoder,
-        )  # fmt: skip
-        for position, ((index, _, _), output) in enumerate(zip(pairs, outputs)):
-            if index not in self.marked and position in alignments:
-                self.best[index] = alignments[position]
-            self.marked.setdefault(index, []).append(output)
-
-    def results(self) -> tuple[list[list[str]], dict]:
-        """Per line, every hypothesis with the line's tags (a line without hypotheses: its tags
-        alone; a line that did not parse: ""), and line index → alignment of its best hypothesis."""
-        from mt.markup import transfer
-
-        marked = [
-            self.marked.get(index) or [transfer(markup, "", []) if markup else ""]
-            for index, markup in enumerate(self.markups)
-        ]
-        return marked, self.best
 
 
 def _add_markup(record: dict, line: str, marked: list[str], error: str | None) -> None:
@@ -296,8 +251,8 @@ def _add_markup(record: dict, line: str, marked: list[str], error: str | None) -
 
 
 def _best_alignments(model, tokenizer, sentences, nbest, batch_size: int, device: str, method: str) -> dict:
-    """``--align``: input line index → :class:`~mt.align.PairAlignment` of its best hypothesis (blank lines: none)."""
-    from mt.align import align
+    """``--align``: input line index → :class:`~mt.alignment.align.PairAlignment` of its best hypothesis (blank lines: none)."""
+    from mt.alignment.align import align
 
     indices = [i for i, hypotheses in enumerate(nbest) if hypotheses]
     sources = [sentences[i] for i in indices]
@@ -312,7 +267,7 @@ def _translation_record(index: int, source: str, hypotheses, alignment) -> dict:
 
     import numpy as np
 
-    from mt.aer import format_pharaoh
+    from mt.alignment.aer import format_pharaoh
 
     record = {"index": index, "source": source, "hypotheses": [dataclasses.asdict(h) for h in hypotheses]}
     if alignment is not None:
@@ -353,8 +308,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
         parser.error("give either --split or --src/--ref, not both")
 
     def body() -> None:
-        from mt.corpora import load_split
-        from mt.evaluate import score, translate
+        from mt.data.corpora import load_split
+        from mt.inference.evaluate import score, translate
 
         model, tokenizer, info, decoding = _load(args)
         if args.src:
@@ -406,7 +361,7 @@ def _unit_interval(text: str) -> float:
 
 
 def _oriented_gold(prefix: str, src_lang: str, tgt_lang: str, flag: str):
-    from mt.aer import load_gold
+    from mt.alignment.aer import load_gold
 
     try:
         return load_gold(prefix).oriented(src_lang, tgt_lang)
@@ -416,7 +371,7 @@ def _oriented_gold(prefix: str, src_lang: str, tgt_lang: str, flag: str):
 
 def _choose_layer(model, tokenizer, layer, dev_gold, options: dict, name: str) -> int | None:
     """``--layer``: an index, the checkpoint's default (None), or ``auto`` = lowest AER on ``--dev-gold``."""
-    from mt.align import default_layer, select_layer
+    from mt.alignment.align import default_layer, select_layer
 
     if layer != "auto":
         return layer
@@ -433,8 +388,8 @@ def _choose_layer(model, tokenizer, layer, dev_gold, options: dict, name: str) -
 def align_main(argv: Sequence[str] | None = None) -> None:
     """``mt-align CHECKPOINT --src FILE [--tgt FILE] --out DIR [--plot] [--html [FILE]]``, ``mt-align CHECKPOINT
     SRC [TGT]`` or ``mt-align CHECKPOINT --gold PREFIX [--out DIR]``; see ``mt-align --help``."""
-    from mt.align import DEFAULT_METHOD, METHODS
-    from mt.symmetrize import HEURISTICS
+    from mt.alignment.align import DEFAULT_METHOD, METHODS
+    from mt.alignment.symmetrize import HEURISTICS
 
     parser = argparse.ArgumentParser(
         prog="mt-align",
@@ -495,10 +450,10 @@ def align_main(argv: Sequence[str] | None = None) -> None:
         parser.error("--html without FILE writes DIR/alignments.html: give --out DIR, or --html FILE.html")
 
     def body() -> None:
-        from mt.aer import format_pharaoh, format_scores, score_alignments
-        from mt.align import align, default_method, format_table, symmetrize_alignments, write_alignments
-        from mt.checkpoint import load_for_inference
-        from mt.evaluate import translate
+        from mt.alignment.aer import format_pharaoh, format_scores, score_alignments
+        from mt.alignment.align import align, default_method, format_table, symmetrize_alignments, write_alignments
+        from mt.model.checkpoint import load_for_inference
+        from mt.inference.evaluate import translate
 
         model, tokenizer, info, decoding = _load(args)
         args.method = args.method or default_method(info)
@@ -557,8 +512,8 @@ def align_main(argv: Sequence[str] | None = None) -> None:
 
 def _write_alignment_view(args: argparse.Namespace, model, alignments, layer: int | None, gold) -> None:
     """``--html``: the interactive view, opened at the method, layer and heads that made the links."""
-    from mt.align import default_layer
-    from mt.html_view import view_data, write_html
+    from mt.alignment.align import default_layer
+    from mt.alignment.html_view import view_data, write_html
 
     path = Path(args.html or Path(args.out) / "alignments.html")
     n_layers, heads = len(model.decoder_layers), args.heads
@@ -590,7 +545,7 @@ def align_score_main(argv: Sequence[str] | None = None) -> None:
     def body() -> None:
         import dataclasses
 
-        from mt.aer import format_scores, read_links, read_pharaoh, score_alignments
+        from mt.alignment.aer import format_scores, read_links, read_pharaoh, score_alignments
 
         gold = read_links(args.gold, args.one_based_gold, args.reverse_gold)
         predicted = read_pharaoh(args.pred)
@@ -627,7 +582,7 @@ def average_main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def body() -> None:
-        from mt.average import OUTPUT_NAMES, average_run
+        from mt.training.average import OUTPUT_NAMES, average_run
 
         select, n = ("last", args.last) if args.last is not None else ("best", args.best)
         out = args.out or str(Path(args.run_dir) / "checkpoints" / OUTPUT_NAMES[select])
@@ -641,7 +596,7 @@ def average_main(argv: Sequence[str] | None = None) -> None:
 # --------------------------------------------------------------------------------- mt-export
 def export_main(argv: Sequence[str] | None = None) -> None:
     """``mt-export CHECKPOINT --format ctranslate2 --out DIR [--quantization ...] [--force]``."""
-    from mt.export import QUANTIZATIONS
+    from mt.inference.export import QUANTIZATIONS
 
     parser = argparse.ArgumentParser(
         prog="mt-export",
@@ -659,7 +614,7 @@ def export_main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def body() -> None:
-        from mt.export import export_ctranslate2
+        from mt.inference.export import export_ctranslate2
 
         out = export_ctranslate2(args.checkpoint, args.out, args.quantization, args.force)
         print(f"mt-export: wrote a CTranslate2 model ({args.quantization}) to {out}", file=sys.stderr)

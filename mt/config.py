@@ -21,7 +21,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from mt.attention import check_site
+from mt.model.attention import check_site
 from mt.errors import ConfigError, require
 
 if TYPE_CHECKING:  # Hydra and OmegaConf are imported where used: the inference commands never load them (-0.2 s)
@@ -46,9 +46,9 @@ class AttentionConfig:
     """One attention site (encoder self-attention, decoder self-attention or cross-attention).
 
     Attributes:
-        type: attention variant, one of ``mt.attention.ATTENTION_TYPES``: ``full``, ``local``
+        type: attention variant, one of ``mt.model.attention.ATTENTION_TYPES``: ``full``, ``local``
             (sliding window, self-attention sites only), ``topk`` (explicit sparse attention);
-            :func:`mt.attention.check_site` checks a site's settings.
+            :func:`mt.model.attention.check_site` checks a site's settings.
         n_heads: number of query heads; must divide ``model.d_model``.
         n_kv_heads: number of key/value heads (grouped-query attention, Ainslie et al. 2023);
             must divide ``n_heads``; 1 = multi-query attention; None = ``n_heads``.
@@ -106,7 +106,7 @@ class AlignmentConfig:
 class AlignerConfig:
     """The aligner: a small module on top of the encoder and decoder that learns word alignment
     from links (``data.alignments``) while the translation model stays as it is
-    (:mod:`mt.aligner`; trained with ``train.trainable=alignment``, ``experiment=align``).
+    (:mod:`mt.model.aligner`; trained with ``train.trainable=alignment``, ``experiment=align``).
 
     Attributes:
         enabled: the model has an aligner (saved in its checkpoints; ``mt-align --method aligner``
@@ -130,7 +130,7 @@ class AlignerConfig:
             c counts the teacher's links between source piece s and target piece t over the
             training pairs (NULL links included): the translation table of IBM Model 1 (Brown
             et al. 1993) estimated from the teacher, as eflomal's priors carry one. Counted when
-            the stage starts (:class:`mt.aligner.Lexicon`) and stored in the checkpoint.
+            the stage starts (:class:`mt.model.aligner.Lexicon`) and stored in the checkpoint.
         word_lexicon: the same over whole words (every piece of a word stands for the word), so
             that a rare word made of common pieces keeps counts of its own; beside ``lexicon``
             or alone. (Measured worse on CzEnAli: README, the aligner's table.)
@@ -192,7 +192,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Which corpus and which slice of it (read by :func:`mt.corpora.load_splits`).
+    """Which corpus and which slice of it (read by :func:`mt.data.corpora.load_splits`).
 
     Attributes:
         source: where the pairs come from: ``multi30k`` (Multi30k task 1), ``hf`` (a Hugging
@@ -213,7 +213,7 @@ class DataConfig:
             lines of a split (0 = all); for smoke runs and quick experiments.
         max_len: training pairs with more subword tokens than this on either side are dropped.
         alignment_gold: path prefix of a gold word-alignment set (``NAME.src-tgt`` +
-            ``NAME.talp``, see :mod:`mt.aer`) for this language pair, either side first; each
+            ``NAME.talp``, see :mod:`mt.alignment.aer`) for this language pair, either side first; each
             validation then also logs its AER to ``metrics.jsonl``. None = off.
         alignment_gold_train_copies: add the gold set's sentence pairs, text only (never its
             links), this many times to the training data, as unsupervised aligners train on
@@ -243,13 +243,13 @@ class DataConfig:
             (for corpora bigger than memory): only its token ids are kept.
         tokenizer_sample: with ``streaming``, sentencepiece trains on the first N training pairs.
         alignments: word-alignment targets of each training pair, for guided alignment (Garg
-            et al. 2019; :mod:`mt.alignment_targets`): ``none``, ``eflomal`` (align the training
+            et al. 2019; :mod:`mt.alignment.targets`): ``none``, ``eflomal`` (align the training
             split with eflomal at start-up, cached in ``data_dir/cache``; extra ``[baselines]``)
             or ``file`` (read ``alignments_path``). Not with ``streaming``.
         alignments_path: ``file``: 0-based Pharaoh ``src_word-tgt_word`` links over whitespace
             words, one line per training pair (blank = none), before ``max_len`` filtering.
         alignments_symmetrize: ``eflomal``: how the two directions combine, one of
-            ``mt.symmetrize.HEURISTICS`` (``intersect``, ``union``, ``grow-diag-final-and``).
+            ``mt.alignment.symmetrize.HEURISTICS`` (``intersect``, ``union``, ``grow-diag-final-and``).
         alignments_unit: ``eflomal``: align sentencepiece pieces directly (``piece``) or
             whitespace words whose links then cover all their pieces (``word``: on CzEnAli as
             good at grow-diag-final-and and faster, see the README).
@@ -365,7 +365,7 @@ class TrainConfig:
             on the heads ``model.alignment`` names; 0 = off.
         rdrop_alpha: α of R-Drop (Liang et al. 2021): each batch runs twice with different
             dropout and the symmetric KL between the two output distributions, weighted by α,
-            joins the cross-entropy (:class:`mt.objective.Objective`); 0 = off. An update costs
+            joins the cross-entropy (:class:`mt.training.objective.Objective`); 0 = off. An update costs
             about twice as much; the paper uses 5 for translation. Not with guided alignment.
         init_from: start from the weights of this checkpoint (or run dir: its best.pt), with
             its tokenizer and model config, and a new optimizer, schedule and step count
@@ -400,7 +400,7 @@ class TrainConfig:
         heatmap_sentences: validation sentences whose cross-attention heatmaps are logged to
             TensorBoard at each validation.
         release_memory_every: hand the heap's free pages back to the system every N updates
-            (glibc ``malloc_trim``; :mod:`mt.memory`), so that batches of ever new shapes do
+            (glibc ``malloc_trim``; :mod:`mt.training.memory`), so that batches of ever new shapes do
             not grow the resident set; 0 = never.
         onednn_cache_capacity: primitives oneDNN's cache keeps (one per matmul shape; its own
             default is 1,024, about 1 GB here; 0 saves ~0.3 GB more but costs ~9% tokens/s);
@@ -740,8 +740,8 @@ def validate(config: Config) -> None:
 
 def _validate_source(data: DataConfig) -> None:
     """The data keys that depend on ``data.source`` (see :class:`DataConfig`)."""
-    from mt.alignment_targets import SOURCES, UNITS  # the modules that own these names
-    from mt.symmetrize import HEURISTICS
+    from mt.alignment.targets import SOURCES, UNITS  # the modules that own these names
+    from mt.alignment.symmetrize import HEURISTICS
 
     require(data.source in DATA_SOURCES, "data.source", data.source, "allowed: " + ", ".join(DATA_SOURCES))
     languages = (("data.src_lang", data.src_lang), ("data.tgt_lang", data.tgt_lang))
@@ -823,88 +823,6 @@ def model_config_from_dict(data: dict) -> ModelConfig:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), data))
-
-
-# model keys a run started from a checkpoint may change: they leave the weights' meaning alone
-_INIT_CHANGEABLE = ("dropout", "ffn_dropout")
-# data keys that describe this run, not the data the checkpoint learnt from: never inherited
-_RUN_DATA_KEYS = ("data_dir", "mirror", "alignments", "alignments_path", "alignments_symmetrize", "alignments_unit")
-
-
-def init_config(checkpoint: dict, cfg: Config, given: Sequence[str], source: str) -> Config:
-    """The config of a run that starts from a checkpoint (``train.init_from``, or resuming such
-    a run): ``cfg`` with the checkpoint's ``model``, ``data`` and ``decoding``.
-
-    - ``model``: the checkpoint's, with ``cfg.model.aligner`` when enabled and the dropout
-      rates the command line set; any other model key the command line set must agree.
-    - ``data``: the checkpoint's (language pair, corpus, gold set, …), except the keys the
-      command line set and those that describe this run (:data:`_RUN_DATA_KEYS`: paths and
-      alignment targets), so that ``experiment=align train.init_from=RUN`` trains on the data
-      the model learnt from;
-    - ``decoding``: the checkpoint's, except the keys the command line set.
-
-    Args:
-        checkpoint: the checkpoint's dict (``model_config``, and ``config`` where saved).
-        cfg: the composed root config.
-        given: the keys the command line set (:func:`command_line_keys`).
-        source: the checkpoint's name, for messages.
-
-    Raises:
-        ConfigError: a model key the command line set disagrees with the checkpoint's; the
-            result is invalid (:func:`validate`).
-    """
-    def is_given(key: str) -> bool:
-        return any(key == g or key.startswith(g + ".") for g in given)
-
-    model = to_dict(model_config_from_dict(checkpoint["model_config"]))
-    for key, value in _leaves(to_dict(cfg.model), "model"):
-        if key.startswith("model.aligner.") or not is_given(key):
-            continue
-        holder, leaf = _parent(model, key)
-        if leaf in _INIT_CHANGEABLE:
-            holder[leaf] = value
-        elif holder[leaf] != value:
-            raise ConfigError(
-                f"config key '{key}' = {value!r} contradicts train.init_from={source}, whose model has {holder[leaf]!r} "
-                "(a model started from a checkpoint keeps its shape: drop the override)"
-            )
-    if cfg.model.aligner.enabled:
-        model["aligner"] = to_dict(cfg.model.aligner)
-    data, decoding = to_dict(cfg.data), to_dict(cfg.decoding)
-    for node, values, saved, own in (
-        ("data", data, checkpoint.get("config", {}).get("data", {}), _RUN_DATA_KEYS),
-        ("decoding", decoding, checkpoint.get("decoding", {}), ()),
-    ):
-        for name in values:
-            touched = any(g.startswith(f"{node}.{name}.") for g in given) or is_given(f"{node}.{name}")
-            if name in saved and name not in own and not touched:
-                values[name] = saved[name]
-    from omegaconf import OmegaConf
-
-    result = dataclasses.replace(
-        cfg,
-        model=model_config_from_dict(model),
-        data=OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), data)),
-        decoding=DecodingConfig(**decoding),
-    )
-    validate(result)
-    return result
-
-
-def _parent(tree: dict, key: str) -> tuple[dict, str]:
-    """The dict holding dotted ``key`` (its first part, the node name, skipped) and the leaf name."""
-    _, *path, leaf = key.split(".")
-    for part in path:
-        tree = tree[part]
-    return tree, leaf
-
-
-def _leaves(node: dict, prefix: str):
-    for name, value in node.items():
-        if isinstance(value, dict):
-            yield from _leaves(value, f"{prefix}.{name}")
-        else:
-            yield f"{prefix}.{name}", value
 
 
 def check_device(device: str, key: str) -> None:

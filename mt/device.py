@@ -1,6 +1,6 @@
 """Where and in which precision a model runs: device choice, bf16/fp16 autocast.
 
-Shared by training (:mod:`mt.train`), inference and the benchmark scripts, so that "auto"
+Shared by training (:mod:`mt.training.train`), inference and the benchmark scripts, so that "auto"
 means the same everywhere.
 """
 

@@ -7,7 +7,7 @@
 Each (variant, length) runs in a fresh subprocess so that its peak memory can be read on its
 own: on CPU the growth of the peak resident set size (``ru_maxrss``) over the process's size
 after building the inputs, on CUDA ``torch.cuda.max_memory_allocated``. The module is
-``mt.attention.MultiHeadAttention`` as the encoder uses it (padding mask, no weights returned),
+``mt.model.attention.MultiHeadAttention`` as the encoder uses it (padding mask, no weights returned),
 with batch, d_model and heads fixed. Prints a table, local/full ratios, and one JSON line with
 the same figures last.
 """
@@ -29,7 +29,7 @@ def measure_one(variant: str, length: int, args: argparse.Namespace) -> dict:
     """Run in the subprocess: time forward+backward, report peak memory in MiB."""
     import torch
 
-    from mt.attention import MultiHeadAttention
+    from mt.model.attention import MultiHeadAttention
     from mt.config import AttentionConfig
 
     torch.manual_seed(0)

@@ -17,7 +17,7 @@ measures) and no checkpoints are averaged.
 Measured per run:
 
 - ``preparation_s``: seconds from starting the process until the trainer logs its model (the
-  line ``model: … parameters``, logged as soon as :func:`mt.training_data.prepare_data` returns):
+  line ``model: … parameters``, logged as soon as :func:`mt.training.training_data.prepare_data` returns):
   Python's imports, corpus reading, sentencepiece, tokenization, filtering and validation
   batches; the first update follows at once.
 - ``prepare_data_s`` and ``data_peak_rss_mb``: the trainer's own timing of ``prepare_data`` and

@@ -1,4 +1,4 @@
-"""Decoding speed of ``mt.evaluate.translate`` (greedy and beam 5), optionally against
+"""Decoding speed of ``mt.inference.evaluate.translate`` (greedy and beam 5), optionally against
 Hugging Face's ``MarianMTModel.generate`` or CTranslate2, and how its time grows with the output length.
 
     python scripts/bench_decode.py --reference ct2 --precision fp32 bf16 int8 --sweep   # random weights, 32 tokens
@@ -8,7 +8,7 @@ Hugging Face's ``MarianMTModel.generate`` or CTranslate2, and how its time grows
     python scripts/bench_decode.py --threads 1 --max-sentences 4 --reference ct2 --sweep --sweep-lengths 4 8   # a quick check
 
 The source sentences are Multi30k ``test_2016_flickr`` (the checkpoint's language pair; de→en
-for random weights), decoded by the public ``mt.evaluate.translate`` in its own length-sorted
+for random weights), decoded by the public ``mt.inference.evaluate.translate`` in its own length-sorted
 batches of ``--batch-size`` sentences (default: the checkpoint's ``decoding.batch_size``, 64),
 with the checkpoint's length penalty and output limits.
 
@@ -18,7 +18,7 @@ with the checkpoint's length penalty and output limits.
   tokens (EOS included): its ``logits`` are wrapped so that EOS is impossible before step
   ``--length``, and ``max_len_a=0, max_len_b=--length`` end every hypothesis there.
 - **reference** ``--reference ct2``: CTranslate2's ``Translator.translate_batch`` on *our* model
-  (random or trained weights) exported by ``mt-export`` (:func:`mt.export.write_ctranslate2`),
+  (random or trained weights) exported by ``mt-export`` (:func:`mt.inference.export.write_ctranslate2`),
   ``intra_threads`` = our thread count, the same batches (the source pieces of the exact tensors
   ours decoded), beam size and length penalty, each batch forced to ours' number of decoder steps
   with ``min_decoding_length = max_decoding_length``. Its time is ``translate_batch`` alone.
@@ -77,7 +77,7 @@ from bench_train import apply_device_and_threads, marian_mismatches, marian_mode
 
 from mt.config import DecodingConfig, ModelConfig, TrainConfig  # noqa: E402
 from mt.device import INFERENCE_PRECISIONS as PRECISIONS, for_inference  # noqa: E402
-from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
+from mt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
 
 SEARCHES = {1: "greedy", 5: "beam 5"}
 
@@ -117,7 +117,7 @@ class DecodeRecorder:
 
 def time_ours(model, recorder: DecodeRecorder, tokenizer, sentences: list[str], decoding: DecodingConfig, args) -> dict:
     """Warm up on one batch, then time ``translate`` over all ``sentences`` (fastest of ``--repeats``)."""
-    from mt.evaluate import translate
+    from mt.inference.evaluate import translate
 
     device = torch.device(args.device)
     translate(model, tokenizer, sentences[: decoding.batch_size], decoding, device)
@@ -172,7 +172,7 @@ class HFReference:
 
 class CT2Reference:
     """``ctranslate2.Translator.translate_batch`` on our own model exported by ``mt-export``
-    (:func:`mt.export.write_ctranslate2`): the same weights, so with a checkpoint the same model.
+    (:func:`mt.inference.export.write_ctranslate2`): the same weights, so with a checkpoint the same model.
 
     Precisions: fp32 → compute type ``float32``, int8 → ``int8_float32`` (int8 weights and
     matmuls, float32 elsewhere), bf16 → ``bfloat16`` where this CPU build of CTranslate2 offers it.
@@ -184,7 +184,7 @@ class CT2Reference:
     def __init__(self, model, tokenizer, device: str, threads: int, out_dir: Path):
         import ctranslate2
 
-        from mt.export import write_ctranslate2
+        from mt.inference.export import write_ctranslate2
 
         self.ctranslate2 = ctranslate2
         self.device, self.threads, self.tokenizer = device.split(":")[0], threads, tokenizer
@@ -293,10 +293,10 @@ def print_sweep(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    from mt import corpora
-    from mt.checkpoint import load_for_inference
+    from mt.data import corpora
+    from mt.model.checkpoint import load_for_inference
     from mt.errors import MtError
-    from mt.model import Transformer
+    from mt.model.transformer import Transformer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="checkpoint file or run dir (default: random weights, forced lengths)")
@@ -414,7 +414,7 @@ def main() -> None:
     settings = []
     for (precision, beam), systems in results.items():
         steps = sum(s for _, s in systems["ours"]["batches"])
-        labels = {"ours": "ours (mt.evaluate.translate)", "reference": reference.label if reference else ""}
+        labels = {"ours": "ours (mt.inference.evaluate.translate)", "reference": reference.label if reference else ""}
         for name, r in systems.items():
             print(
                 f"{SEARCHES[beam]:<7} | {precision:<9} | {labels[name]:<41} | {r['sent_per_s']:>11.2f} | "

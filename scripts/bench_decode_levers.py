@@ -12,7 +12,7 @@ The model is a random-weight default-size ``Transformer`` (seed 0; fp32, or bf16
 impossible before the last step, and the output limit ends every hypothesis there). The batch is
 ``--sentences`` sources of random piece ids whose lengths are those of the first Multi30k
 test_2016_flickr German sentences in words, plus one (read from ``MT_DATA_MIRROR``, or 14 each
-without it). Only ``mt.model``, ``mt.config`` and ``mt.decoding`` are used, with the signatures
+without it). Only ``mt.model.transformer``, ``mt.config`` and ``mt.inference.decoding`` are used, with the signatures
 every version since the first has, so an old checkout runs the same measurement. Each figure is
 the fastest of ``--repeats`` runs after one warm-up. The last stdout line is JSON.
 """
@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 
-import mt.attention
-import mt.decoding
+import mt.model.attention
+import mt.inference.decoding
 from mt.config import ModelConfig
-from mt.decoding import beam_search, greedy_search
-from mt.model import Transformer
+from mt.inference.decoding import beam_search, greedy_search
+from mt.model.transformer import Transformer
 
 PAD, EOS, VOCAB = 0, 3, 8000
 
@@ -59,9 +59,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.no_short_queries:
-        mt.attention.SHORT_QUERIES = 0
+        mt.model.attention.SHORT_QUERIES = 0
     if args.no_block_topk:
-        mt.decoding.top_per_row = lambda scores, k: scores.topk(k, dim=1)
+        mt.inference.decoding.top_per_row = lambda scores, k: scores.topk(k, dim=1)
 
     generator = torch.Generator().manual_seed(0)
     lengths = source_lengths(args.sentences)

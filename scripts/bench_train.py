@@ -11,19 +11,19 @@
     python scripts/bench_train.py --minutes 10                                # resident memory over time
 
 Both systems train on the same real Multi30k de→en batches, read by the trainer's own data
-path: ``mt.training_data.prepare_data`` (the corpus, the sentencepiece model ``mt-train`` caches
+path: ``mt.training.training_data.prepare_data`` (the corpus, the sentencepiece model ``mt-train`` caches
 under ``DATA_DIR/cache``, pairs over ``data.max_len`` dropped), batches in the order of training
-epochs 1, 2, … from ``mt.train.epoch_updates``, padded by ``TrainingData.batch``. Each step is
-``mt.train.train_step`` itself, on an ``mt.train.Optimization`` built by
-``mt.train.build_optimization`` from ``TrainConfig`` (AdamW, the inverse-square-root schedule,
+epochs 1, 2, … from ``mt.training.train.epoch_updates``, padded by ``TrainingData.batch``. Each step is
+``mt.training.train.train_step`` itself, on an ``mt.training.train.Optimization`` built by
+``mt.training.train.build_optimization`` from ``TrainConfig`` (AdamW, the inverse-square-root schedule,
 GradScaler, autocast, clipping at ``train.clip_norm``, the non-finite check): the update
 ``mt-train`` makes, not a copy of it.
 
-- **ours**: ``mt.model.Transformer`` with the trainer's ``mt.objective.Objective`` (the
+- **ours**: ``mt.model.transformer.Transformer`` with the trainer's ``mt.training.objective.Objective`` (the
   vocabulary projection runs on real target positions only).
 - **hf** (``--reference hf``): ``transformers.MarianMTModel`` from a ``MarianConfig`` of the
   same dimensions: d_model, layers, heads, FFN width, vocabulary, pad/EOS/BOS ids of
-  ``mt.tokenizer`` (decoder start = BOS), shared and tied embeddings, embeddings scaled by
+  ``mt.data.tokenizer`` (decoder start = BOS), shared and tied embeddings, embeddings scaled by
   sqrt(d_model), sinusoidal positions, relu, dropout 0.1 on embeddings and residuals, 0.1 on
   attention weights, 0 on the FFN activation, ``max_position_embeddings`` = ours. Its default
   attention implementation (reported; ``sdpa`` where available). Fed ``input_ids=src_ids``,
@@ -56,7 +56,7 @@ the memory in use in it (``mallinfo2``); ``--peak-in-use`` tracks the peak in us
 shape, over and over: the two show how much of the peak RSS is fragmentation.
 
 ``--allocator auto|tcmalloc|jemalloc|glibc`` (default auto, as ``mt-train``): the malloc each
-timed process runs on, preloaded as ``mt-train`` does (``mt.memory.allocator_environment``);
+timed process runs on, preloaded as ``mt-train`` does (``mt.training.memory.allocator_environment``);
 the JSON line's ``allocator`` says which one ran.
 
 Each system runs in a subprocess of its own, so that its peak resident set size
@@ -110,7 +110,7 @@ from mt.config import Config, DataConfig, ModelConfig, TrainConfig, model_preset
 from mt.errors import ConfigError
 
 SYSTEMS = {
-    "ours": "ours (mt.model.Transformer)",
+    "ours": "ours (mt.model.transformer.Transformer)",
     "guided": "ours + guided alignment",
     "rdrop": "ours + R-Drop",
     "hf": "reference (transformers.MarianMTModel)",
@@ -191,13 +191,13 @@ def marian_mismatches(cfg: ModelConfig) -> list[str]:
 def marian_model(cfg: ModelConfig, vocab_size: int):
     """A random-weight ``transformers.MarianMTModel`` with the dimensions of ``cfg``.
 
-    Token ids follow ``mt.tokenizer`` (pad 0, BOS 2 = decoder start, EOS 3); no forced EOS at
+    Token ids follow ``mt.data.tokenizer`` (pad 0, BOS 2 = decoder start, EOS 3); no forced EOS at
     the length limit (the benchmarks set the output lengths themselves).
     """
     from transformers import MarianConfig, MarianMTModel
     from transformers.utils import logging as hf_logging
 
-    from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+    from mt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
     hf_logging.set_verbosity_error()
     config = MarianConfig(
@@ -255,9 +255,9 @@ def load_training_data(data_dir: str, mirror: str | None, batch_tokens: int, ali
     """
     import datasets
 
-    from mt import distributed
+    from mt.training import distributed
     from mt.config import Config
-    from mt.training_data import prepare_data
+    from mt.training.training_data import prepare_data
 
     datasets.disable_progress_bars()
     cfg = Config()
@@ -273,12 +273,12 @@ def sync(device: torch.device) -> None:
 
 # --------------------------------------------------------------------------------------- the parent
 def training_batches(data, train_cfg: TrainConfig, n: int) -> list[tuple]:
-    """The first ``n`` batches of a one-process training run (epochs 1, 2, … as ``mt.train.epoch_updates`` orders them).
+    """The first ``n`` batches of a one-process training run (epochs 1, 2, … as ``mt.training.train.epoch_updates`` orders them).
 
     Returns: (src_ids, tgt_in, tgt_out) long tensors, as ``TrainingData.batch`` pads them,
         and the batch's piece links (a list of (n_links, 2) arrays) when the data has them.
     """
-    from mt.train import epoch_updates
+    from mt.training.train import epoch_updates
 
     out, epoch = [], 1
     while len(out) < n:
@@ -335,7 +335,7 @@ def peak_matmul_flops(device: torch.device, dtype: torch.dtype, size: int, repea
 
 def run_system(system: str, batches_path: str, args: argparse.Namespace) -> dict:
     """Run one system in a fresh subprocess (on ``--allocator``); its last stdout line is its JSON report."""
-    from mt.memory import allocator_environment
+    from mt.training.memory import allocator_environment
 
     command = [sys.executable, os.path.abspath(__file__), "--one", system, "--batches-file", batches_path]
     command += ["--model", args.model, "--precision", args.precision, "--device", args.device]
@@ -364,7 +364,7 @@ def run_system(system: str, batches_path: str, args: argparse.Namespace) -> dict
 
 # --------------------------------------------------------------------------------------- the children
 class InUseSampler:
-    """The peak of glibc's memory in use (``mt.memory.heap_mb``), read every millisecond by a
+    """The peak of glibc's memory in use (``mt.training.memory.heap_mb``), read every millisecond by a
     thread: what the process needs at its busiest, against which RSS shows fragmentation. The
     thread takes glibc's arena locks and some CPU, so timings taken with it run low."""
 
@@ -376,7 +376,7 @@ class InUseSampler:
         self._thread.start()
 
     def _run(self) -> None:
-        from mt.memory import heap_mb
+        from mt.training.memory import heap_mb
 
         while not self._stop:
             self.peak_mb = max(self.peak_mb, heap_mb()["in_use_mb"])
@@ -388,7 +388,7 @@ class InUseSampler:
 
 
 class MarianObjective(torch.nn.Module):
-    """As ``mt.objective.Objective``, for a MarianMTModel: (total, {"xent": total}, real target tokens)."""
+    """As ``mt.training.objective.Objective``, for a MarianMTModel: (total, {"xent": total}, real target tokens)."""
 
     def __init__(self, model, label_smoothing: float, pad_id: int):
         super().__init__()
@@ -406,14 +406,14 @@ class MarianObjective(torch.nn.Module):
 
 
 def measure_one(system: str, args: argparse.Namespace) -> dict:
-    """In the subprocess: build one system, train on the saved batches with ``mt.train.train_step``,
+    """In the subprocess: build one system, train on the saved batches with ``mt.training.train.train_step``,
     time the steps after the warm-up (``--minutes``: cycle through them for that long, sampling
     the resident set every 100 steps)."""
-    from mt.batching import Batch, alignment_targets
-    from mt.memory import heap_mb, loaded_allocator, process_memory_mb, release_free_memory, set_onednn_cache_capacity
-    from mt.model import Transformer
-    from mt.tokenizer import PAD_ID
-    from mt.train import build_optimization, train_step
+    from mt.data.batching import Batch, alignment_targets
+    from mt.training.memory import heap_mb, loaded_allocator, process_memory_mb, release_free_memory, set_onednn_cache_capacity
+    from mt.model.transformer import Transformer
+    from mt.data.tokenizer import PAD_ID
+    from mt.training.train import build_optimization, train_step
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -435,7 +435,7 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
     if system in ("ours", "guided", "rdrop"):
         model = Transformer(cfg, args.vocab_size, args.vocab_size, PAD_ID).to(device)
         opt = build_optimization(model, train_cfg, device, args.precision)
-        attention = "mt.attention full (F.scaled_dot_product_attention)"
+        attention = "mt.model.attention full (F.scaled_dot_product_attention)"
     else:
         model = marian_model(cfg, args.vocab_size).to(device)
         objective = MarianObjective(model, train_cfg.label_smoothing, PAD_ID)
@@ -463,7 +463,7 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
         src_ids, tgt_in, tgt_out, links = batches[0 if args.repeat_first_batch else i % len(batches)] if args.minutes else batches[i]
         n_tokens = int((tgt_out != PAD_ID).sum())
         alignment = None
-        if guided:  # G̃ as the trainer's data path builds it (mt.batching.collate)
+        if guided:  # G̃ as the trainer's data path builds it (mt.data.batching.collate)
             alignment = alignment_targets([pair.numpy() for pair in links], tgt_out.size(1), src_ids.size(1))
         result = train_step(opt, [Batch(src_ids, tgt_in, tgt_out, [], alignment)], n_tokens)
         if not result.finite:
@@ -606,8 +606,8 @@ def main() -> None:
         return
 
     from mt.errors import MtError
-    from mt.tokenizer import PAD_ID
-    from mt.train import epoch_updates
+    from mt.data.tokenizer import PAD_ID
+    from mt.training.train import epoch_updates
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -1,11 +1,11 @@
 """AER of eflomal (Östling & Tiedemann 2016), a statistical word aligner, on a gold set.
 
 The baseline for ``mt-align``'s AER table: eflomal aligns the gold set's own text (optionally
-with more bitext in front of it), both directions, and our scorer (:mod:`mt.aer`) and
-symmetrization (:mod:`mt.symmetrize`) turn that into the same table rows as for the models.
+with more bitext in front of it), both directions, and our scorer (:mod:`mt.alignment.aer`) and
+symmetrization (:mod:`mt.alignment.symmetrize`) turn that into the same table rows as for the models.
 
 ``--unit piece`` measures the choice behind ``data.alignments_unit`` (guided-alignment targets,
-:mod:`mt.alignment_targets`): a joint unigram sentencepiece model is trained on the same text
+:mod:`mt.alignment.targets`): a joint unigram sentencepiece model is trained on the same text
 (as ``mt-train`` would) and eflomal aligns its pieces; a word pair is linked when any of their
 pieces are. ``--unit word`` (default) aligns whitespace words. Either way the links go through
 the piece mapping training uses, and the time printed is that of computing them all (tokens,
@@ -35,11 +35,11 @@ import time
 
 import numpy as np
 
-from mt.aer import load_gold, score_alignments
-from mt.alignment_targets import UNITS, piece_owners, piece_to_word_links, run_eflomal, unit_tokens, word_to_piece_links
+from mt.alignment.aer import load_gold, score_alignments
+from mt.alignment.targets import UNITS, piece_owners, piece_to_word_links, run_eflomal, unit_tokens, word_to_piece_links
 from mt.config import TokenizerConfig
-from mt.symmetrize import HEURISTICS, symmetrize
-from mt.tokenizer import Tokenizer
+from mt.alignment.symmetrize import HEURISTICS, symmetrize
+from mt.data.tokenizer import Tokenizer
 
 
 def main() -> None:
@@ -72,7 +72,7 @@ def main() -> None:
     src, tgt = list(gold.src), list(gold.tgt)
     extra = 0
     if args.multi30k:
-        from mt.corpora import load_split
+        from mt.data.corpora import load_split
 
         split = load_split("train", gold.src_lang, gold.tgt_lang, args.data_dir, os.environ.get("MT_DATA_MIRROR"))
         src, tgt = [*split["src"], *src], [*split["tgt"], *tgt]

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 
-from mt.checkpoint import load_checkpoint
+from mt.model.checkpoint import load_checkpoint
 from mt.errors import CheckpointError
 
 MT_TRAIN = str(Path(sys.executable).parent / "mt-train")

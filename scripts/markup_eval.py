@@ -5,10 +5,10 @@ pattern per sentence in turn: a single span, two nested spans, two adjacent span
 with a span, a one-word span, a span at the start, a span at the end). The reference of a span is
 the set of target words the gold alignment links to its words (Sure links; the Sure+Possible
 variant too). The tags are then transferred onto the reference translation
-(:func:`mt.markup.transfer`) with the links of
+(:func:`mt.inference.markup.transfer`) with the links of
 
 - ``gold``: the gold alignment itself (an oracle: what the placement algorithm alone loses);
-- ``checkpoint``: the checkpoint's best method (:func:`mt.align.default_method`: its aligner
+- ``checkpoint``: the checkpoint's best method (:func:`mt.alignment.align.default_method`: its aligner
   where it has one), teacher-forced on the reference pairs; symmetrized with
   ``--reverse-checkpoint`` (grow-diag-final-and);
 - ``eflomal``: eflomal (Östling & Tiedemann 2016) on the gold set's text (``--multi30k``: with
@@ -17,7 +17,7 @@ variant too). The tags are then transferred onto the reference translation
 
 and each span's output words (the output parsed again) are scored against its reference:
 exact match, and token precision, recall and F1 summed over spans. Every output is checked to
-hold every tag exactly once, paired and nested (:func:`mt.markup.markup_problems`) with the
+hold every tag exactly once, paired and nested (:func:`mt.inference.markup.markup_problems`) with the
 reference's words as its text. Last, end to end: the model translates the tagged sources and
 ``--markup``'s own path puts the tags on its translations (no reference there: well-formedness
 and tag counts), also on a hostile set (:data:`HOSTILE`), with the time each stage took.
@@ -38,8 +38,8 @@ import sys
 import time
 from collections import Counter
 
-from mt.aer import load_gold
-from mt.markup import MAX_GAP, align_and_transfer, markup_problems, parse, transfer
+from mt.alignment.aer import load_gold
+from mt.inference.markup import MAX_GAP, align_and_transfer, markup_problems, parse, transfer
 
 KINDS = ("single", "nested", "adjacent", "void", "one word", "start", "end")
 START_TAGS = ('<b id="{id}">', '<i id="{id}">', '<a href="/p?a=1&amp;b=2" id="{id}">', "<span class='x' id=\"{id}\">")
@@ -128,13 +128,13 @@ def diagonal(n_src: int, n_tgt: int) -> set[tuple[int, int]]:
 
 def eflomal_links(gold, multi30k: bool, data_dir: str) -> list[set[tuple[int, int]]]:
     """grow-diag-final-and links of eflomal on the whole gold set's text (and Multi30k's)."""
-    from mt.alignment_targets import run_eflomal
-    from mt.symmetrize import symmetrize
+    from mt.alignment.targets import run_eflomal
+    from mt.alignment.symmetrize import symmetrize
 
     src, tgt = list(gold.src), list(gold.tgt)
     extra = 0
     if multi30k:
-        from mt.corpora import load_split
+        from mt.data.corpora import load_split
 
         split = load_split("train", gold.src_lang, gold.tgt_lang, data_dir, os.environ.get("MT_DATA_MIRROR"))
         src, tgt, extra = [*split["src"], *src], [*split["tgt"], *tgt], len(split)
@@ -212,7 +212,7 @@ def _rates(c: Counter) -> dict:
 
 def end_to_end(model, tokenizer, lines: list[str], decoding, method: str, device: str, max_gap: int) -> dict:
     """``--markup html``'s path on the model's own translations: time of each stage, well-formedness, tag counts."""
-    from mt.evaluate import translate
+    from mt.inference.evaluate import translate
 
     start = time.perf_counter()
     markups = [parse(line, "html") for line in lines]
@@ -237,7 +237,7 @@ def end_to_end(model, tokenizer, lines: list[str], decoding, method: str, device
 
 
 def _count_tags(line: str) -> int:
-    from mt.markup import tokenize
+    from mt.inference.markup import tokenize
 
     return sum(token.kind != "text" for token in tokenize(line, "html"))
 
@@ -249,7 +249,7 @@ def main() -> None:
     parser.add_argument("--reverse-checkpoint", help="a target→source model: symmetrize the checkpoint's links with it")
     parser.add_argument("--limit", type=int, help="only the first N pairs (eflomal still learns from all)")
     parser.add_argument("--seed", type=int, default=0, help="for the spans (default: 0)")
-    parser.add_argument("--max-gap", type=int, default=MAX_GAP, help=f"mt.markup.place's max_gap (default: {MAX_GAP})")
+    parser.add_argument("--max-gap", type=int, default=MAX_GAP, help=f"mt.inference.markup.place's max_gap (default: {MAX_GAP})")
     parser.add_argument("--no-eflomal", action="store_true", help="skip the eflomal row")
     parser.add_argument("--multi30k", action="store_true", help="eflomal also learns from the Multi30k train bitext")
     parser.add_argument("--data-dir", default="data", help="Multi30k cache folder (default: data)")
@@ -261,8 +261,8 @@ def main() -> None:
 
     import dataclasses
 
-    from mt.align import align, default_method, symmetrize_alignments
-    from mt.checkpoint import load_for_inference
+    from mt.alignment.align import align, default_method, symmetrize_alignments
+    from mt.model.checkpoint import load_for_inference
 
     model, tokenizer, info = load_for_inference(args.checkpoint, args.device)
     method = default_method(info)

@@ -18,8 +18,8 @@ from mt.config import (
     TokenizerConfig,
     register_with_hydra,
 )
-from mt.model import Transformer
-from mt.tokenizer import Tokenizer
+from mt.model.transformer import Transformer
+from mt.data.tokenizer import Tokenizer
 
 # no per-example deadline: a loaded machine must not fail a test on timing (speed lives in scripts/)
 settings.register_profile("mt", deadline=None)

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from mt.aer import gold_languages, load_gold, parse_links, read_links, score_alignments
+from mt.alignment.aer import gold_languages, load_gold, parse_links, read_links, score_alignments
 from mt.errors import DataError
-from mt.symmetrize import grow_diag_final_and, symmetrize
+from mt.alignment.symmetrize import grow_diag_final_and, symmetrize
 
 
 def test_scores_by_hand():

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from mt.aer import format_pharaoh, parse_pharaoh
-from mt.aer import GoldAlignment
-from mt.align import (
+from mt.alignment.aer import format_pharaoh, parse_pharaoh
+from mt.alignment.aer import GoldAlignment
+from mt.alignment.align import (
     METHODS,
     PairAlignment,
     align,
@@ -17,10 +17,10 @@ from mt.align import (
     symmetrize_alignments,
     teacher_forced_attention,
 )
-from mt.words import NO_WORD, piece_words, pool, pooling_matrices, words_of
+from mt.data.words import NO_WORD, piece_words, pool, pooling_matrices, words_of
 from mt.config import AlignerConfig, TokenizerConfig
-from mt.model import Transformer
-from mt.tokenizer import Piece, Tokenizer
+from mt.model.transformer import Transformer
+from mt.data.tokenizer import Piece, Tokenizer
 
 from conftest import tiny_config
 

@@ -1,4 +1,4 @@
-"""The aligner on top of a frozen model (mt/aligner.py): its masks, its loss, that it learns a
+"""The aligner on top of a frozen model (mt/model/aligner.py): its masks, its loss, that it learns a
 toy alignment, and that training it leaves every other weight as it was."""
 
 import random
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from mt.aer import score_alignments
-from mt.batching import collate
+from mt.alignment.aer import score_alignments
+from mt.data.batching import collate
 from mt.config import AlignerConfig
-from mt.model import Transformer
-from mt.aligner import null_targets
-from mt.objective import Objective, alignment_loss
+from mt.model.transformer import Transformer
+from mt.model.aligner import null_targets
+from mt.training.objective import Objective, alignment_loss
 
 from conftest import VOCAB, tiny_config
 
@@ -80,8 +80,8 @@ def test_null_targets_point_unlinked_real_rows_at_the_source_eos():
 def test_null_extraction_leaves_a_word_whose_eos_mass_wins_unaligned(bilingual_tokenizer):
     import numpy as np
 
-    from mt.align import aligner_word_links
-    from mt.words import segment
+    from mt.alignment.align import aligner_word_links
+    from mt.data.words import segment
 
     (seg,) = segment(bilingual_tokenizer, ["Ein Hund"], ["A dog"], 60)
     n_src, n_tgt = len(seg.src_pieces), len(seg.tgt_pieces)
@@ -97,7 +97,7 @@ def test_null_extraction_leaves_a_word_whose_eos_mass_wins_unaligned(bilingual_t
 
 
 def test_diagonal_distance_by_hand():
-    from mt.aligner import diagonal_distance
+    from mt.model.aligner import diagonal_distance
 
     src_mask = torch.tensor([[True, True, True, True, True], [True, True, True, False, False]])  # 4 pieces + EOS; 2 + EOS
     tgt_mask = torch.tensor([[True, True, True], [True, True, False]])  # BOS + 2 pieces; BOS + 1 piece
@@ -152,8 +152,8 @@ def test_aligner_learns_a_toy_permutation_on_a_frozen_random_model():
 def test_html_view_opens_on_the_aligners_matrix(bilingual_tokenizer):
     import numpy as np
 
-    from mt.align import align
-    from mt.html_view import SCALE, view_data
+    from mt.alignment.align import align
+    from mt.alignment.html_view import SCALE, view_data
 
     torch.manual_seed(0)
     cfg = tiny_config(aligner=ALIGNER)
@@ -190,7 +190,7 @@ LEXICON_PAIRS = [
 
 @pytest.mark.parametrize("null", [True, False])
 def test_count_links_matches_summing_each_distinct_pairs_targets(null):
-    from mt.aligner import count_links
+    from mt.model.aligner import count_links
 
     src, tgt, links = zip(*LEXICON_PAIRS)
     keys, counts, source_keys, source_counts = count_links(src, tgt, [torch.tensor(l).numpy() for l in links], 3, VOCAB, null)
@@ -204,7 +204,7 @@ def test_count_links_matches_summing_each_distinct_pairs_targets(null):
 def test_lexicon_leaves_a_pairs_own_links_out_as_if_counted_without_it():
     """Training scores pair k with counts that lack pair k (leave-one-out): the biases must equal
     those of a lexicon counted on the other pairs alone."""
-    from mt.aligner import Lexicon
+    from mt.model.aligner import Lexicon
 
     pairs = LEXICON_PAIRS[:2] + LEXICON_PAIRS[3:]
     full, without = Lexicon(VOCAB, VOCAB), Lexicon(VOCAB, VOCAB)
@@ -221,7 +221,7 @@ def test_lexicon_leaves_a_pairs_own_links_out_as_if_counted_without_it():
 
 
 def test_a_filled_lexicon_survives_the_state_dict_round_trip():
-    from mt.aligner import target_pieces
+    from mt.model.aligner import target_pieces
 
     model = aligner_model(lexicon=True)
     src, tgt, links = zip(*LEXICON_PAIRS)
@@ -237,7 +237,7 @@ def test_a_filled_lexicon_survives_the_state_dict_round_trip():
 
 
 def test_reusing_the_searchs_encoder_outputs_gives_the_same_alignment():
-    from mt.align import teacher_forced_aligner
+    from mt.alignment.align import teacher_forced_aligner
 
     model = aligner_model()
     src_ids, tgt_ids = [[5, 6, 7, 8], [9, 10]], [[11, 12, 13], [14]]
@@ -261,7 +261,7 @@ def test_reusing_the_searchs_encoder_outputs_gives_the_same_alignment():
 
 def word_lexicon_of(pairs, null=True):
     """A WordLexicon whose pieces 4, 6, 8, … begin words and 5, 7, 9, … continue them."""
-    from mt.aligner import WordLexicon
+    from mt.model.aligner import WordLexicon
 
     pieces = ["<pad>", "<unk>", "<s>", "</s>"] + [("\u2581w" if i % 2 == 0 else "x") for i in range(4, VOCAB)]
     lexicon = WordLexicon(VOCAB, VOCAB)

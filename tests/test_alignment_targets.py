@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mt import alignment_targets
-from mt.alignment_targets import (
+from mt.alignment import targets as alignment_targets
+from mt.alignment.targets import (
     compute_links,
     load_links,
     piece_owners,
@@ -21,11 +21,11 @@ from mt.alignment_targets import (
     word_to_piece_links,
 )
 from mt.config import Config, DataConfig, TokenizerConfig, from_hydra
-from mt.distributed import Context
+from mt.training.distributed import Context
 from mt.errors import ConfigError, DataError
-from mt.training_data import prepare_data
-from mt.tokenizer import Piece
-from mt.words import NO_WORD, piece_words, segment, words_of
+from mt.training.training_data import prepare_data
+from mt.data.tokenizer import Piece
+from mt.data.words import NO_WORD, piece_words, segment, words_of
 
 from conftest import REPO
 
@@ -307,8 +307,8 @@ def test_gold_copies_get_aligner_links_never_gold_links(tmp_path, fake_aligner):
 
 def test_eflomal_aligns_multi30k_pairs(multi30k_mirror, tmp_path):
     pytest.importorskip("eflomal")
-    from mt.corpora import load_split
-    from mt.tokenizer import Tokenizer
+    from mt.data.corpora import load_split
+    from mt.data.tokenizer import Tokenizer
 
     split = load_split("train", "de", "en", tmp_path, multi30k_mirror, max_sentences=200)
     src, tgt = list(split["src"]), list(split["tgt"])

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mt.attention import MultiHeadAttention, causal_mask, full_attention
+from mt.model.attention import MultiHeadAttention, causal_mask, full_attention
 from mt.config import AttentionConfig
 
 

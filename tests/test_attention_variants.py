@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mt.attention import (
+from mt.model.attention import (
     ATTENTION_TYPES,
     MultiHeadAttention,
     check_site,
@@ -21,7 +21,7 @@ from mt.attention import (
 )
 from mt.config import AttentionConfig
 from mt.errors import ConfigError
-from mt.model import Transformer
+from mt.model.transformer import Transformer
 
 from conftest import REPO, tiny_config
 

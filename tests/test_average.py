@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mt.average import average_checkpoints, average_run, best_checkpoints, step_checkpoints
-from mt.checkpoint import load_checkpoint, load_for_inference, save_checkpoint
+from mt.training.average import average_checkpoints, average_run, best_checkpoints, step_checkpoints
+from mt.model.checkpoint import load_checkpoint, load_for_inference, save_checkpoint
 from mt.cli import average_main, translate_main
 from mt.config import DecodingConfig, TokenizerConfig, to_dict
 from mt.errors import CheckpointError, ConfigError
-from mt.evaluate import translate
-from mt.model import Transformer
-from mt.tokenizer import Tokenizer
+from mt.inference.evaluate import translate
+from mt.model.transformer import Transformer
+from mt.data.tokenizer import Tokenizer
 
 from conftest import tiny_config
 
@@ -278,7 +278,7 @@ def test_the_trainer_keeps_the_newest_and_the_best_step_checkpoints_and_scores_b
     """Scripted val BLEU per validation: the newest 2 are steps 10 and 12, the best 2 steps 4 and 8."""
     from test_resume import _metrics, _smoke_config
 
-    from mt import train as train_module
+    from mt.training import train as train_module
 
     scripted = iter([5.0, 9.0, 1.0, 7.0, 2.0, 3.0])  # validations at steps 2, 4, …, 12
     validate = train_module.validate

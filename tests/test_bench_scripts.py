@@ -16,10 +16,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from mt.batching import Batch, collate
-from mt.decoding import beam_search, greedy_search
-from mt.model import Transformer
-from mt.objective import sequence_loss
+from mt.data.batching import Batch, collate
+from mt.inference.decoding import beam_search, greedy_search
+from mt.model.transformer import Transformer
+from mt.training.objective import sequence_loss
 from conftest import VOCAB, tiny_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -160,7 +160,7 @@ def test_ctranslate2_reference_runs_exactly_ours_steps(bilingual_tokenizer, tmp_
 
 
 def test_data_scale_corpus_is_multi30k_train_repeated(tmp_path, multi30k_mirror):
-    from mt.corpora import read_lines
+    from mt.data.corpora import read_lines
 
     if multi30k_mirror is None:
         pytest.skip("bench_data_scale reads the Multi30k files from a mirror folder")

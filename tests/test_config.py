@@ -11,11 +11,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mt.batching import collate
+from mt.data.batching import collate
 from mt.config import Config, from_hydra, model_preset, subword_sampling, to_dict
 from mt.errors import ConfigError
-from mt.model import Transformer
-from mt.objective import sequence_loss
+from mt.model.transformer import Transformer
+from mt.training.objective import sequence_loss
 
 from conftest import REPO
 

@@ -17,10 +17,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from mt.config import DataConfig, TokenizerConfig, from_hydra
-from mt.corpora import load_splits, split_label, text_sample
+from mt.data.corpora import load_splits, split_label, text_sample
 from mt.errors import ConfigError, DataError
-from mt.tokenizer import Tokenizer
-from mt.training_data import encode_stream
+from mt.data.tokenizer import Tokenizer
+from mt.training.training_data import encode_stream
 
 from conftest import REPO
 
@@ -308,7 +308,7 @@ def test_files_round_trip_plain_and_gz(fmt, style, overrides, tmp_path):
 
 
 def test_files_read_in_chunks_give_the_same_splits(tmp_path, monkeypatch):
-    from mt import corpora
+    from mt.data import corpora
 
     materialise = corpora._materialise  # Arrow a chunk at a time: here 2 pairs, so every split has several
     monkeypatch.setattr(corpora, "_materialise", lambda pairs: materialise(pairs, chunk_size=2))
@@ -414,8 +414,8 @@ def test_invalid_data_values_name_their_key(overrides, key):
 @pytest.mark.integration
 @pytest.mark.parametrize("streaming", [False, True], ids=["in-memory", "streaming"])
 def test_mt_train_on_local_files(streaming, tmp_path):
-    """``mt-train data=files`` for a few steps on a TSV corpus written here (needs mt/train.py
-    to read its data through mt.corpora.load_splits)."""
+    """``mt-train data=files`` for a few steps on a TSV corpus written here (needs mt/training/train.py
+    to read its data through mt.data.corpora.load_splits)."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     write_corpus(corpus, "tsv")

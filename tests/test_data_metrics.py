@@ -7,9 +7,11 @@ import pytest
 import sacrebleu
 import torch
 
-from mt import batching, corpora
+from mt.data import batching
+
+from mt.data import corpora
 from mt.errors import DataError
-from mt.evaluate import score
+from mt.inference.evaluate import score
 
 
 def test_token_batches_cover_every_pair_once_within_budget():
@@ -104,7 +106,7 @@ def test_score_matches_sacrebleu_called_directly():
 
 
 def test_sequence_loss_counts_only_real_tokens(tiny_model):
-    from mt.objective import sequence_loss
+    from mt.training.objective import sequence_loss
 
     batch = batching.collate([[5, 6, 7], [8]], [[9, 10], [11, 12, 13, 14]], [0, 1])
     loss, n_tokens = sequence_loss(tiny_model, batch, label_smoothing=0.0)

@@ -7,10 +7,10 @@ import itertools
 import pytest
 import torch
 
-from mt.decoding import beam_search, greedy_search, length_penalty, top_per_row
-from mt.attention import KVCache
+from mt.inference.decoding import beam_search, greedy_search, length_penalty, top_per_row
+from mt.model.attention import KVCache
 from mt.device import for_inference
-from mt.tokenizer import Tokenizer
+from mt.data.tokenizer import Tokenizer
 
 
 def random_source(batch=4, src_len=7, seed=0):

@@ -20,9 +20,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from mt import batching
-from mt import train as train_module
-from mt.checkpoint import load_checkpoint
+from mt.data import batching
+from mt.training import train as train_module
+from mt.model.checkpoint import load_checkpoint
 from mt.config import from_hydra
 
 from conftest import REPO

@@ -11,10 +11,10 @@ import pytest
 import sacrebleu
 import torch
 
-from mt.aer import parse_pharaoh
-from mt.align import align
-from mt.checkpoint import load_checkpoint, load_for_inference
-from mt.decoding import max_lengths
+from mt.alignment.aer import parse_pharaoh
+from mt.alignment.align import align
+from mt.model.checkpoint import load_checkpoint, load_for_inference
+from mt.inference.decoding import max_lengths
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -202,7 +202,7 @@ GOLD_PAIRS = [  # de ||| en with hand links (1-based, German first); not square,
 
 def gold_links(src_first: str) -> tuple[list[set], list[set]]:
     """Sure and possible links of :data:`GOLD_PAIRS`, 0-based, as (German, English) pairs or, with
-    ``src_first="en"``, as (English, German) pairs; parsed here, without mt.aer."""
+    ``src_first="en"``, as (English, German) pairs; parsed here, without mt.alignment.aer."""
     sure, possible = [], []
     for _, _, links in GOLD_PAIRS:
         pair_sure, pair_possible = set(), set()

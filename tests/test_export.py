@@ -6,13 +6,13 @@ import pytest
 import torch
 from conftest import BILINGUAL_TEXTS, random_model
 
-from mt.batching import collate
+from mt.data.batching import collate
 from mt.config import AttentionConfig, DecoderConfig, EncoderConfig, TokenizerConfig
 from mt.errors import ConfigError, MtError
-from mt.tokenizer import Tokenizer
+from mt.data.tokenizer import Tokenizer
 
 ctranslate2 = pytest.importorskip("ctranslate2")
-from mt.export import write_ctranslate2  # noqa: E402
+from mt.inference.export import write_ctranslate2  # noqa: E402
 
 
 def exportable(tokenizer: Tokenizer, **overrides):

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mt.align import method_rows
-from mt.checkpoint import load_for_inference, save_checkpoint
+from mt.alignment.align import method_rows
+from mt.model.checkpoint import load_for_inference, save_checkpoint
 from mt.cli import align_main
 from mt.config import to_dict
-from mt.html_view import read_view_data
-from mt.words import segment
+from mt.alignment.html_view import read_view_data
+from mt.data.words import segment
 
 from conftest import random_model, tiny_config
 
@@ -269,8 +269,8 @@ def test_view_without_gold_has_no_gold_marks_and_keeps_markup_as_text(browser, f
 
 
 def test_view_data_stops_at_the_size_budget(checkpoint, tmp_path, caplog):
-    from mt.align import align
-    from mt.html_view import view_data, write_html
+    from mt.alignment.align import align
+    from mt.alignment.html_view import view_data, write_html
 
     model, tokenizer, _ = load_for_inference(checkpoint)
     alignments = align(model, tokenizer, SOURCES, TARGETS)
@@ -278,6 +278,6 @@ def test_view_data_stops_at_the_size_budget(checkpoint, tmp_path, caplog):
     for budget, shown in [(0, 1), (sizes[0], 1), (sizes[0] + sizes[1], 2), (sum(sizes), 3)]:
         data = view_data(alignments, "attention", 0, max_values=budget)
         assert (len(data["pairs"]), data["n_pairs_total"]) == (shown, 3)
-    with caplog.at_level(logging.WARNING, logger="mt.html_view"):
+    with caplog.at_level(logging.WARNING, logger="mt.alignment.html_view"):
         write_html(tmp_path / "view.html", view_data(alignments, "attention", 0, max_values=sizes[0]))
     assert "first 1 of 3 pairs" in caplog.text

@@ -1,7 +1,7 @@
 """Starting a run from a checkpoint (``train.init_from``), freezing all but the aligner
 (``train.trainable=alignment``), and the inference commands reading the aligner by default.
 
-Tiny runs through ``mt.train.train`` on a local corpus with a links file (no eflomal)."""
+Tiny runs through ``mt.training.train.train`` on a local corpus with a links file (no eflomal)."""
 
 import json
 import subprocess
@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mt.align import align, default_method
-from mt.aligner import LEXICON_PREFIXES
-from mt.checkpoint import load_checkpoint, load_for_inference
-from mt.config import AlignerConfig, Config, DataConfig, TokenizerConfig, init_config, to_dict, validate
+from mt.alignment.align import align, default_method
+from mt.model.aligner import LEXICON_PREFIXES
+from mt.model.checkpoint import load_checkpoint, load_for_inference
+from mt.config import AlignerConfig, Config, DataConfig, TokenizerConfig, to_dict, validate
+from mt.training.init_from import init_config
 from mt.errors import ConfigError
-from mt.train import train
+from mt.training.train import train
 
 from conftest import tiny_config
 

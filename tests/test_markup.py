@@ -1,4 +1,4 @@
-"""mt.markup (parse, place, render) on hand-made cases, the failure modes users reported of
+"""mt.inference.markup (parse, place, render) on hand-made cases, the failure modes users reported of
 Bergamot and ModernMT, a hostile set and random lines; mt-translate --markup end to end."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mt.checkpoint import save_checkpoint
+from mt.model.checkpoint import save_checkpoint
 from mt.cli import translate_main
 from mt.config import to_dict
-from mt.markup import MAX_GAP, MarkupError, markup_problems, parse, place, tokenize, transfer
+from mt.inference.markup import MAX_GAP, MarkupError, markup_problems, parse, place, tokenize, transfer
 
 from conftest import random_model
 from test_translate_nbest import run_cli

@@ -1,6 +1,6 @@
 """The trainer's resident memory stays flat over batches of ever new shapes (issue 12): glibc's
 heap is trimmed every ``train.release_memory_every`` updates and oneDNN's primitive cache is
-capped (:mod:`mt.memory`). Each run is a fresh process: oneDNN reads its cache capacity once."""
+capped (:mod:`mt.training.memory`). Each run is a fresh process: oneDNN reads its cache capacity once."""
 
 import json
 import os
@@ -12,11 +12,11 @@ import pytest
 CHILD = r"""
 import json, sys
 import torch
-from mt.batching import Batch
+from mt.data.batching import Batch
 from mt.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig, TrainConfig
-from mt.memory import process_memory_mb, release_free_memory, set_onednn_cache_capacity
-from mt.model import Transformer
-from mt.train import build_optimization, train_step
+from mt.training.memory import process_memory_mb, release_free_memory, set_onednn_cache_capacity
+from mt.model.transformer import Transformer
+from mt.training.train import build_optimization, train_step
 
 release_every, capacity, steps = (int(a) for a in sys.argv[1:4])
 if capacity >= 0:
@@ -35,7 +35,7 @@ for step in range(1, steps + 1):  # a new (batch, src_len, tgt_len) almost every
                   torch.randint(4, 500, (b, t), generator=g), [])
     train_step(opt, [batch], b * t)
     if release_every and step % release_every == 0:
-        release_free_memory()  # as mt.train.training_loop does
+        release_free_memory()  # as mt.training.train.training_loop does
     if step % 100 == 0:
         rss.append(process_memory_mb()["rss_mb"])
 print(json.dumps(rss))
@@ -65,7 +65,7 @@ def test_resident_memory_stops_growing_after_warm_up():
 def test_the_trainer_trims_every_n_updates_and_logs_its_memory(tmp_path, multi30k_mirror, monkeypatch):
     from test_resume import _metrics, _smoke_config
 
-    from mt import train as train_module
+    from mt.training import train as train_module
 
     calls = []
     monkeypatch.setattr(train_module, "release_free_memory", lambda: calls.append(1) or True)
@@ -86,7 +86,7 @@ def test_the_trainer_trims_every_n_updates_and_logs_its_memory(tmp_path, multi30
 LINEAR_CHILD = r"""
 import json, sys
 import torch
-from mt.memory import process_memory_mb, release_free_memory, set_onednn_cache_capacity
+from mt.training.memory import process_memory_mb, release_free_memory, set_onednn_cache_capacity
 
 capacity = int(sys.argv[1])
 if capacity >= 0:
@@ -128,13 +128,13 @@ def test_bf16_matmuls_of_new_shapes_keep_no_memory_once_the_caches_are_capped():
     assert capped < 30, f"RSS grew by {capped:.0f} MB over 200 new matmul shapes with the caches capped"
 
 
-ALLOCATOR_CHILD = "from mt.memory import relaunch_with_allocator, loaded_allocator; relaunch_with_allocator(); print(loaded_allocator())"
+ALLOCATOR_CHILD = "from mt.training.memory import relaunch_with_allocator, loaded_allocator; relaunch_with_allocator(); print(loaded_allocator())"
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD and /proc/self/maps are Linux")
 @pytest.mark.parametrize("choice", ["auto", "glibc", "tcmalloc", "jemalloc", "mimalloc"])
 def test_mt_train_restarts_itself_on_the_allocator_asked_for(choice, monkeypatch):
-    from mt.memory import find_allocator
+    from mt.training.memory import find_allocator
 
     monkeypatch.delenv("LD_PRELOAD", raising=False)
     monkeypatch.delenv("MT_ALLOCATOR_RELAUNCHED", raising=False)

@@ -8,11 +8,11 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from mt.align import align, default_layer
+from mt.alignment.align import align, default_layer
 from mt.config import AttentionConfig
 from mt.errors import ConfigError
-from mt.model import Transformer
-from mt.monitor import TrainingMonitor, read_metrics, validation_heatmaps
+from mt.model.transformer import Transformer
+from mt.training.monitor import TrainingMonitor, read_metrics, validation_heatmaps
 from mt.plot import learning_curves_figure
 
 from conftest import random_model, tiny_config
@@ -31,7 +31,7 @@ SCALAR_TAGS = {
 
 
 def record(step: int, with_aer: bool = True, **overrides) -> dict:
-    """A metrics.jsonl record as mt.train writes it, numbers varying with the step."""
+    """A metrics.jsonl record as mt.training.train writes it, numbers varying with the step."""
     r = {
         "step": step,
         "epoch": 1 + step // 250,
@@ -253,7 +253,7 @@ def test_a_fresh_run_in_a_used_run_dir_hides_the_old_events(tmp_path):
 def test_resident_memory_is_read_and_drawn():
     import numpy as np
 
-    from mt.memory import process_memory_mb
+    from mt.training.memory import process_memory_mb
 
     before = process_memory_mb()
     block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, every page touched

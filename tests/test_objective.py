@@ -1,11 +1,11 @@
 """The chunked vocabulary projection + label-smoothed cross-entropy
-(``mt.objective.linear_cross_entropy``) against PyTorch's own ``F.linear`` + ``F.cross_entropy``."""
+(``mt.training.objective.linear_cross_entropy``) against PyTorch's own ``F.linear`` + ``F.cross_entropy``."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mt.objective import linear_cross_entropy
+from mt.training.objective import linear_cross_entropy
 
 TOKENS, D_MODEL, VOCAB = 300, 16, 50
 

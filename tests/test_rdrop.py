@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import VOCAB, tiny_config
-from mt.batching import collate
+from mt.data.batching import collate
 from mt.config import TrainConfig
-from mt.model import Transformer
-from mt.objective import Objective, linear_cross_entropy, linear_rdrop_loss
-from mt.train import build_optimization, train_step
+from mt.model.transformer import Transformer
+from mt.training.objective import Objective, linear_cross_entropy, linear_rdrop_loss
+from mt.training.train import build_optimization, train_step
 
 TOKENS, D_MODEL, V = 300, 16, 50
 

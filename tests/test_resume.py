@@ -1,7 +1,7 @@
 """Exact resume of the whole training state, graceful stop on SIGINT/SIGTERM (and exact resume from
 there), non-finite guards, output-folder checks.
 
-These go through ``mt.train.train(cfg, out_dir)`` / ``mt-train`` and the checkpoint files only."""
+These go through ``mt.training.train.train(cfg, out_dir)`` / ``mt-train`` and the checkpoint files only."""
 
 import json
 import re
@@ -17,12 +17,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from mt import guards
-from mt import train as train_module
-from mt.checkpoint import load_checkpoint
+from mt.training import guards
+from mt.training import train as train_module
+from mt.model.checkpoint import load_checkpoint
 from mt.config import from_hydra
 from mt.errors import ConfigError, DataError
-from mt.model import Transformer
+from mt.model.transformer import Transformer
 
 from conftest import REPO
 

@@ -10,13 +10,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mt.aer import format_pharaoh, parse_pharaoh
-from mt.checkpoint import save_checkpoint
+from mt.alignment.aer import format_pharaoh, parse_pharaoh
+from mt.model.checkpoint import save_checkpoint
 from mt.config import DecodingConfig, TokenizerConfig, to_dict
-from mt.corpora import split_lines
-from mt.evaluate import translate
-from mt.model import Transformer
-from mt.tokenizer import Tokenizer
+from mt.data.corpora import split_lines
+from mt.inference.evaluate import translate
+from mt.model.transformer import Transformer
+from mt.data.tokenizer import Tokenizer
 
 from conftest import tiny_config
 
@@ -150,7 +150,7 @@ def test_evaluate_file_mistakes_name_the_file(tmp_path, model, tokenizer, src, r
 def test_word_alignment_never_crashes_and_links_stay_on_words(model, tokenizer, pairs, method):
     """Any text — zero-width or deleted characters, emoji, words past model.max_positions — gives
     one alignment per pair whose links point at real whitespace words."""
-    from mt.align import align
+    from mt.alignment.align import align
 
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
     for a, src, tgt in zip(align(model, tokenizer, sources, targets, method=method), sources, targets):

@@ -6,12 +6,12 @@ import pickle
 import pytest
 import torch
 
-from mt.checkpoint import load_checkpoint, load_for_inference, save_checkpoint
+from mt.model.checkpoint import load_checkpoint, load_for_inference, save_checkpoint
 from mt.config import TokenizerConfig, to_dict
 from mt.errors import CheckpointError
-from mt.model import Transformer
-from mt.tokenizer import Tokenizer
-from mt.training_data import load_tokenizer
+from mt.model.transformer import Transformer
+from mt.data.tokenizer import Tokenizer
+from mt.training.training_data import load_tokenizer
 
 from conftest import tiny_config
 
@@ -154,7 +154,7 @@ def test_two_runs_saving_the_same_tokenized_cache_at_once_both_succeed(tmp_path,
 
     import datasets
 
-    from mt.training_data import tokenize
+    from mt.training.training_data import tokenize
 
     pairs = datasets.Dataset.from_dict({"src": ["ein Hund", "eine Katze"], "tgt": ["a dog", "a cat"]})
     first = tokenize(pairs, bilingual_tokenizer, tmp_path)  # the other run, done a moment earlier

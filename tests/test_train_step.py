@@ -1,4 +1,4 @@
-"""One update (``mt.train.train_step``) against a gradient step computed by hand, the non-finite
+"""One update (``mt.training.train.train_step``) against a gradient step computed by hand, the non-finite
 skip, how an epoch is cut into updates, and the training state's round trip."""
 
 import copy
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from mt.config import TrainConfig
-from mt.batching import collate
-from mt.train import (
+from mt.data.batching import collate
+from mt.training.train import (
     Optimization, TrainState, budget_progress, build_optimization, build_optimizer, early_stop, epoch_updates, train_step,
 )
 
@@ -57,7 +57,7 @@ def hand_step(model: torch.nn.Module, batches: list, lr: float, clip_norm: float
 
 @pytest.mark.parametrize("clip_norm", [100.0, 0.05])  # not clipped, clipped
 def test_two_accumulated_batches_make_the_hand_computed_sgd_step(tiny_model, clip_norm):
-    from mt.objective import Objective
+    from mt.training.objective import Objective
 
     model = tiny_model.train()
     batches = two_batches()
@@ -71,7 +71,7 @@ def test_two_accumulated_batches_make_the_hand_computed_sgd_step(tiny_model, cli
 
 
 def test_train_step_sums_the_loss_of_its_batches(tiny_model):
-    from mt.objective import sequence_loss
+    from mt.training.objective import sequence_loss
 
     batches = two_batches()
     with torch.no_grad():
@@ -83,7 +83,7 @@ def test_train_step_sums_the_loss_of_its_batches(tiny_model):
 
 
 def test_a_nonfinite_gradient_skips_the_update(tiny_model):
-    from mt.objective import Objective
+    from mt.training.objective import Objective
 
     class NanObjective(Objective):
         def forward(self, *batch):
@@ -106,7 +106,7 @@ def test_every_update_has_a_full_group_of_batches(n_pairs):
     torch.manual_seed(0)
     lens = torch.randint(1, 30, (n_pairs,)).tolist()
     cfg = TrainConfig(batch_tokens=64, seed=3)
-    from mt import batching
+    from mt.data import batching
 
     batches = batching.token_batches(lens, lens, cfg.batch_tokens, True, cfg.seed + 1)
     for group_size in (2, 3):

@@ -14,13 +14,13 @@ import sentencepiece as spm
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mt import distributed
-from mt.batching import collate, token_batches
+from mt.training import distributed
+from mt.data.batching import collate, token_batches
 from mt.config import Config, DataConfig, TokenizerConfig
-from mt.distributed import Context
-from mt.tokenizer import Tokenizer, train_sentencepiece
-from mt.train import epoch_updates
-from mt.training_data import PackedIds, kept_pairs, load_tokenizer, prepare_data, tokenize
+from mt.training.distributed import Context
+from mt.data.tokenizer import Tokenizer, train_sentencepiece
+from mt.training.train import epoch_updates
+from mt.training.training_data import PackedIds, kept_pairs, load_tokenizer, prepare_data, tokenize
 
 from conftest import BILINGUAL_TEXTS
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from mt.checkpoint import save_checkpoint
+from mt.model.checkpoint import save_checkpoint
 from mt.cli import align_main, translate_main
 from mt.config import DecodingConfig, from_hydra, to_dict
-from mt.evaluate import translate, translate_nbest
-from mt.tokenizer import Tokenizer
+from mt.inference.evaluate import translate, translate_nbest
+from mt.data.tokenizer import Tokenizer
 
 from conftest import REPO, random_model
 
@@ -73,7 +73,7 @@ def test_n_best_is_sorted_distinct_and_led_by_the_one_best(model, tokenizer):
 
 
 def plain_greedy(model, tokenizer, source, max_len_a, max_len_b):
-    """Greedy decoding written plainly, sharing no code with mt.decoding: encode once, then each
+    """Greedy decoding written plainly, sharing no code with mt.inference.decoding: encode once, then each
     step a full (non-incremental) decode of BOS + the prefix and the argmax of the last position's
     logits over real tokens (PAD and BOS excluded); at the limit of ``a * src_len + b`` tokens
     (EOS included, src_len counting the source EOS) the last token is EOS.

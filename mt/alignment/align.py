@@ -13,14 +13,14 @@ word alignments off the cross-attention of one layer (:data:`METHODS`):
   its first ``heads`` heads, its full-context pass; Garg et al. 2019), read as ``attention``
   reads them, which is the row the loss supervised. The default for a checkpoint trained with
   ``train.alignment_weight`` > 0 (:func:`default_method`);
-- ``aligner``: the aligner trained on top of the model (:mod:`mt.aligner`), whose row t is
+- ``aligner``: the aligner trained on top of the model (:mod:`mt.model.aligner`), whose row t is
   the alignment of the piece predicted at row t, as ``attention`` reads. The default for a
   checkpoint that has one.
 
 The source EOS soaks up much of the attention mass (fairseq issue 4446): its column is
 dropped and each row renormalised over real source words, so special tokens never appear in
-word links. How pieces become whitespace words is :mod:`mt.words`; gold sets and AER are
-:mod:`mt.aer`; symmetrization is :mod:`mt.symmetrize`.
+word links. How pieces become whitespace words is :mod:`mt.data.words`; gold sets and AER are
+:mod:`mt.alignment.aer`; symmetrization is :mod:`mt.alignment.symmetrize`.
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mt.aer import AlignmentScores, GoldAlignment, format_pharaoh, score_alignments
-from mt.batching import pad
-from mt.model import Transformer
-from mt.symmetrize import symmetrize
-from mt.tokenizer import Tokenizer
-from mt.words import Segmentation, segment
+from mt.alignment.aer import AlignmentScores, GoldAlignment, format_pharaoh, score_alignments
+from mt.data.batching import pad
+from mt.model.transformer import Transformer
+from mt.alignment.symmetrize import symmetrize
+from mt.data.tokenizer import Tokenizer
+from mt.data.words import Segmentation, segment
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def default_method(checkpoint_info: dict) -> str:
     alignment, else :data:`DEFAULT_METHOD`.
 
     Args:
-        checkpoint_info: :func:`mt.checkpoint.load_for_inference`'s info (``aligner``,
+        checkpoint_info: :func:`mt.model.checkpoint.load_for_inference`'s info (``aligner``,
             ``alignment_supervised``).
     """
     if checkpoint_info.get("aligner"):
@@ -127,7 +127,7 @@ class PairAlignment:
         forward_links, reverse_links: the two directional alignments behind symmetrized
             ``links`` (reverse already flipped to source-first); None otherwise.
         segmentation: how the pieces pool into words, to pool other layers and heads than
-            ``word_matrix``'s (the HTML view, :mod:`mt.html_view`); None if not kept.
+            ``word_matrix``'s (the HTML view, :mod:`mt.alignment.html_view`); None if not kept.
         aligner: (tgt_len + 1, src_len + 1) float32, the aligner's piece-level alignment
             (rows as ``attention``'s, row t for the piece predicted at row t) with ``--method
             aligner``; None otherwise.
@@ -183,11 +183,11 @@ def teacher_forced_aligner(
     progress: bool = False,
     encoder_states: Sequence[list[torch.Tensor] | None] | None = None,
 ) -> list[np.ndarray]:
-    """The aligner's alignment of each pair (:meth:`mt.model.Transformer.aligner_attention`).
+    """The aligner's alignment of each pair (:meth:`mt.model.transformer.Transformer.aligner_attention`).
 
     Args: as :func:`teacher_forced_attention`, and
         encoder_states: per pair, the encoder's outputs for its source already (e.g. by the
-            search, :meth:`mt.model.Transformer.encode`): n_encoder_layers + 1 tensors
+            search, :meth:`mt.model.transformer.Transformer.encode`): n_encoder_layers + 1 tensors
             (len(src) + 1, d_model), or None; a batch whose pairs all have them skips the encoder.
 
     Returns: per pair, (len(tgt) + 1, len(src) + 1) float32: row t for the piece predicted at
@@ -227,7 +227,7 @@ def teacher_forced_attention(
         src_ids, tgt_ids: piece ids without specials (EOS/BOS are added here).
         progress: show a tqdm bar over batches.
         full_context_layer: this layer's weights come from its pass without the future mask
-            (:meth:`mt.model.Transformer.decode_with_alignment`), as guided alignment trained it.
+            (:meth:`mt.model.transformer.Transformer.decode_with_alignment`), as guided alignment trained it.
 
     Returns: per pair, (n_layers, n_heads, len(tgt) + 1, len(src) + 1) float32: rows are the
         decoder inputs BOS, y_1..y_n; columns the source pieces and EOS.
@@ -546,7 +546,7 @@ def imitation_aer(
 def symmetrize_alignments(
     forward: Sequence[PairAlignment], reverse: Sequence[PairAlignment], heuristic: str
 ) -> list[PairAlignment]:
-    """Combine src→tgt alignments with tgt→src ones of the same pairs (see :mod:`mt.symmetrize`).
+    """Combine src→tgt alignments with tgt→src ones of the same pairs (see :mod:`mt.alignment.symmetrize`).
 
     Args:
         reverse: alignments of the swapped pairs (the target text as source), so their links

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mt.aer import GoldAlignment
-from mt.align import PairAlignment, method_rows
-from mt.words import Segmentation
+from mt.alignment.aer import GoldAlignment
+from mt.alignment.align import PairAlignment, method_rows
+from mt.data.words import Segmentation
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,12 @@ def view_matrices(attention: np.ndarray, segmentation: Segmentation, method: str
         attention: (n_layers, n_heads, tgt_len + 1, src_len + 1) piece-level cross-attention
             (:attr:`PairAlignment.attention`).
         segmentation: the pair's pieces → words pooling.
-        method: how rows are read (:data:`mt.align.METHODS`).
+        method: how rows are read (:data:`mt.alignment.align.METHODS`).
         heads: the heads whose average is the last entry.
 
     Returns: (n_layers, n_heads + 1, n_tgt_words, n_src_words) float32, rows sum to 1 (or 0);
         entry ``[l, n_heads]`` pools the average of ``heads`` at layer ``l``, as
-        :func:`mt.align.word_links` does.
+        :func:`mt.alignment.align.word_links` does.
 
     Raises:
         ValueError: an unknown method.
@@ -87,7 +87,7 @@ def view_data(
     hold at most ``max_values`` numbers in all (at least one pair).
 
     Args:
-        alignments: from :func:`mt.align.align` (possibly symmetrized); each needs its
+        alignments: from :func:`mt.alignment.align.align` (possibly symmetrized); each needs its
             ``segmentation``.
         method, layer, heads: what mt-align used (layer 0-based, resolved; heads None = all).
         gold: the gold set the pairs come from (same order), or None.
@@ -146,7 +146,7 @@ def render_html(data: dict) -> str:
 
     ``<`` in the JSON is written ``\\u003c``, so no sentence can close the script element.
     """
-    template = resources.files("mt").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    template = resources.files("mt.alignment").joinpath(TEMPLATE).read_text(encoding="utf-8")
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
     fills = {"{{TITLE}}": html.escape(data["title"]), "{{DATA}}": payload}
     return re.sub(r"\{\{(TITLE|DATA)\}\}", lambda m: fills[m.group()], template)  # one pass: data cannot refill

@@ -3,7 +3,7 @@
 Garg et al. (2019, *Jointly Learning to Align and Translate with Transformer Models*) supervise
 one cross-attention head with alignments from a statistical aligner. This module produces them:
 for every kept training pair, links ``(src_piece, tgt_piece)`` between positions of the token-id
-lists :func:`mt.training_data.prepare_data` trains on (no BOS/EOS).
+lists :func:`mt.training.training_data.prepare_data` trains on (no BOS/EOS).
 
 Where the links come from (``data.alignments``):
 
@@ -16,7 +16,7 @@ Where the links come from (``data.alignments``):
 
 Word links become piece links the standard way (as fairseq's and OpenNMT's guided-alignment
 preprocessing on subwords): every piece of the source word is linked to every piece of the
-target word. Pieces belong to words as in :mod:`mt.words` (character-span overlap), so split
+target word. Pieces belong to words as in :mod:`mt.data.words` (character-span overlap), so split
 words and glued punctuation land on the right word and a word with no pieces loses its links.
 """
 
@@ -34,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mt.aer import GoldAlignment, read_pharaoh
+from mt.alignment.aer import GoldAlignment, read_pharaoh
 from mt.config import DataConfig
 from mt.errors import ConfigError, DataError
-from mt.symmetrize import symmetrize
-from mt.tokenizer import Tokenizer
-from mt.words import NO_WORD, Segmentation, piece_words, words_of
+from mt.alignment.symmetrize import symmetrize
+from mt.data.tokenizer import Tokenizer
+from mt.data.words import NO_WORD, Segmentation, piece_words, words_of
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def word_to_piece_links(
     Args:
         word_links: 0-based ``(src_word, tgt_word)`` links.
         src_owner, tgt_owner: (src_len,), (tgt_len,) the word of each piece, or ``NO_WORD``
-            (see :func:`mt.words.piece_words`).
+            (see :func:`mt.data.words.piece_words`).
 
     Returns: (n_links, 2) int32, columns src_piece, tgt_piece, sorted, no duplicates; links of a
         word that owns no piece vanish.
@@ -89,7 +89,7 @@ def piece_owners(tokenizer: Tokenizer, src_text: str, tgt_text: str) -> tuple[li
     """The word of each piece of a pair as training encodes it (source, target; no specials).
 
     Returns: src_owner (src_len,), tgt_owner (tgt_len,): whitespace-word index of each piece
-        (:func:`mt.words.piece_words`), ``NO_WORD`` only when a side has no words.
+        (:func:`mt.data.words.piece_words`), ``NO_WORD`` only when a side has no words.
     """
     return (
         piece_words(tokenizer.src_pieces(src_text), words_of(src_text)[1]),
@@ -117,7 +117,7 @@ def teacher_links(
 
 
 def segmentation_piece_links(segmentation: Segmentation, word_links: Iterable[Link]) -> np.ndarray:
-    """:func:`word_to_piece_links` for a pair segmented by :func:`mt.words.segment` (e.g. the
+    """:func:`word_to_piece_links` for a pair segmented by :func:`mt.data.words.segment` (e.g. the
     gold set's ``TrainingData.gold_segmentations``); pieces cut off by its truncation get no link.
 
     Returns: (n_links, 2) int32, columns src_piece, tgt_piece.
@@ -203,7 +203,7 @@ def run_eflomal(
             learn from these pairs alone.
 
     Returns: forward (src→tgt model) and reverse (tgt→src model) links of each pair, both as
-        0-based ``(src_token, tgt_token)``; combine them with :func:`mt.symmetrize.symmetrize`.
+        0-based ``(src_token, tgt_token)``; combine them with :func:`mt.alignment.symmetrize.symmetrize`.
 
     Raises:
         ConfigError: eflomal is not installed (named as ``data.alignments``).
@@ -283,7 +283,7 @@ def training_links(
     Args:
         cfg: the ``data`` config node; ``alignments=none`` returns None.
         src_texts, tgt_texts: the training split as the tokenizer sees it (gold copies included).
-        kept: indexes into the texts of the pairs training keeps (:func:`mt.training_data.kept_pairs`), ascending.
+        kept: indexes into the texts of the pairs training keeps (:func:`mt.training.training_data.kept_pairs`), ascending.
         n_file_pairs: ``file`` only: pairs of ``data.train_split`` before any gold copies.
 
     Returns: one (n_links, 2) int64 array per kept pair (views of one array), columns src_piece,

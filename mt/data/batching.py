@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mt.tokenizer import Tokenizer
+from mt.data.tokenizer import Tokenizer
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Batch:
         alignment: (batch, tgt_len, src_len) float or None: the gold alignment of each target
             piece (row t: the piece ``tgt_out[:, t]`` predicts) over source pieces, each linked
             row normalised to sum to 1, rows without links (EOS, padding) all zero; for the
-            guided-alignment loss (:class:`mt.objective.Objective`).
+            guided-alignment loss (:class:`mt.training.objective.Objective`).
     """
 
     src_ids: torch.Tensor

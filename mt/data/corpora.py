@@ -22,7 +22,7 @@ with a single split.
 With ``data.streaming`` (hf and files) the train split comes back as a
 ``datasets.IterableDataset`` of ``{"src", "tgt"}`` that never sits in memory as text:
 :func:`text_sample` gives the sentencepiece training sample and
-:func:`mt.training_data.encode_stream` the compact token ids. Valid and test are always
+:func:`mt.training.training_data.encode_stream` the compact token ids. Valid and test are always
 materialised.
 
 Plain and gzipped text files are read line by line as the rest of ``mt`` reads them

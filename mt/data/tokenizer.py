@@ -129,7 +129,7 @@ class Tokenizer:
             seed: in one process, the same seed draws the same segmentations (sentencepiece's
                 generator is seeded before each side, which is encoded on one thread); another
                 process draws others (sentencepiece 0.2.3), which is why distributed training
-                shares rank 0's (:meth:`mt.training_data.TrainingData.resample`).
+                shares rank 0's (:meth:`mt.training.training_data.TrainingData.resample`).
 
         Returns:
             src_ids, tgt_ids: piece ids per text, without specials, as :meth:`encode_src` and

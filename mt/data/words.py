@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mt.tokenizer import Piece, Tokenizer
+from mt.data.tokenizer import Piece, Tokenizer
 
 log = logging.getLogger(__name__)
 

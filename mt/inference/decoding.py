@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mt.model import DecoderCache, Transformer, reorder_cache
-from mt.tokenizer import Tokenizer
+from mt.model.transformer import DecoderCache, Transformer, reorder_cache
+from mt.data.tokenizer import Tokenizer
 
 
 @dataclass

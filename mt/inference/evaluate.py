@@ -10,10 +10,10 @@ import sacrebleu
 import torch
 
 from mt.config import DecodingConfig
-from mt.batching import pad
-from mt.decoding import beam_search, greedy_search
-from mt.model import Transformer
-from mt.tokenizer import Tokenizer
+from mt.data.batching import pad
+from mt.inference.decoding import beam_search, greedy_search
+from mt.model.transformer import Transformer
+from mt.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Translation:
         text: the detokenized translation, on one line (newlines become spaces).
         pieces: its target pieces, then ``"</s>"``.
         score: the total the search ranks by: ``log_prob`` divided by the GNMT length penalty
-            (:func:`mt.decoding.length_penalty`); greedy search (beam size 1) does not rank,
+            (:func:`mt.inference.decoding.length_penalty`); greedy search (beam size 1) does not rank,
             its score is ``log_prob``.
         log_prob: log-probability of the whole translation, EOS included (natural log).
         token_log_probs: log P(piece | source, previous pieces) of each entry of ``pieces``;
@@ -81,7 +81,7 @@ def translate_nbest(
 
     ``on_batch(indices, src_ids, encoder_states, hypotheses)``, if given, runs after each batch's
     search with its sentences' indices, their (batch, src_len) source ids, the encoder's
-    layer outputs for them (as :meth:`mt.model.Transformer.encode` keeps them, each
+    layer outputs for them (as :meth:`mt.model.transformer.Transformer.encode` keeps them, each
     (batch, src_len, d_model)) and their hypotheses: work that reuses the encoder pass (the
     aligner) without keeping it for every sentence.
 

@@ -11,7 +11,7 @@ What the exported model does, so that ``ctranslate2.Translator`` decodes as ``mt
   CTranslate2 (``add_source_eos``), decoding starts from ``<s>`` (BOS) and stops at ``</s>``;
 - positions: our own table (sinusoidal or learned) is stored, so no convention has to match;
 - the output projection gets a bias of -1e9 on PAD and BOS (ours has none): the search never
-  emits them, as :func:`mt.decoding._step_log_probs` forbids them;
+  emits them, as :func:`mt.inference.decoding._step_log_probs` forbids them;
 - the sentencepiece model(s) are copied beside the model: ``sentencepiece.model`` (joint) or
   ``sentencepiece.src.model`` and ``sentencepiece.tgt.model``.
 
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from mt.errors import ConfigError, MtError
-from mt.model import Transformer
-from mt.tokenizer import Tokenizer
+from mt.model.transformer import Transformer
+from mt.data.tokenizer import Tokenizer
 
 QUANTIZATIONS = ("float32", "int8", "int8_float32", "bfloat16")
 FORBIDDEN_LOGIT = -1e9  # bias of PAD and BOS in the exported output projection
@@ -163,7 +163,7 @@ def export_ctranslate2(
 
     Raises: as :func:`write_ctranslate2`, and CheckpointError for an unreadable checkpoint.
     """
-    from mt.checkpoint import load_for_inference
+    from mt.model.checkpoint import load_for_inference
 
     _check_target(out_dir, quantization, force)  # before the checkpoint is read
     model, tokenizer, _ = load_for_inference(checkpoint, "cpu")

@@ -11,7 +11,7 @@ What is text and what is markup:
 - **text**: character data and references, decoded for the model (``&amp;`` → ``&``) and written
   back with the source's own spelling of each reference (``&eacute;`` stays ``&eacute;``);
   other ``&``, ``<``, ``>`` of the translation are escaped. Words are whitespace words
-  (:func:`mt.words.words_of`); in ``html`` mode ``<br>`` and block-level tags also separate
+  (:func:`mt.data.words.words_of`); in ``html`` mode ``<br>`` and block-level tags also separate
   words (``a<br>b`` is two), in ``xml`` mode no tag does.
 - **elements** (a start tag and its end tag) cover the words they overlap: a tag inside a word
   covers the whole word, except that a tag between a word and its leading or trailing
@@ -34,7 +34,7 @@ import html
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from mt.markup_parse import (  # noqa: F401  (MODES, MarkupError, parse, tokenize: this module's API too)
+from mt.inference.markup_parse import (  # noqa: F401  (MODES, MarkupError, parse, tokenize: this module's API too)
     MODES,
     Link,
     Markup,
@@ -44,7 +44,7 @@ from mt.markup_parse import (  # noqa: F401  (MODES, MarkupError, parse, tokeniz
     tokenize,
     word_edges,
 )
-from mt.words import words_of
+from mt.data.words import words_of
 
 MAX_GAP = 1  # target words an element may bridge between two of its words (scripts/markup_eval.py: 1 ≈ 2 > 3)
 
@@ -327,15 +327,15 @@ def align_and_transfer(
     Args:
         markups, translations: one translation per parsed line (the same line may come several
             times, once per hypothesis).
-        method: the alignment method (:func:`mt.align.default_method` of the checkpoint).
+        method: the alignment method (:func:`mt.alignment.align.default_method` of the checkpoint).
         encoder_states: per pair, (source ids, encoder outputs) of the search, or None
-            (:func:`mt.align.align`).
+            (:func:`mt.alignment.align.align`).
 
-    Returns: the translations with markup, and position → :class:`~mt.align.PairAlignment` for
+    Returns: the translations with markup, and position → :class:`~mt.alignment.align.PairAlignment` for
         the pairs that have markup and words on both sides (the others need no links: a line
         without markup is not aligned at all).
     """
-    from mt.align import align
+    from mt.alignment.align import align
 
     todo = [
         k
@@ -353,3 +353,45 @@ def align_and_transfer(
         for k, (markup, translation) in enumerate(zip(markups, translations))
     ]
     return outputs, by_position
+
+
+class MarkupTransfer:
+    """``--markup``: called by :func:`mt.inference.evaluate.translate_nbest` after each batch, it aligns the
+    batch's hypotheses to their sources (reusing the search's encoder outputs) and puts each
+    line's tags on every hypothesis."""
+
+    def __init__(self, model, tokenizer, markups, batch_size: int, device: str, method: str):
+        self.model, self.tokenizer, self.markups = model, tokenizer, markups
+        self.batch_size, self.device, self.method = batch_size, device, method
+        self.marked: dict[int, list[str]] = {}  # line index → its hypotheses with markup
+        self.best: dict[int, object] = {}  # line index → alignment of its best hypothesis
+
+    def __call__(self, indices, src_ids, encoder_states, hypotheses) -> None:
+        pairs = [
+            (index, row, h.text)
+            for row, (index, line_hypotheses) in enumerate(zip(indices, hypotheses))
+            if self.markups[index]
+            for h in line_hypotheses
+        ]
+        lengths = (src_ids != self.model.pad_id).sum(1).tolist()  # (batch,) source ids with EOS
+        encoder = [
+            (src_ids[row, : lengths[row]].tolist(), [s[row, : lengths[row]] for s in encoder_states])
+            for _, row, _ in pairs
+        ]
+        outputs, alignments = align_and_transfer(
+            self.model, self.tokenizer, [self.markups[index] for index, _, _ in pairs], [text for _, _, text in pairs],
+            self.method, self.batch_size, self.device, encoder_states=encoder,
+        )  # fmt: skip
+        for position, ((index, _, _), output) in enumerate(zip(pairs, outputs)):
+            if index not in self.marked and position in alignments:
+                self.best[index] = alignments[position]
+            self.marked.setdefault(index, []).append(output)
+
+    def results(self) -> tuple[list[list[str]], dict]:
+        """Per line, every hypothesis with the line's tags (a line without hypotheses: its tags
+        alone; a line that did not parse: ""), and line index → alignment of its best hypothesis."""
+        marked = [
+            self.marked.get(index) or [transfer(markup, "", []) if markup else ""]
+            for index, markup in enumerate(self.markups)
+        ]
+        return marked, self.best

@@ -1,9 +1,9 @@
-"""Parsing a line of HTML or XML for ``mt-translate --markup`` (:mod:`mt.markup`): its tokens,
+"""Parsing a line of HTML or XML for ``mt-translate --markup`` (:mod:`mt.inference.markup`): its tokens,
 its plain text and words, and its elements and points over those words.
 
-The rules of what is text and what is markup are :mod:`mt.markup`'s docstring; this module
+The rules of what is text and what is markup are :mod:`mt.inference.markup`'s docstring; this module
 only reads (the standard library's ``html.parser`` and expat, never regexes) and builds the
-:class:`Markup` that :func:`mt.markup.transfer` writes back.
+:class:`Markup` that :func:`mt.inference.markup.transfer` writes back.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import xml.parsers.expat
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
-from mt.words import words_of
+from mt.data.words import words_of
 
 MODES = ("html", "xml")
 HTML_VOID = frozenset(

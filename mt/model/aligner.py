@@ -9,7 +9,7 @@ step, and the translation weights (and BLEU) do not move. This module is such an
 trained with Garg et al.'s cross-entropy against statistical links (``data.alignments``).
 
 What it reads, for a teacher-forced pair with target pieces y_1..y_n (decoder inputs BOS,
-y_1..y_n; :meth:`mt.model.Transformer.layer_states`):
+y_1..y_n; :meth:`mt.model.transformer.Transformer.layer_states`):
 
 - the source side: a learnt mix (softmax-weighted, each layer normalised; Peters et al. 2018,
   ELMo) of the source embeddings and every encoder layer's output: the keys;
@@ -20,7 +20,7 @@ y_1..y_n; :meth:`mt.model.Transformer.layer_states`):
   al.'s full context): the queries;
 - the alignment: the average of ``align_heads`` softmax attentions of those queries over the
   source pieces, (batch, tgt_len, src_len), row t for target piece t of ``tgt_out`` (the
-  rows of G̃, :func:`mt.batching.alignment_targets`).
+  rows of G̃, :func:`mt.data.batching.alignment_targets`).
 
 Every input is detached: the aligner's loss never reaches the translation model.
 
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mt.config import AlignerConfig, AttentionConfig
-from mt.layers import DecoderLayer
+from mt.model.layers import DecoderLayer
 
 LEXICON_SMOOTHING = 0.1  # added to every link count c(s, t): an unseen pair scores log 0.1
 # where the lexicons' buffers sit in a Transformer's state dict: their sizes depend on the data
@@ -84,7 +84,7 @@ class Aligner(nn.Module):
         cfg: the ``model.aligner`` node.
         d_model: the translation model's width.
         n_src_states, n_tgt_states: how many state tensors each side of
-            :meth:`mt.model.Transformer.layer_states` returns (layers + 1).
+            :meth:`mt.model.transformer.Transformer.layer_states` returns (layers + 1).
         src_vocab, tgt_vocab: vocabulary sizes, for ``cfg.lexicon``.
     """
 
@@ -208,7 +208,7 @@ def diagonal_distance(src_mask: torch.Tensor, tgt_mask: torch.Tensor) -> torch.T
 
 def target_pieces(tgt_in: torch.Tensor, pad_id: int, eos_id: int) -> torch.Tensor:
     """The piece each decoder row predicts: (batch, tgt_len) decoder inputs BOS, y_1..y_n,
-    padding → y_1..y_n, EOS, padding (``tgt_out`` of :func:`mt.batching.collate`)."""
+    padding → y_1..y_n, EOS, padding (``tgt_out`` of :func:`mt.data.batching.collate`)."""
     real = tgt_in != pad_id
     out = F.pad(tgt_in[:, 1:], (0, 1), value=pad_id)
     last = real.sum(1) - 1  # (batch,) the row that predicts EOS
@@ -403,7 +403,7 @@ def count_links(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The teacher's link counts for :class:`Lexicon`, each distinct pair counted once.
 
-    Each pair adds its G̃ (:func:`mt.batching.alignment_targets`: a target piece with k links
+    Each pair adds its G̃ (:func:`mt.data.batching.alignment_targets`: a target piece with k links
     gives each 1/k) over rows y_1..y_n and EOS and columns x_1..x_m, to the units (piece ids,
     or words: :class:`WordLexicon`) at those positions; with ``null``, each row without links
     adds 1 to (source EOS, its unit), as :func:`null_targets` trains it.

@@ -23,8 +23,8 @@ import torch
 
 from mt.config import DecodingConfig, model_config_from_dict
 from mt.errors import CheckpointError
-from mt.model import Transformer
-from mt.tokenizer import Tokenizer
+from mt.model.transformer import Transformer
+from mt.data.tokenizer import Tokenizer
 
 FORMAT = "mt-checkpoint"
 VERSION = 1

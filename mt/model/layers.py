@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mt.attention import Cache, MultiHeadAttention
+from mt.model.attention import Cache, MultiHeadAttention
 from mt.config import AttentionConfig
 
 

@@ -7,11 +7,11 @@ import math
 import torch
 from torch import nn
 
-from mt.aligner import Aligner, target_pieces
-from mt.attention import Cache, KVCache
+from mt.model.aligner import Aligner, target_pieces
+from mt.model.attention import Cache, KVCache
 from mt.config import ModelConfig
-from mt.layers import DecoderLayer, EncoderLayer, sinusoidal_positions
-from mt.tokenizer import EOS_ID
+from mt.model.layers import DecoderLayer, EncoderLayer, sinusoidal_positions
+from mt.data.tokenizer import EOS_ID
 
 DecoderCache = list[dict[str, Cache]]
 
@@ -67,7 +67,7 @@ class Transformer(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(cfg.d_model)
         self.output_proj = nn.Linear(cfg.d_model, tgt_vocab_size, bias=False)
-        # the word aligner on top (mt/aligner.py), reading the embeddings and every layer's output
+        # the word aligner on top (mt/model/aligner.py), reading the embeddings and every layer's output
         self.aligner = (
             Aligner(cfg.aligner, cfg.d_model, cfg.encoder.n_layers + 1, cfg.decoder.n_layers + 1, src_vocab_size, tgt_vocab_size)
             if cfg.aligner.enabled

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from mt.checkpoint import load_checkpoint, save_checkpoint
+from mt.model.checkpoint import load_checkpoint, save_checkpoint
 from mt.errors import CheckpointError, ConfigError
-from mt.guards import check_writable
+from mt.training.guards import check_writable
 
 STEP_NAME = re.compile(r"step-(\d+)\.pt")
 SELECTIONS = ("last", "best")
@@ -77,7 +77,7 @@ def average_checkpoints(paths: list[str | Path]) -> dict:
         paths: checkpoint files, oldest first (the last one supplies the metadata).
 
     Returns:
-        A self-describing inference checkpoint (for :func:`mt.checkpoint.save_checkpoint`):
+        A self-describing inference checkpoint (for :func:`mt.model.checkpoint.save_checkpoint`):
         the last checkpoint's static fields (``model_config``, ``tokenizer``, ``data``,
         ``decoding``, ``config``) and ``step``, the averaged ``model`` state dict, and
         ``averaged_from``: ``[{"file": name, "step": step}, …]`` in the order given. Everything

@@ -1,6 +1,6 @@
 """What keeps a training run safe: signals, random states, output-folder checks, failure errors.
 
-Used by ``mt.train``: SIGINT/SIGTERM only raise a flag so the loop can finish its update and
+Used by ``mt.training.train``: SIGINT/SIGTERM only raise a flag so the loop can finish its update and
 save; random states are stored as checkpoint-safe data so a resumed run continues exactly;
 the output folder is checked for write access and free space before any training is done.
 """

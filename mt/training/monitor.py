@@ -1,7 +1,7 @@
 """Training monitoring: ``learning_curves.png`` at each validation, and optionally TensorBoard.
 
 At each validation :meth:`TrainingMonitor.log_validation` takes the ``metrics.jsonl`` record
-(see :mod:`mt.train`) and
+(see :mod:`mt.training.train`) and
 
 - rewrites ``RUN_DIR/learning_curves.png`` (matplotlib, no TensorBoard needed) from all records
   so far, those of the run before a resume included;
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from mt.align import PairAlignment, align
+from mt.alignment.align import PairAlignment, align
 from mt.errors import ConfigError
-from mt.model import Transformer
+from mt.model.transformer import Transformer
 from mt.plot import alignment_figure, figure_pixels, plot_learning_curves
-from mt.tokenizer import Tokenizer
+from mt.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,11 @@ def validation_heatmaps(
 ) -> list[PairAlignment]:
     """Word-level cross-attention of fixed (source, reference) pairs with the current weights.
 
-    Teacher-forced on the reference, ``attention`` method, :func:`mt.align.default_layer`,
-    heads averaged: :func:`mt.align.align` with its defaults. The model's train/eval mode is
+    Teacher-forced on the reference, ``attention`` method, :func:`mt.alignment.align.default_layer`,
+    heads averaged: :func:`mt.alignment.align.align` with its defaults. The model's train/eval mode is
     restored afterwards.
 
-    Returns: per pair, a :class:`mt.align.PairAlignment` (``word_matrix``: (n_tgt_words,
+    Returns: per pair, a :class:`mt.alignment.align.PairAlignment` (``word_matrix``: (n_tgt_words,
     n_src_words), rows sum to 1 over source words; ``links``: argmax per target word).
 
     Raises:

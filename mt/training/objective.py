@@ -14,14 +14,14 @@ import contextlib
 
 import torch
 
-from mt.aligner import null_targets
-from mt.batching import Batch
+from mt.model.aligner import null_targets
+from mt.data.batching import Batch
 from mt.device import autocast
-from mt.model import Transformer
+from mt.model.transformer import Transformer
 
 
 class Objective(torch.nn.Module):
-    """Label-smoothed cross-entropy of a :class:`~mt.model.Transformer` on teacher-forced
+    """Label-smoothed cross-entropy of a :class:`~mt.model.transformer.Transformer` on teacher-forced
     batches, plus the guided-alignment term when it is switched on.
 
     A module, so that DistributedDataParallel and ``torch.compile`` can wrap one ``forward``.
@@ -44,7 +44,7 @@ class Objective(torch.nn.Module):
     cross-entropy keeps the scale it has without R-Drop (``xent`` reports ½·(xent1 + xent2)).
     Each update then costs about two of the plain objective's (:func:`linear_rdrop_loss`).
 
-    With an aligner (``model.aligner``, :mod:`mt.aligner`) the alignment term is the aligner's
+    With an aligner (``model.aligner``, :mod:`mt.model.aligner`) the alignment term is the aligner's
     instead, on its own attention and with its inputs detached, so that it never changes the
     translation model; ``frozen`` (``train.trainable=alignment``) runs the translation model
     without gradients and drops the cross-entropy: the total is ``alignment_weight · align``.
@@ -58,7 +58,7 @@ class Objective(torch.nn.Module):
         alignment_layer: the supervised decoder layer (0-based, negative from the top).
         alignment_heads: how many heads of that layer (the first ones) are supervised.
         full_context: read the supervised weights from a pass without the future mask
-            (:meth:`mt.model.Transformer.decode_with_alignment`).
+            (:meth:`mt.model.transformer.Transformer.decode_with_alignment`).
         frozen: only the aligner learns (see above).
         rdrop_alpha: α of R-Drop (the paper uses 5 for translation); 0 = off. Not combined
             with the alignment term (a guided batch runs once).

@@ -4,7 +4,7 @@ The pieces, in the order a run meets them:
 
 - :class:`TrainState`: where training stands (step, epoch, batch position, best score,
   early-stopping and non-finite counters, elapsed time, RNG states), saved and restored whole;
-- :class:`Optimization`: model, objective (:mod:`mt.objective`), AdamW, schedule and GradScaler;
+- :class:`Optimization`: model, objective (:mod:`mt.training.objective`), AdamW, schedule and GradScaler;
 - :func:`epoch_updates`: an epoch's batches cut into updates;
 - :func:`train_step`: one update (accumulation, DDP ``no_sync``, autocast, GradScaler, clipping,
   the non-finite skip);
@@ -31,11 +31,11 @@ Everything a run produces goes into ``out_dir``:
   ``data.alignment_gold`` also ``aer`` (default method and layer; the aligner's, also as
   ``aer_aligner``, when the model has one) and ``aer_by_layer`` ({method: [AER per decoder
   layer]}), and with ``train.alignment_weight`` > 0 ``imitation_aer`` (against the training
-  links, :func:`mt.align.imitation_aer`), rates in [0, 1];
+  links, :func:`mt.alignment.align.imitation_aer`), rates in [0, 1];
 - ``{test_split}.hyp.{tgt_lang}`` and ``test_scores.json`` (BLEU, chrF, signatures).
 
 Under ``torchrun`` every rank trains on its own share of each update's batches
-(DistributedDataParallel, :mod:`mt.distributed`) and rank 0 alone validates and writes.
+(DistributedDataParallel, :mod:`mt.training.distributed`) and rank 0 alone validates and writes.
 """
 
 from __future__ import annotations
@@ -57,18 +57,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mt import batching
-from mt import corpora
-from mt import distributed
-from mt.align import aer_report, imitation_aer
-from mt.aligner import LEXICON_PREFIXES, WordLexicon
-from mt.average import average_run, best_checkpoints, step_checkpoints
-from mt.checkpoint import load_checkpoint, save_checkpoint
-from mt.config import Config, TrainConfig, init_config, to_dict
+from mt.data import batching
+from mt.data import corpora
+from mt.training import distributed
+from mt.alignment.align import aer_report, imitation_aer
+from mt.model.aligner import LEXICON_PREFIXES, WordLexicon
+from mt.training.average import average_run, best_checkpoints, step_checkpoints
+from mt.model.checkpoint import load_checkpoint, save_checkpoint
+from mt.config import Config, TrainConfig, to_dict
 from mt.device import autocast, resolve_device, resolve_precision
 from mt.errors import CheckpointError, ConfigError
-from mt.evaluate import score, translate
-from mt.guards import (
+from mt.inference.evaluate import score, translate
+from mt.training.init_from import init_config
+from mt.training.guards import (
     StopSignal,
     TrainingFailed,
     TrainingInterrupted,
@@ -77,12 +78,12 @@ from mt.guards import (
     rng_state,
     set_rng_state,
 )
-from mt.memory import loaded_allocator, process_memory_mb, release_free_memory, set_onednn_cache_capacity
-from mt.model import Transformer
-from mt.monitor import TrainingMonitor, read_metrics, validation_heatmaps
-from mt.objective import Objective, validation_losses
-from mt.tokenizer import Tokenizer
-from mt.training_data import TrainingData, prepare_data
+from mt.training.memory import loaded_allocator, process_memory_mb, release_free_memory, set_onednn_cache_capacity
+from mt.model.transformer import Transformer
+from mt.training.monitor import TrainingMonitor, read_metrics, validation_heatmaps
+from mt.training.objective import Objective, validation_losses
+from mt.data.tokenizer import Tokenizer
+from mt.training.training_data import TrainingData, prepare_data
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,7 @@ class Optimization:
     Attributes:
         model: the parameters being trained (gradients are clipped over them).
         objective: ``(src_ids, tgt_in, tgt_out) → (total, terms, n_tokens)`` (an
-            :class:`~mt.objective.Objective`, possibly inside DistributedDataParallel or
+            :class:`~mt.training.objective.Objective`, possibly inside DistributedDataParallel or
             ``torch.compile``).
         optimizer, scheduler: AdamW and its learning-rate schedule (:func:`build_optimizer`).
         scaler: fp16's GradScaler (disabled, a pass-through, for fp32/bf16).
@@ -442,8 +443,8 @@ def validate(
 
     Returns: ``val_loss`` (plain cross-entropy per target token), ``val_{term}_loss`` per
         objective term, ``val_bleu`` and ``val_chrf`` (sacreBLEU, ``train.valid_beam_size``), with a gold
-        alignment set ``aer`` and ``aer_by_layer`` (:func:`mt.align.aer_report`), and with
-        alignment targets ``imitation_aer`` (:func:`mt.align.imitation_aer`).
+        alignment set ``aer`` and ``aer_by_layer`` (:func:`mt.alignment.align.aer_report`), and with
+        alignment targets ``imitation_aer`` (:func:`mt.alignment.align.imitation_aer`).
     """
     metrics = dict(translation_metrics or validate_translation(model, data, cfg, device, precision))
     model.eval()
@@ -807,7 +808,7 @@ def train(cfg: Config, out_dir: str | Path, command_line_keys: Sequence[str] = (
 
 def fill_lexicon(model: Transformer, data: TrainingData, cfg: Config) -> None:
     """Count the teacher's links of the training pairs into the aligner's lexicon
-    (:func:`mt.aligner.count_links`; the config's validation made sure there are links)."""
+    (:func:`mt.model.aligner.count_links`; the config's validation made sure there are links)."""
     tokenizer = data.tokenizer
     for lexicon in (model.aligner.lexicon, model.aligner.word_lexicon):
         if lexicon is None:
@@ -923,7 +924,7 @@ def score_checkpoint(
     hyp_path: Path,
 ) -> dict:
     """Load ``state``'s weights into ``model``, translate the test split, write the hypotheses to
-    ``hyp_path`` and return sacreBLEU's scores (see :func:`mt.evaluate.score`)."""
+    ``hyp_path`` and return sacreBLEU's scores (see :func:`mt.inference.evaluate.score`)."""
     model.load_state_dict(state["model"])
     model.eval()
     with autocast(device, precision):

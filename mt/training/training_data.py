@@ -1,9 +1,9 @@
 """What training reads before its first update: texts → subwords → token ids and batches.
 
-:func:`prepare_data` loads the configured corpus (:mod:`mt.corpora`), trains or reuses the
+:func:`prepare_data` loads the configured corpus (:mod:`mt.data.corpora`), trains or reuses the
 sentencepiece model, tokenizes with caching, drops over-long training pairs and builds the
 validation batches and the gold alignment set. Under torchrun rank 0 runs it first and fills
-the caches; the other ranks then read them (:func:`mt.distributed.main_first`).
+the caches; the other ranks then read them (:func:`mt.training.distributed.main_first`).
 
 The training pairs' token ids stay in the memory-mapped Arrow file of the tokenized cache and
 are read through :class:`PackedIds` (flat int32 arrays + offsets), a batch at a time: about
@@ -32,15 +32,19 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from mt import alignment_targets, batching, corpora
-from mt import distributed
-from mt.aer import GoldAlignment, load_gold
-from mt.checkpoint import save_checkpoint
+from mt.alignment import targets as alignment_targets
+
+from mt.data import batching
+
+from mt.data import corpora
+from mt.training import distributed
+from mt.alignment.aer import GoldAlignment, load_gold
+from mt.model.checkpoint import save_checkpoint
 from mt.config import Config, DataConfig, TokenizerConfig, subword_sampling, to_dict
 from mt.errors import ConfigError
-from mt.memory import process_memory_mb
-from mt.tokenizer import Tokenizer
-from mt.words import Segmentation, segment
+from mt.training.memory import process_memory_mb
+from mt.data.tokenizer import Tokenizer
+from mt.data.words import Segmentation, segment
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +154,10 @@ class TrainingData:
         gold_segmentations: its pairs segmented into pieces and words, or None.
         train_links: with ``data.alignments``, one (n_links, 2) int array per training pair
             (columns src_piece, tgt_piece: positions in ``train_src``/``train_tgt``, no BOS/EOS)
-            for guided alignment (:mod:`mt.alignment_targets`); None when ``data.alignments=none``.
+            for guided alignment (:mod:`mt.alignment.targets`); None when ``data.alignments=none``.
         imitation: with ``train_links``, up to :data:`IMITATION_PAIRS` training pairs, evenly
             spread, with their training links as a gold set (imitation AER,
-            :func:`mt.align.imitation_aer`), or None.
+            :func:`mt.alignment.align.imitation_aer`), or None.
         imitation_segmentations: their pairs segmented into pieces and words, or None.
         sampling: where training samples subwords (:func:`mt.config.subword_sampling`), the
             texts :meth:`resample` segments anew each epoch; None otherwise (every epoch reads
@@ -175,7 +179,7 @@ class TrainingData:
     sampling: SubwordSampling | None = None
 
     def resample(self, seed: int, context: distributed.Context | None = None) -> float:
-        """Draw a new segmentation of every training pair (:meth:`mt.tokenizer.Tokenizer.sample`)
+        """Draw a new segmentation of every training pair (:meth:`mt.data.tokenizer.Tokenizer.sample`)
         into ``train_src``, ``train_tgt``, ``src_lens`` and ``tgt_lens``; in one process the same
         seed gives the same one. A pair whose sample is longer than ``data.max_len`` on a side
         keeps its best segmentation on both.
@@ -202,7 +206,7 @@ class TrainingData:
         return sum(self.tgt_lens) / max(1, int(sampling.best_tgt.lengths.sum()))
 
     def batch(self, indices: list[int]) -> batching.Batch:
-        """The training pairs at ``indices`` as one padded batch (:func:`mt.batching.collate`)."""
+        """The training pairs at ``indices`` as one padded batch (:func:`mt.data.batching.collate`)."""
         links = [self.train_links[i] for i in indices] if self.train_links is not None else None
         return batching.collate([self.train_src[i] for i in indices], [self.train_tgt[i] for i in indices], indices, links)
 
@@ -418,7 +422,7 @@ def imitation_sample(
 ) -> GoldAlignment:
     """Up to ``n_pairs`` (default :data:`IMITATION_PAIRS`) kept training pairs with links, evenly
     spread over the training data, and their links as a gold set
-    (:func:`mt.alignment_targets.teacher_links`)."""
+    (:func:`mt.alignment.targets.teacher_links`)."""
     with_links = np.flatnonzero([len(links) > 0 for links in train_links])
     n_pairs = IMITATION_PAIRS if n_pairs is None else n_pairs
     chosen = with_links[np.linspace(0, len(with_links) - 1, min(n_pairs, len(with_links))).astype(int)] if len(with_links) else []
