@@ -3,6 +3,7 @@ Bergamot and ModernMT, a hostile set and random lines; mt-translate --markup end
 
 from __future__ import annotations
 
+import html
 import json
 import random
 import sys
@@ -28,13 +29,29 @@ def monotone(markup) -> list[tuple[int, int]]:
     return [(i, i) for i in range(len(markup.words))]
 
 
+def tag_inside_a_word(line: str, mode: str = "html") -> bool:
+    """A tag or point between two word characters (``wo<b>rd``)."""
+    tokens = tokenize(line, mode)
+    return any(
+        tokens[k].kind != "text" and tokens[k - 1].kind == tokens[k + 1].kind == "text"
+        and tokens[k - 1].text[-1:].isalnum() and tokens[k + 1].text[:1].isalnum()
+        for k in range(1, len(tokens) - 1)
+    )  # fmt: skip
+
+
 def carried(line: str, translation: str, links, mode: str = "html") -> str:
-    """Transfer, and check the two promises that hold for any alignment: every tag exactly once,
-    still paired, and the translation as the output's text."""
+    """Transfer, and check the promises that hold for any alignment: every tag exactly once, still
+    paired, the translation as the output's text, and no tag inside a word unless the source had one."""
     output = transfer(parse(line, mode), translation, links)
     assert markup_problems(line, output, mode) == []
     assert parse(output, mode).words == translation.split()
+    assert tag_inside_a_word(line, mode) or not tag_inside_a_word(output, mode)
     return output
+
+
+def identity(line: str, mode: str = "html") -> str:
+    markup = parse(line, mode)
+    return transfer(markup, markup.text, monotone(markup))
 
 
 # ------------------------------------------------------------------------- parsing and round trips
@@ -59,7 +76,7 @@ def test_text_is_the_decoded_text_without_markup():
     markup = parse('Ein <b title="a>b">roter</b> Ball &amp; caf&eacute;<!-- nicht --><script>x</script>.', "html")
     assert markup.text == "Ein roter Ball & café."
     assert markup.words == ["Ein", "roter", "Ball", "&", "café."]
-    assert markup.spellings == {"&": "&amp;", "é": "&eacute;"}
+    assert [raw for _, _, raw in markup.spelling] == ["Ein ", "roter", " Ball ", "&amp;", " caf", "&eacute;", "."]
     assert parse("eins<br>zwei<p>drei</p>vier", "html").words == ["eins", "zwei", "drei", "vier"]  # block tags break
     assert parse("eins<b>zwei</b>", "html").words == ["einszwei"]
     assert parse("eins<br/>zwei", "xml").words == ["einszwei"]  # no tag breaks words in XML
@@ -68,7 +85,8 @@ def test_text_is_the_decoded_text_without_markup():
 def test_references_keep_the_source_spelling_and_the_translation_is_escaped():
     line = "caf&eacute; &amp; &#8364;"
     assert carried(line, "€ & café", [(2, 0), (1, 1), (0, 2)]) == "&#8364; &amp; caf&eacute;"
-    assert carried("a b", "x < y & z > w", []) == "x &lt; y &amp; z &gt; w"
+    assert carried("a b", "x < y & z > w &amp &not", []) == "x &lt; y & z > w &amp;amp &amp;not"  # only what must be
+    assert carried("a b", "x < y & z > w", [], "xml") == "x &lt; y &amp; z > w"
 
 
 @pytest.mark.parametrize(
@@ -76,7 +94,7 @@ def test_references_keep_the_source_spelling_and_the_translation_is_escaped():
     [
         ("html", "Ein <b roter Ball", "unterminated tag at column 5"),
         ("html", "Ein <!-- Kommentar", "unterminated comment at column 5"),
-        ("xml", "Ein <b>roter</i> Ball", "mismatched tag at column 15"),  # expat points at the name
+        ("xml", "Ein <b>roter</i> Ball", "mismatched tag at column 13"),  # expat points at the name, we at "</"
         ("xml", "Ein <b>roter Ball", "an element is not closed by the end of the line"),
         ("xml", "Ein&nbsp;Ball", "undefined entity at column 4"),
     ],
@@ -178,6 +196,99 @@ def test_elements_sharing_a_word_nest_and_crossing_ones_give_the_word_up():
     assert [(e.first, e.last) for e in markup.elements] == [(1, 2), (3, 3)]
 
 
+# ------------------------------------------------------------------- defects found by fuzzing (one each)
+@pytest.mark.parametrize("line", ["Wir machen R&D", "AT&T", "Q&A und B&B", "a &", "x &amp y &amp; z", "&foo; bar"])
+def test_a_bare_ampersand_is_text_and_never_lost(line):
+    markup = parse(line, "html")
+    assert markup.text == html.unescape(line)  # the model gets every character: "R&D", not "RD"
+    assert identity(line) == line
+
+
+@pytest.mark.parametrize(
+    "line", ["caf&eacute; caf&#233; caf&#xE9; café", "ä und &#228;", "AT&T &amp; AT&amp;T", "a&nbsp;b&#160;c"]
+)
+def test_each_reference_keeps_its_own_spelling_per_occurrence(line):
+    assert identity(line) == line
+
+
+def test_translated_words_are_escaped_only_where_they_must_be():
+    markup = parse("<b>R&amp;D</b> caf&eacute;", "html")
+    output = transfer(markup, "R&D café AT&T &amp", [(0, 0), (1, 1)])
+    assert output == "<b>R&amp;D</b> caf&eacute; AT&T &amp;amp"  # copies as spelled; new text as little as possible
+    assert parse(output, "html").text == "R&D café AT&T &amp"
+
+
+def test_cut_compares_a_claim_with_every_kept_sibling():
+    """_cut compared a claim only with the last kept sibling, by start: <u> was emptied."""
+    links = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (1, 4), (1, 5), (1, 6), (1, 7), (2, 3)]
+    output = carried("<b>x</b> <i>y</i> <u>z</u>", "t0 t1 t2 t3 t4 t5 t6 t7", links)
+    assert "<u>t3</u>" in output
+
+
+def test_a_whitespace_only_element_never_splits_a_word_from_its_punctuation():
+    output = carried("„<u>Hallo <b> </b></u>“ sagte er", "He said „hello“", [(0, 2), (2, 0), (3, 1)])
+    assert "„hello“" in parse(output, "html").words and "<b> </b>" in output
+
+
+def test_void_tags_at_one_boundary_keep_their_order():
+    for links in ([(0, 0), (2, 1), (1, 2)], [(0, 0), (1, 1), (2, 2)], [(2, 0), (0, 1), (1, 2)]):
+        output = carried("x <br/>a<img/> b", "X B A", links)
+        assert output.index("<br/>") < output.index("<img/>")
+
+
+@pytest.mark.parametrize(
+    "line, translation, links",
+    [
+        ("<b>a</b> <B>b c", "T0 T1 T2 T3", [(2, 1), (0, 2), (0, 0), (2, 0), (2, 2), (1, 1)]),
+        ("<i>a <b>b</b> c <B>d</i> e", "T0 T1 T2 T3", [(3, 1), (0, 0), (1, 0), (1, 2), (2, 3), (3, 2), (0, 2)]),
+        ("a <b>b</b> c</b> d", "T0 T1 T2", [(2, 0), (3, 1), (1, 2), (3, 0)]),
+        ("x </b> y <b>z</b>", "T0", [(1, 0), (2, 0), (0, 0)]),
+        ("<p>a b</p> c<p>d e", "T0 T1 T2 T3 T4", [(1, 2), (3, 2), (0, 4), (4, 3), (0, 2), (2, 2)]),
+    ],
+)
+def test_a_stray_tag_stays_out_of_the_elements_of_its_name(line, translation, links):
+    """In malformed HTML a stray <B> (or </b>) moved inside <b>…</b> takes its partner."""
+    carried(line, translation, links)  # markup_problems: every tag keeps its partner, by occurrence
+
+
+@pytest.mark.parametrize("line", ['<?xml version="1.0"?> Ein <b>Hund</b>', "<!DOCTYPE x> <b>Hund</b>", "<!-- c --><?pi x?>a"])
+def test_xml_prolog_passes_through(line):
+    assert identity(line, "xml") == line
+    assert carried(line, "A dog", [(0, 0), (1, 1)], "xml").startswith(line[: line.index(">") + 1])
+
+
+@pytest.mark.parametrize(
+    "line, column",
+    [("&foo; x", 1), ("a <!DOCTYPE x>", 3), ("x <?xml version='1.0'?>", 3), ("a &nbsp; b", 3), ("<b>a</i>", 5),
+     ("ü <b x=1>", 3), ("<b a='1' a='2'>x</b>", 1)],
+)
+def test_xml_errors_name_the_column_where_the_construct_starts(line, column):
+    with pytest.raises(MarkupError, match=f"at column {column}$"):
+        parse(line, "xml")
+
+
+def test_markup_problems_pairs_tags_by_occurrence():
+    assert markup_problems("<p>a b</p> c<p>d e", "<p>X<p> Y Z</p> W", "html") == [
+        "'<p>' #1: paired in the source, not in the output",
+        "'<p>' #2: paired in the output only",
+    ]
+    assert markup_problems("<b>x</B> <b>y</b>", "<b>Y</b> <b>X</B>", "html") == []  # reordered: partners traded
+    assert markup_problems("<p>a b</p> c<p>d e", "<p>X Y</p> Z<p>W", "html") == []
+
+
+def test_the_carried_check_sees_a_tag_inside_a_word():
+    assert tag_inside_a_word("wo<b>rd</b>") and tag_inside_a_word("a wo<!-- c -->rd")
+    assert not tag_inside_a_word("<b>word</b>, „<i>x</i>“ a<br>")
+
+    def split(markup, translation, links):  # a transfer that puts the tag inside the word
+        return translation[:1] + markup.elements[0].start + translation[1:] + markup.elements[0].end
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys.modules[__name__], "transfer", split)
+        with pytest.raises(AssertionError):
+            carried("Ein <b>Hund</b>", "dog", [(1, 0)])
+
+
 # --------------------------------------------------------------------------------- the hostile set
 @pytest.mark.parametrize("line", HOSTILE, ids=range(len(HOSTILE)))
 def test_hostile_lines_keep_every_tag_under_any_alignment(line):
@@ -212,7 +323,8 @@ def test_the_checker_sees_lost_added_and_unpaired_tags():
     assert markup_problems("<b>a</b> b", "a b", "html") == ["missing '<b>' ×1", "missing '</b>' ×1"]
     assert markup_problems("a", "<br>a", "html") == ["added '<br>' ×1"]
     assert markup_problems("<b>a</b> <i>b</i>", "<b>a <i>b</b></i>", "html") == [
-        "no longer paired: '<i>' ×1", "no longer paired: '</i>' ×1"
+        "'<i>' #1: paired in the source, not in the output",
+        "'</i>' #1: paired in the source, not in the output",
     ]
     assert markup_problems("<b>a</b>", "<b>a", "xml")[0].startswith("the output does not parse")
     assert markup_problems("</p>a", "a</p>", "html") == []  # unpaired in the source too
@@ -356,3 +468,41 @@ def test_translate_markup_n_best_text_lines(checkpoint, capsys, monkeypatch):
     assert [int(i) for i, _, _ in rows] == [0, 0, 1]
     assert rows[2][1:] == ["<br/>", "0.000000"]  # markup alone: nothing to translate, the tags still come out
     assert all(markup_problems(LINES[0], text, "html") == [] for _, text, _ in rows[:2])
+
+
+def test_translate_markup_with_an_aligner_uses_the_alignment_of_a_fresh_align(bilingual_tokenizer, tmp_path, capsys, monkeypatch):
+    """--markup on a checkpoint with an aligner reuses the search's encoder states to align
+    (MarkupTransfer): the links it used must be those of align() run afresh on the same pair."""
+    from mt.alignment.align import align
+    from mt.config import AlignerConfig
+    from mt.model.checkpoint import load_for_inference
+
+    model = random_model(bilingual_tokenizer, aligner=AlignerConfig(enabled=True, n_layers=1, n_heads=2, align_heads=1,
+                                                                    ffn_dim=64, dropout=0.0))  # fmt: skip
+    path = tmp_path / "aligner.pt"
+    save_checkpoint(
+        {
+            "model_config": to_dict(model.cfg),
+            "model": model.state_dict(),
+            "tokenizer": bilingual_tokenizer.state(),
+            "data": {"src_lang": "de", "tgt_lang": "en"},
+            "decoding": {"beam_size": 2, "max_len_a": 1.0, "max_len_b": 4, "batch_size": 4},
+        },
+        path,
+    )
+    lines = ['Ein <b class="x">Hund</b> rennt im <i>Park</i>.', "Zwei <u>M&auml;nner</u>", "<b>Fußball</b> &amp; Park spielen"]
+    code, out, err = run_cli(
+        translate_main, [str(path), "--markup", "html", "--n-best", "2", "--output-format", "jsonl", "--align"],
+        capsys, monkeypatch, stdin="\n".join(lines) + "\n",
+    )
+    assert code == 0, err
+    records = [json.loads(row) for row in out.splitlines()]
+    loaded, tokenizer, info = load_for_inference(path)
+    assert info["aligner"]
+    for line, record in zip(lines, records):
+        markup = parse(line, "html")
+        best = record["hypotheses"][0]
+        assert best["text"].split()  # something to align
+        (fresh,) = align(loaded, tokenizer, [markup.text], [best["text"]], method="aligner")
+        assert [tuple(link) for link in best["alignment"]["links"]] == [tuple(link) for link in fresh.links]
+        assert best["markup"] == transfer(markup, best["text"], fresh.links)
