@@ -12,6 +12,7 @@ This module and ``cli.py`` are the only ones that know about Hydra and OmegaConf
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -21,7 +22,6 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from mt.model.attention import check_site
 from mt.errors import ConfigError, require
 
 if TYPE_CHECKING:  # Hydra and OmegaConf are imported where used: the inference commands never load them (-0.2 s)
@@ -39,6 +39,17 @@ TRAINABLE = ("all", "alignment")
 ALIGNER_INPUTS = ("shift", "predict", "both")
 OPTIMIZER_IMPLS = ("fused", "foreach", "for-loop")
 LR_SCHEDULES = ("inverse_sqrt", "cosine", "linear")
+# The choices that modules below own, named here so that the schema checks them without
+# importing those modules: mt.model.attention keys its kernels by ATTENTION_TYPES (and refuses
+# to import when the two differ), mt.alignment.targets reads ALIGNMENT_SOURCES and
+# ALIGNMENT_UNITS, mt.alignment.symmetrize runs SYMMETRIZATION_HEURISTICS.
+ATTENTION_TYPES = ("full", "local", "topk")
+SELF_ATTENTION_ONLY = ("local",)  # a window around the query's own position needs queries and keys from one sequence
+ATTENTION_KNOBS = {"local": ("window",), "topk": ("top_k",)}  # a variant's own AttentionConfig fields, integers >= 1
+POSITION_TYPES = ("absolute", "rope")
+ALIGNMENT_SOURCES = ("none", "eflomal", "file")
+ALIGNMENT_UNITS = ("piece", "word")
+SYMMETRIZATION_HEURISTICS = ("intersect", "union", "grow-diag-final-and")
 
 
 @dataclass
@@ -46,9 +57,9 @@ class AttentionConfig:
     """One attention site (encoder self-attention, decoder self-attention or cross-attention).
 
     Attributes:
-        type: attention variant, one of ``mt.model.attention.ATTENTION_TYPES``: ``full``, ``local``
+        type: attention variant (:data:`mt.config.ATTENTION_TYPES`): ``full``, ``local``
             (sliding window, self-attention sites only), ``topk`` (explicit sparse attention);
-            :func:`mt.model.attention.check_site` checks a site's settings.
+            the kernels are :mod:`mt.model.attention`'s.
         n_heads: number of query heads; must divide ``model.d_model``.
         n_kv_heads: number of key/value heads (grouped-query attention, Ainslie et al. 2023);
             must divide ``n_heads``; 1 = multi-query attention; None = ``n_heads``.
@@ -68,6 +79,53 @@ class AttentionConfig:
     window: int = 16
     top_k: int = 8
     positions: str = "absolute"
+
+
+def check_attention_site(cfg: AttentionConfig, key: str, d_model: int, self_attention: bool) -> None:
+    """Check one attention site's settings before any model is built.
+
+    Args:
+        cfg: the site's config node.
+        key: its config key, e.g. ``model.decoder.cross_attention``; messages name ``KEY.FIELD``.
+        d_model: the model width (``model.d_model``) the heads split.
+        self_attention: queries and keys come from one sequence (encoder or decoder
+            self-attention); False for cross-attention.
+
+    Raises:
+        ConfigError: one line naming the first offending key, its value and what is allowed,
+            e.g. ``config key 'model.decoder.cross_attention.n_heads' = 3: must divide
+            model.d_model = 256``.
+    """
+    allowed_types = [name for name in ATTENTION_TYPES if self_attention or name not in SELF_ATTENTION_ONLY]
+    require(cfg.type in ATTENTION_TYPES, f"{key}.type", cfg.type, "allowed: " + ", ".join(ATTENTION_TYPES))
+    require(
+        cfg.type in allowed_types,
+        f"{key}.type",
+        cfg.type,
+        f"{cfg.type} is for self-attention sites; allowed here: " + ", ".join(allowed_types),
+    )
+    require(cfg.n_heads > 0, f"{key}.n_heads", cfg.n_heads, "must be > 0")
+    require(d_model % cfg.n_heads == 0, f"{key}.n_heads", cfg.n_heads, f"must divide model.d_model = {d_model}")
+    if cfg.n_kv_heads is not None:
+        require(
+            1 <= cfg.n_kv_heads <= cfg.n_heads and cfg.n_heads % cfg.n_kv_heads == 0,
+            f"{key}.n_kv_heads",
+            cfg.n_kv_heads,
+            f"must be between 1 and n_heads = {cfg.n_heads} and divide it",
+        )
+    require(0 <= cfg.dropout < 1, f"{key}.dropout", cfg.dropout, "must be in [0, 1)")
+    for knob in ATTENTION_KNOBS.get(cfg.type, ()):
+        require(getattr(cfg, knob) >= 1, f"{key}.{knob}", getattr(cfg, knob), "must be >= 1")
+    allowed_positions = POSITION_TYPES if self_attention else ("absolute",)
+    require(
+        cfg.positions in allowed_positions,
+        f"{key}.positions",
+        cfg.positions,
+        "allowed: " + ", ".join(allowed_positions) + ("" if self_attention else " (rope is for self-attention sites)"),
+    )
+    if cfg.positions == "rope":  # rotary() rotates pairs of dimensions
+        head_dim = d_model // cfg.n_heads
+        require(head_dim % 2 == 0, f"{key}.n_heads", cfg.n_heads, f"rope needs an even head_dim, got {head_dim}")
 
 
 @dataclass
@@ -102,6 +160,22 @@ class AlignmentConfig:
     full_context: bool = False
 
 
+def _check_alignment(alignment: AlignmentConfig, n_layers: int, cross_heads: int) -> None:
+    """``model.alignment`` against the decoder's ``n_layers`` layers of ``cross_heads`` cross-attention heads."""
+    require(
+        -n_layers <= alignment.layer < n_layers,
+        "model.alignment.layer",
+        alignment.layer,
+        f"must name one of the {n_layers} decoder layers (0 … {n_layers - 1}, or -1 … -{n_layers} from the top)",
+    )
+    require(
+        1 <= alignment.heads <= cross_heads,
+        "model.alignment.heads",
+        alignment.heads,
+        f"must be in 1 … model.decoder.cross_attention.n_heads = {cross_heads}",
+    )
+
+
 @dataclass
 class AlignerConfig:
     """The aligner: a small module on top of the encoder and decoder that learns word alignment
@@ -131,13 +205,6 @@ class AlignerConfig:
             training pairs (NULL links included): the translation table of IBM Model 1 (Brown
             et al. 1993) estimated from the teacher, as eflomal's priors carry one. Counted when
             the stage starts (:class:`mt.model.aligner.Lexicon`) and stored in the checkpoint.
-        word_lexicon: the same over whole words (every piece of a word stands for the word), so
-            that a rare word made of common pieces keeps counts of its own; beside ``lexicon``
-            or alone. (Measured worse on CzEnAli: README, the aligner's table.)
-        lexicon_leave_one_out: leave each training pair's own links out of the counts while
-            training, so that the aligner learns how far to trust them on text they were not
-            counted on (leave-one-out; measured worse, on unseen text too, than trusting them as
-            they are).
     """
 
     enabled: bool = False
@@ -150,8 +217,17 @@ class AlignerConfig:
     position_bias: bool = True
     null: bool = True
     lexicon: bool = False
-    word_lexicon: bool = False
-    lexicon_leave_one_out: bool = False
+
+
+def _check_aligner(aligner: AlignerConfig, d_model: int) -> None:
+    """``model.aligner``, whose heads split the model width ``d_model``."""
+    require(aligner.inputs in ALIGNER_INPUTS, "model.aligner.inputs", aligner.inputs, "allowed: " + ", ".join(ALIGNER_INPUTS))
+    require(aligner.n_layers >= 0, "model.aligner.n_layers", aligner.n_layers, "must be >= 0")
+    for key in ("n_heads", "align_heads"):
+        heads = getattr(aligner, key)
+        require(heads > 0 and d_model % heads == 0, f"model.aligner.{key}", heads, f"must divide model.d_model = {d_model}")
+    require(aligner.ffn_dim > 0, "model.aligner.ffn_dim", aligner.ffn_dim, "must be > 0")
+    require(0 <= aligner.dropout < 1, "model.aligner.dropout", aligner.dropout, "must be in [0, 1)")
 
 
 @dataclass
@@ -188,6 +264,33 @@ class ModelConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     aligner: AlignerConfig = field(default_factory=AlignerConfig)
+
+
+def _check_model(model: ModelConfig) -> None:
+    """The ``model`` node: its own values, then each attention site, ``alignment`` and ``aligner``."""
+    require(model.d_model > 0, "model.d_model", model.d_model, "must be > 0")
+    require(model.ffn_dim > 0, "model.ffn_dim", model.ffn_dim, "must be > 0")
+    require(model.activation in ("relu", "gelu"), "model.activation", model.activation, "allowed: relu, gelu")
+    require(model.max_positions > 1, "model.max_positions", model.max_positions, "must be > 1")
+    require(0 <= model.dropout < 1, "model.dropout", model.dropout, "must be in [0, 1)")
+    require(0 <= model.ffn_dropout < 1, "model.ffn_dropout", model.ffn_dropout, "must be in [0, 1)")
+    for side, n_layers in (("encoder", model.encoder.n_layers), ("decoder", model.decoder.n_layers)):
+        require(n_layers > 0, f"model.{side}.n_layers", n_layers, "must be > 0")
+    require(
+        model.positional_embedding in POSITIONAL_EMBEDDINGS,
+        "model.positional_embedding",
+        model.positional_embedding,
+        "allowed: " + ", ".join(POSITIONAL_EMBEDDINGS),
+    )
+    sites = {
+        "model.encoder.self_attention": model.encoder.self_attention,
+        "model.decoder.self_attention": model.decoder.self_attention,
+        "model.decoder.cross_attention": model.decoder.cross_attention,
+    }
+    for key, site in sites.items():
+        check_attention_site(site, key, model.d_model, self_attention=not key.endswith("cross_attention"))
+    _check_alignment(model.alignment, model.decoder.n_layers, model.decoder.cross_attention.n_heads)
+    _check_aligner(model.aligner, model.d_model)
 
 
 @dataclass
@@ -245,9 +348,14 @@ class DataConfig:
         alignments: word-alignment targets of each training pair, for guided alignment (Garg
             et al. 2019; :mod:`mt.alignment.targets`): ``none``, ``eflomal`` (align the training
             split with eflomal at start-up, cached in ``data_dir/cache``; extra ``[baselines]``)
-            or ``file`` (read ``alignments_path``). Not with ``streaming``.
+            or ``file`` (read ``alignments_path``). Not with ``streaming``. The gold copies
+            (``alignment_gold_train_copies``) never get gold links: ``eflomal`` aligns their text
+            like any other pair's, ``file`` gives them none.
         alignments_path: ``file``: 0-based Pharaoh ``src_word-tgt_word`` links over whitespace
-            words, one line per training pair (blank = none), before ``max_len`` filtering.
+            words, one line per training pair (blank = none), before ``max_len`` filtering. With
+            gold copies the file holds the training split's lines only, or also one blank line
+            per copied pair: a links file with links on those lines is refused (a data error
+            naming the file and line).
         alignments_symmetrize: ``eflomal``: how the two directions combine, one of
             ``mt.alignment.symmetrize.HEURISTICS`` (``intersect``, ``union``, ``grow-diag-final-and``).
         alignments_unit: ``eflomal``: align sentencepiece pieces directly (``piece``) or
@@ -285,6 +393,101 @@ class DataConfig:
     alignments_path: str | None = None
     alignments_symmetrize: str = "grow-diag-final-and"
     alignments_unit: str = "word"
+
+
+def _check_data_source(data: DataConfig) -> None:
+    """The data keys that depend on ``data.source``."""
+    require(data.source in DATA_SOURCES, "data.source", data.source, "allowed: " + ", ".join(DATA_SOURCES))
+    languages = (("data.src_lang", data.src_lang), ("data.tgt_lang", data.tgt_lang))
+    if data.source == "multi30k":
+        require(data.name == "multi30k", "data.name", data.name, "allowed: multi30k")
+        for key, lang in languages:
+            require(lang in LANGUAGES, key, lang, "allowed: " + ", ".join(LANGUAGES))
+        require(not data.streaming, "data.streaming", data.streaming, "only for data.source=hf or files")
+    else:
+        for key, lang in languages:
+            require(bool(re.fullmatch(r"[^\s/]+", lang)), key, lang, "must be a language code (no spaces or '/')")
+        require(bool(data.path), "data.path", data.path, f"required for data.source={data.source}")
+        require(
+            (data.src_column is None) == (data.tgt_column is None),
+            "data.src_column" if data.src_column is None else "data.tgt_column",
+            data.src_column if data.src_column is None else data.tgt_column,
+            "data.src_column and data.tgt_column go together (or neither: the translation column)",
+        )
+        require(
+            data.src_column is None or data.src_column != data.tgt_column,
+            "data.tgt_column",
+            data.tgt_column,
+            "must differ from data.src_column",
+        )
+        require(bool(data.translation_column), "data.translation_column", data.translation_column, "must not be empty")
+    if data.source == "files":
+        require(data.format in FILE_FORMATS, "data.format", data.format, "allowed: " + ", ".join(FILE_FORMATS))
+        require(
+            data.src_column is None or data.format == "jsonl",
+            "data.src_column",
+            data.src_column,
+            f"only for data.format=jsonl (data.format={data.format})",
+        )
+
+
+def _check_alignment_targets(data: DataConfig) -> None:
+    """``data.alignments`` and the keys that go with it."""
+    require(
+        data.alignments in ALIGNMENT_SOURCES, "data.alignments", data.alignments, "allowed: " + ", ".join(ALIGNMENT_SOURCES)
+    )
+    require(
+        data.alignments == "none" or not data.streaming,
+        "data.alignments",
+        data.alignments,
+        "needs a non-streaming corpus (data.streaming=false); set it to none",
+    )
+    require(
+        data.alignments != "file" or bool(data.alignments_path),
+        "data.alignments_path",
+        data.alignments_path,
+        "required for data.alignments=file",
+    )
+    require(
+        data.alignments_symmetrize in SYMMETRIZATION_HEURISTICS,
+        "data.alignments_symmetrize",
+        data.alignments_symmetrize,
+        "allowed: " + ", ".join(SYMMETRIZATION_HEURISTICS),
+    )
+    require(
+        data.alignments_unit in ALIGNMENT_UNITS,
+        "data.alignments_unit",
+        data.alignments_unit,
+        "allowed: " + ", ".join(ALIGNMENT_UNITS),
+    )
+
+
+def _check_data(data: DataConfig, max_positions: int) -> None:
+    """The ``data`` node; ``max_positions`` (``model.max_positions``) bounds ``data.max_len``."""
+    _check_data_source(data)
+    for key in ("train_split", "valid_split", "test_split"):
+        require(bool(getattr(data, key)), f"data.{key}", getattr(data, key), "must not be empty")
+    for key in ("max_train_sentences", "max_valid_sentences", "max_test_sentences"):
+        require(getattr(data, key) >= 0, f"data.{key}", getattr(data, key), "must be >= 0 (0 = all)")
+    require(data.tokenizer_sample > 0, "data.tokenizer_sample", data.tokenizer_sample, "must be > 0")
+    _check_alignment_targets(data)
+    require(data.src_lang != data.tgt_lang, "data.tgt_lang", data.tgt_lang, "must differ from data.src_lang")
+    require(data.max_len > 0, "data.max_len", data.max_len, "must be > 0")
+    require(
+        data.max_len + 1 <= max_positions,
+        "data.max_len",
+        data.max_len,
+        f"must be < model.max_positions = {max_positions} (EOS/BOS take one position)",
+    )
+    copies = data.alignment_gold_train_copies
+    require(copies >= 0, "data.alignment_gold_train_copies", copies, "must be >= 0")
+    require(not copies or data.alignment_gold, "data.alignment_gold_train_copies", copies, "needs data.alignment_gold")
+    require(
+        not (copies and data.streaming),
+        "data.alignment_gold_train_copies",
+        copies,
+        "cannot join a streamed training split (data.streaming=true); set it to 0",
+    )
 
 
 @dataclass
@@ -332,6 +535,27 @@ class TokenizerConfig:
     nbest_size: int = 64
 
 
+def _check_tokenizer(tok: TokenizerConfig, data: DataConfig, sampling: bool) -> None:
+    """The ``tokenizer`` node; ``data`` says whether sampling can run, ``sampling`` whether it
+    will (:func:`subword_sampling`)."""
+    require(tok.model_type in ("unigram", "bpe"), "tokenizer.model_type", tok.model_type, "allowed: unigram, bpe")
+    require(tok.vocab_size >= 16, "tokenizer.vocab_size", tok.vocab_size, "must be >= 16")
+    require(
+        tok.input_sentence_size == 0 or tok.input_sentence_size > 100,
+        "tokenizer.input_sentence_size",
+        tok.input_sentence_size,
+        "must be 0 (all sentences) or > 100 (sentencepiece's limit)",
+    )
+    require(0 < tok.alpha <= 1 or not sampling, "tokenizer.alpha", tok.alpha, "must be in (0, 1]")
+    require(tok.nbest_size != 0 and tok.nbest_size >= -1, "tokenizer.nbest_size", tok.nbest_size, "must be -1 (all) or >= 1")
+    require(
+        not (tok.sampling is True and (data.streaming or data.alignments != "none")),
+        "tokenizer.sampling",
+        tok.sampling,
+        "needs a loaded corpus (data.streaming=false) without piece links (data.alignments=none)",
+    )
+
+
 @dataclass
 class TrainConfig:
     """Optimisation and schedule.
@@ -352,26 +576,32 @@ class TrainConfig:
         max_epochs: stop after this many passes over the data (0 = no limit).
         max_minutes: stop after this much training wall-clock, in minutes (0 = no limit).
         lr: peak learning rate, reached after ``warmup_steps``; then decays by ``lr_schedule``.
-        warmup_steps: linear warm-up length in updates.
+            A resumed run keeps its own: another value is a config error (start a new run from
+            its weights with ``init_from`` to change it).
+        warmup_steps: linear warm-up length in updates. Resuming: as ``lr``.
         lr_schedule: the decay after the warm-up: ``inverse_sqrt`` (lr·sqrt(warmup/step),
             Vaswani et al. 2017), or ``cosine`` / ``linear`` from ``lr`` to ``min_lr`` at the end
             of the budget (the first of ``max_steps``, ``max_minutes`` and ``max_epochs`` to be
             used up; a time-bounded run anneals by its wall-clock).
-        min_lr: the learning rate ``cosine`` and ``linear`` end at.
+        min_lr: the learning rate ``cosine`` and ``linear`` end at. Resuming: as ``lr``.
         betas, weight_decay: AdamW settings (Loshchilov & Hutter 2019).
         label_smoothing: label-smoothing epsilon (Szegedy et al. 2016).
         alignment_weight: λ of the guided-alignment loss (Garg et al. 2019) against the links of
             ``data.alignments``: on the aligner's attention where ``model.aligner.enabled``, else
             on the heads ``model.alignment`` names; 0 = off.
-        rdrop_alpha: α of R-Drop (Liang et al. 2021): each batch runs twice with different
-            dropout and the symmetric KL between the two output distributions, weighted by α,
-            joins the cross-entropy (:class:`mt.training.objective.Objective`); 0 = off. An update costs
-            about twice as much; the paper uses 5 for translation. Not with guided alignment.
         init_from: start from the weights of this checkpoint (or run dir: its best.pt), with
-            its tokenizer and model config, and a new optimizer, schedule and step count
-            (fine-tuning; OpenNMT-py's ``train_from`` with ``reset_optim``). A model key given on
-            the command line must agree with the checkpoint's, except dropout rates and
-            ``model.aligner``. Ignored when resuming.
+            its tokenizer, model config, data and decoding settings, and a new optimizer,
+            schedule and step count (fine-tuning; OpenNMT-py's ``train_from`` with
+            ``reset_optim``). A key given on the command line is applied or refused, never
+            ignored (:func:`mt.training.init_from.init_config`): a ``model`` key must agree with
+            the checkpoint's, except dropout rates; ``model.aligner`` is this config's when
+            ``model.aligner.enabled`` (``experiment=align``), else the checkpoint's, which a
+            given ``model.aligner`` key must then agree with (on a model without an aligner it
+            is refused); a ``tokenizer`` key must agree with the checkpoint's, except the
+            sampling keys ``sampling``, ``alpha`` and ``nbest_size``, and the run's saved config
+            records the checkpoint's tokenizer settings. When resuming a run started this way,
+            its checkpoint is not read again: model, tokenizer, data and decoding come from the
+            checkpoint being resumed, by the same rules.
         trainable: ``all`` parameters learn, or only the aligner's (``alignment``): the
             translation model is then frozen (bit-identical after the run, run under
             ``torch.no_grad``, no cross-entropy computed), validation decodes the validation
@@ -385,7 +615,9 @@ class TrainConfig:
         resume: ``auto`` continues the run dir's ``checkpoints/last.pt`` (pass the old
             ``hydra.run.dir``); a path continues that checkpoint; None starts afresh. Restores
             model, optimizer, schedule, RNG states, data position, step, epoch, best score and
-            early-stopping counter.
+            early-stopping counter. The schedule continues as saved, so ``lr``, ``min_lr``,
+            ``warmup_steps`` and ``lr_schedule`` must be the run's (another value is a config
+            error naming the key).
         max_nonfinite: stop after this many non-finite losses in a row (each skips its update).
         keep_checkpoints: keep the last N validation checkpoints as ``checkpoints/step-S.pt``
             (0 = only best.pt and last.pt).
@@ -423,7 +655,6 @@ class TrainConfig:
     weight_decay: float = 0.0001
     label_smoothing: float = 0.1
     alignment_weight: float = 0.0
-    rdrop_alpha: float = 0.0
     init_from: str | None = None
     trainable: str = "all"
     clip_norm: float = 1.0
@@ -446,6 +677,100 @@ class TrainConfig:
     onednn_cache_capacity: int = 64
 
 
+def _check_train(train: TrainConfig, data: DataConfig, aligner: AlignerConfig) -> None:
+    """The ``train`` node; ``data`` and ``model.aligner`` for the keys that depend on them."""
+    _check_train_machinery(train)
+    require(train.batch_tokens > 0, "train.batch_tokens", train.batch_tokens, "must be > 0")
+    require(
+        train.batch_tokens >= data.max_len + 1,
+        "train.batch_tokens",
+        train.batch_tokens,
+        f"must hold one sentence of data.max_len + 1 = {data.max_len + 1} tokens",
+    )
+    _check_schedule(train)
+    _check_alignment_training(train, data, aligner)
+    require(0 <= train.label_smoothing < 1, "train.label_smoothing", train.label_smoothing, "must be in [0, 1)")
+    require(train.valid_every > 0, "train.valid_every", train.valid_every, "must be > 0")
+    require(train.valid_beam_size > 0, "train.valid_beam_size", train.valid_beam_size, "must be > 0")
+    require(
+        train.max_steps > 0 or train.max_epochs > 0 or train.max_minutes > 0 or train.patience > 0,
+        "train.max_steps",
+        train.max_steps,
+        "set train.max_steps, train.max_epochs, train.max_minutes or train.patience, or training never ends",
+    )
+    check_device(train.device, "train.device")
+    require(train.max_nonfinite >= 1, "train.max_nonfinite", train.max_nonfinite, "must be >= 1")
+
+
+def _check_train_machinery(train: TrainConfig) -> None:
+    """How training runs and what it keeps: precision, optimizer kernel, checkpoints, memory."""
+    require(train.precision in PRECISIONS, "train.precision", train.precision, "allowed: " + ", ".join(PRECISIONS))
+    require(
+        train.optimizer_impl in OPTIMIZER_IMPLS,
+        "train.optimizer_impl",
+        train.optimizer_impl,
+        "allowed: " + ", ".join(OPTIMIZER_IMPLS),
+    )
+    require(train.accum_steps >= 1, "train.accum_steps", train.accum_steps, "must be >= 1")
+    require(train.keep_checkpoints >= 0, "train.keep_checkpoints", train.keep_checkpoints, "must be >= 0")
+    require(train.average_last >= 0, "train.average_last", train.average_last, "must be >= 0")
+    require(train.average_best >= 0, "train.average_best", train.average_best, "must be >= 0")
+    require(train.release_memory_every >= 0, "train.release_memory_every", train.release_memory_every, "must be >= 0")
+    require(train.onednn_cache_capacity >= -1, "train.onednn_cache_capacity", train.onednn_cache_capacity, "must be >= -1")
+    require(train.heatmap_sentences >= 0, "train.heatmap_sentences", train.heatmap_sentences, "must be >= 0")
+
+
+def _check_schedule(train: TrainConfig) -> None:
+    """The learning rate, its schedule and AdamW's betas."""
+    require(train.lr >= 0, "train.lr", train.lr, "must be >= 0 (0: the weights do not move)")
+    require(train.warmup_steps >= 0, "train.warmup_steps", train.warmup_steps, "must be >= 0")
+    require(
+        train.lr_schedule in LR_SCHEDULES, "train.lr_schedule", train.lr_schedule, "allowed: " + ", ".join(LR_SCHEDULES)
+    )
+    require(0 <= train.min_lr <= train.lr, "train.min_lr", train.min_lr, f"must be in [0, train.lr={train.lr}]")
+    require(
+        train.lr_schedule == "inverse_sqrt" or train.max_steps > 0 or train.max_minutes > 0 or train.max_epochs > 0,
+        "train.lr_schedule",
+        train.lr_schedule,
+        "anneals to the end of the budget: set train.max_steps, train.max_minutes or train.max_epochs",
+    )
+    require(len(train.betas) == 2, "train.betas", train.betas, "must be two numbers")
+
+
+def _check_alignment_training(train: TrainConfig, data: DataConfig, aligner: AlignerConfig) -> None:
+    """Guided alignment and the aligner stage: ``train.alignment_weight``, ``train.trainable``,
+    and ``model.aligner.lexicon``, which counts the links they train on."""
+    require(train.alignment_weight >= 0, "train.alignment_weight", train.alignment_weight, "must be >= 0")
+    require(
+        train.alignment_weight == 0 or data.alignments != "none",
+        "train.alignment_weight",
+        train.alignment_weight,
+        "needs alignment targets: set data.alignments=eflomal or data.alignments=file",
+    )
+    require(train.trainable in TRAINABLE, "train.trainable", train.trainable, "allowed: " + ", ".join(TRAINABLE))
+    if aligner.enabled and aligner.lexicon:
+        require(
+            data.alignments != "none" and not data.streaming,
+            "model.aligner.lexicon",
+            True,
+            "counts the teacher's links: needs data.alignments=eflomal or data.alignments=file, and data.streaming=false",
+        )
+    if train.trainable == "alignment":
+        require(aligner.enabled, "train.trainable", train.trainable, "needs an aligner: model.aligner.enabled=true")
+        require(
+            bool(train.init_from or train.resume),
+            "train.trainable",
+            train.trainable,
+            "trains the aligner of a finished model: set train.init_from=CHECKPOINT_OR_RUN_DIR",
+        )
+        require(
+            train.alignment_weight > 0,
+            "train.alignment_weight",
+            train.alignment_weight,
+            "must be > 0 with train.trainable=alignment (it is the aligner's only loss)",
+        )
+
+
 @dataclass
 class DecodingConfig:
     """Search settings used for the test split and as defaults of ``mt-translate``.
@@ -464,6 +789,14 @@ class DecodingConfig:
     max_len_a: float = 1.2
     max_len_b: int = 10
     batch_size: int = 64
+
+
+def _check_decoding(decoding: DecodingConfig) -> None:
+    """The ``decoding`` node."""
+    require(decoding.beam_size > 0, "decoding.beam_size", decoding.beam_size, "must be > 0")
+    require(decoding.batch_size > 0, "decoding.batch_size", decoding.batch_size, "must be > 0")
+    require(decoding.max_len_a >= 0, "decoding.max_len_a", decoding.max_len_a, "must be >= 0")
+    require(decoding.max_len_b > 0, "decoding.max_len_b", decoding.max_len_b, "must be > 0")
 
 
 @dataclass
@@ -554,252 +887,25 @@ def subword_sampling(config: Config) -> bool:
 
 
 def validate(config: Config) -> None:
-    """Check values the types cannot express, before any data work.
+    """Check values the types cannot express, before any data work: each node's checks, beside
+    its dataclass, in the order model, data, tokenizer, train, decoding; a check that ties two
+    nodes together takes what it needs of the other as arguments.
 
     Raises:
         ConfigError: naming the first offending key, its value and what is allowed.
     """
-    model = config.model
-    require(model.d_model > 0, "model.d_model", model.d_model, "must be > 0")
-    require(model.ffn_dim > 0, "model.ffn_dim", model.ffn_dim, "must be > 0")
-    require(model.activation in ("relu", "gelu"), "model.activation", model.activation, "allowed: relu, gelu")
-    require(model.max_positions > 1, "model.max_positions", model.max_positions, "must be > 1")
-    require(0 <= model.dropout < 1, "model.dropout", model.dropout, "must be in [0, 1)")
-    require(0 <= model.ffn_dropout < 1, "model.ffn_dropout", model.ffn_dropout, "must be in [0, 1)")
-    for side, n_layers in (("encoder", model.encoder.n_layers), ("decoder", model.decoder.n_layers)):
-        require(n_layers > 0, f"model.{side}.n_layers", n_layers, "must be > 0")
-    require(
-        model.positional_embedding in POSITIONAL_EMBEDDINGS,
-        "model.positional_embedding",
-        model.positional_embedding,
-        "allowed: " + ", ".join(POSITIONAL_EMBEDDINGS),
-    )
-    sites = {
-        "model.encoder.self_attention": model.encoder.self_attention,
-        "model.decoder.self_attention": model.decoder.self_attention,
-        "model.decoder.cross_attention": model.decoder.cross_attention,
-    }
-    for key, site in sites.items():
-        check_site(site, key, model.d_model, self_attention=not key.endswith("cross_attention"))
-    n_layers, alignment = model.decoder.n_layers, model.alignment
-    require(
-        -n_layers <= alignment.layer < n_layers,
-        "model.alignment.layer",
-        alignment.layer,
-        f"must name one of the {n_layers} decoder layers (0 … {n_layers - 1}, or -1 … -{n_layers} from the top)",
-    )
-    cross_heads = model.decoder.cross_attention.n_heads
-    require(
-        1 <= alignment.heads <= cross_heads,
-        "model.alignment.heads",
-        alignment.heads,
-        f"must be in 1 … model.decoder.cross_attention.n_heads = {cross_heads}",
-    )
-    aligner = model.aligner
-    require(aligner.inputs in ALIGNER_INPUTS, "model.aligner.inputs", aligner.inputs, "allowed: " + ", ".join(ALIGNER_INPUTS))
-    require(aligner.n_layers >= 0, "model.aligner.n_layers", aligner.n_layers, "must be >= 0")
-    for key in ("n_heads", "align_heads"):
-        heads = getattr(aligner, key)
-        require(heads > 0 and model.d_model % heads == 0, f"model.aligner.{key}", heads, f"must divide model.d_model = {model.d_model}")
-    require(aligner.ffn_dim > 0, "model.aligner.ffn_dim", aligner.ffn_dim, "must be > 0")
-    require(0 <= aligner.dropout < 1, "model.aligner.dropout", aligner.dropout, "must be in [0, 1)")
-
-    data = config.data
-    _validate_source(data)
-    require(data.src_lang != data.tgt_lang, "data.tgt_lang", data.tgt_lang, "must differ from data.src_lang")
-    require(data.max_len > 0, "data.max_len", data.max_len, "must be > 0")
-    require(
-        data.max_len + 1 <= model.max_positions,
-        "data.max_len",
-        data.max_len,
-        f"must be < model.max_positions = {model.max_positions} (EOS/BOS take one position)",
-    )
-    copies = data.alignment_gold_train_copies
-    require(copies >= 0, "data.alignment_gold_train_copies", copies, "must be >= 0")
-    require(not copies or data.alignment_gold, "data.alignment_gold_train_copies", copies, "needs data.alignment_gold")
-    require(
-        not (copies and data.streaming),
-        "data.alignment_gold_train_copies",
-        copies,
-        "cannot join a streamed training split (data.streaming=true); set it to 0",
-    )
-
-    tok = config.tokenizer
-    require(tok.model_type in ("unigram", "bpe"), "tokenizer.model_type", tok.model_type, "allowed: unigram, bpe")
-    require(tok.vocab_size >= 16, "tokenizer.vocab_size", tok.vocab_size, "must be >= 16")
-    require(
-        tok.input_sentence_size == 0 or tok.input_sentence_size > 100,
-        "tokenizer.input_sentence_size",
-        tok.input_sentence_size,
-        "must be 0 (all sentences) or > 100 (sentencepiece's limit)",
-    )
-    require(0 < tok.alpha <= 1 or not subword_sampling(config), "tokenizer.alpha", tok.alpha, "must be in (0, 1]")
-    require(tok.nbest_size != 0 and tok.nbest_size >= -1, "tokenizer.nbest_size", tok.nbest_size, "must be -1 (all) or >= 1")
-    require(
-        not (tok.sampling is True and (config.data.streaming or config.data.alignments != "none")),
-        "tokenizer.sampling",
-        tok.sampling,
-        "needs a loaded corpus (data.streaming=false) without piece links (data.alignments=none)",
-    )
+    model, tok = config.model, config.tokenizer
+    _check_model(model)
+    _check_data(config.data, model.max_positions)
+    _check_tokenizer(tok, config.data, subword_sampling(config))
     require(
         tok.joint or not model.share_embeddings,
         "model.share_embeddings",
         model.share_embeddings,
         "needs tokenizer.joint=true (one vocabulary for both sides)",
     )
-
-    train = config.train
-    require(train.precision in PRECISIONS, "train.precision", train.precision, "allowed: " + ", ".join(PRECISIONS))
-    require(
-        train.optimizer_impl in OPTIMIZER_IMPLS,
-        "train.optimizer_impl",
-        train.optimizer_impl,
-        "allowed: " + ", ".join(OPTIMIZER_IMPLS),
-    )
-    require(train.accum_steps >= 1, "train.accum_steps", train.accum_steps, "must be >= 1")
-    require(train.keep_checkpoints >= 0, "train.keep_checkpoints", train.keep_checkpoints, "must be >= 0")
-    require(train.average_last >= 0, "train.average_last", train.average_last, "must be >= 0")
-    require(train.average_best >= 0, "train.average_best", train.average_best, "must be >= 0")
-    require(train.release_memory_every >= 0, "train.release_memory_every", train.release_memory_every, "must be >= 0")
-    require(train.onednn_cache_capacity >= -1, "train.onednn_cache_capacity", train.onednn_cache_capacity, "must be >= -1")
-    require(train.heatmap_sentences >= 0, "train.heatmap_sentences", train.heatmap_sentences, "must be >= 0")
-    require(train.batch_tokens > 0, "train.batch_tokens", train.batch_tokens, "must be > 0")
-    require(
-        train.batch_tokens >= data.max_len + 1,
-        "train.batch_tokens",
-        train.batch_tokens,
-        f"must hold one sentence of data.max_len + 1 = {data.max_len + 1} tokens",
-    )
-    require(train.lr >= 0, "train.lr", train.lr, "must be >= 0 (0: the weights do not move)")
-    require(train.warmup_steps >= 0, "train.warmup_steps", train.warmup_steps, "must be >= 0")
-    require(
-        train.lr_schedule in LR_SCHEDULES, "train.lr_schedule", train.lr_schedule, "allowed: " + ", ".join(LR_SCHEDULES)
-    )
-    require(0 <= train.min_lr <= train.lr, "train.min_lr", train.min_lr, f"must be in [0, train.lr={train.lr}]")
-    require(
-        train.lr_schedule == "inverse_sqrt" or train.max_steps > 0 or train.max_minutes > 0 or train.max_epochs > 0,
-        "train.lr_schedule",
-        train.lr_schedule,
-        "anneals to the end of the budget: set train.max_steps, train.max_minutes or train.max_epochs",
-    )
-    require(len(train.betas) == 2, "train.betas", train.betas, "must be two numbers")
-    require(train.alignment_weight >= 0, "train.alignment_weight", train.alignment_weight, "must be >= 0")
-    require(
-        train.alignment_weight == 0 or data.alignments != "none",
-        "train.alignment_weight",
-        train.alignment_weight,
-        "needs alignment targets: set data.alignments=eflomal or data.alignments=file",
-    )
-    require(train.rdrop_alpha >= 0, "train.rdrop_alpha", train.rdrop_alpha, "must be >= 0 (0: off)")
-    require(
-        train.rdrop_alpha == 0 or train.alignment_weight == 0,
-        "train.rdrop_alpha",
-        train.rdrop_alpha,
-        "does not combine with guided alignment: set train.alignment_weight=0 or train.rdrop_alpha=0",
-    )
-    require(train.trainable in TRAINABLE, "train.trainable", train.trainable, "allowed: " + ", ".join(TRAINABLE))
-    if model.aligner.enabled and (model.aligner.lexicon or model.aligner.word_lexicon):
-        require(
-            data.alignments != "none" and not data.streaming,
-            "model.aligner.lexicon",
-            True,
-            "counts the teacher's links: needs data.alignments=eflomal or data.alignments=file, and data.streaming=false",
-        )
-    if train.trainable == "alignment":
-        require(model.aligner.enabled, "train.trainable", train.trainable, "needs an aligner: model.aligner.enabled=true")
-        require(
-            bool(train.init_from or train.resume),
-            "train.trainable",
-            train.trainable,
-            "trains the aligner of a finished model: set train.init_from=CHECKPOINT_OR_RUN_DIR",
-        )
-        require(
-            train.alignment_weight > 0,
-            "train.alignment_weight",
-            train.alignment_weight,
-            "must be > 0 with train.trainable=alignment (it is the aligner's only loss)",
-        )
-    require(0 <= train.label_smoothing < 1, "train.label_smoothing", train.label_smoothing, "must be in [0, 1)")
-    require(train.valid_every > 0, "train.valid_every", train.valid_every, "must be > 0")
-    require(train.valid_beam_size > 0, "train.valid_beam_size", train.valid_beam_size, "must be > 0")
-    require(
-        train.max_steps > 0 or train.max_epochs > 0 or train.max_minutes > 0 or train.patience > 0,
-        "train.max_steps",
-        train.max_steps,
-        "set train.max_steps, train.max_epochs, train.max_minutes or train.patience, or training never ends",
-    )
-    check_device(train.device, "train.device")
-    require(train.max_nonfinite >= 1, "train.max_nonfinite", train.max_nonfinite, "must be >= 1")
-
-    decoding = config.decoding
-    require(decoding.beam_size > 0, "decoding.beam_size", decoding.beam_size, "must be > 0")
-    require(decoding.batch_size > 0, "decoding.batch_size", decoding.batch_size, "must be > 0")
-    require(decoding.max_len_a >= 0, "decoding.max_len_a", decoding.max_len_a, "must be >= 0")
-    require(decoding.max_len_b > 0, "decoding.max_len_b", decoding.max_len_b, "must be > 0")
-
-
-def _validate_source(data: DataConfig) -> None:
-    """The data keys that depend on ``data.source`` (see :class:`DataConfig`)."""
-    from mt.alignment.targets import SOURCES, UNITS  # the modules that own these names
-    from mt.alignment.symmetrize import HEURISTICS
-
-    require(data.source in DATA_SOURCES, "data.source", data.source, "allowed: " + ", ".join(DATA_SOURCES))
-    languages = (("data.src_lang", data.src_lang), ("data.tgt_lang", data.tgt_lang))
-    if data.source == "multi30k":
-        require(data.name == "multi30k", "data.name", data.name, "allowed: multi30k")
-        for key, lang in languages:
-            require(lang in LANGUAGES, key, lang, "allowed: " + ", ".join(LANGUAGES))
-        require(not data.streaming, "data.streaming", data.streaming, "only for data.source=hf or files")
-    else:
-        for key, lang in languages:
-            require(bool(re.fullmatch(r"[^\s/]+", lang)), key, lang, "must be a language code (no spaces or '/')")
-        require(bool(data.path), "data.path", data.path, f"required for data.source={data.source}")
-        require(
-            (data.src_column is None) == (data.tgt_column is None),
-            "data.src_column" if data.src_column is None else "data.tgt_column",
-            data.src_column if data.src_column is None else data.tgt_column,
-            "data.src_column and data.tgt_column go together (or neither: the translation column)",
-        )
-        require(
-            data.src_column is None or data.src_column != data.tgt_column,
-            "data.tgt_column",
-            data.tgt_column,
-            "must differ from data.src_column",
-        )
-        require(bool(data.translation_column), "data.translation_column", data.translation_column, "must not be empty")
-    if data.source == "files":
-        require(data.format in FILE_FORMATS, "data.format", data.format, "allowed: " + ", ".join(FILE_FORMATS))
-        require(
-            data.src_column is None or data.format == "jsonl",
-            "data.src_column",
-            data.src_column,
-            f"only for data.format=jsonl (data.format={data.format})",
-        )
-    for key in ("train_split", "valid_split", "test_split"):
-        require(bool(getattr(data, key)), f"data.{key}", getattr(data, key), "must not be empty")
-    for key in ("max_train_sentences", "max_valid_sentences", "max_test_sentences"):
-        require(getattr(data, key) >= 0, f"data.{key}", getattr(data, key), "must be >= 0 (0 = all)")
-    require(data.tokenizer_sample > 0, "data.tokenizer_sample", data.tokenizer_sample, "must be > 0")
-    require(data.alignments in SOURCES, "data.alignments", data.alignments, "allowed: " + ", ".join(SOURCES))
-    require(
-        data.alignments == "none" or not data.streaming,
-        "data.alignments",
-        data.alignments,
-        "needs a non-streaming corpus (data.streaming=false); set it to none",
-    )
-    require(
-        data.alignments != "file" or bool(data.alignments_path),
-        "data.alignments_path",
-        data.alignments_path,
-        "required for data.alignments=file",
-    )
-    require(
-        data.alignments_symmetrize in HEURISTICS,
-        "data.alignments_symmetrize",
-        data.alignments_symmetrize,
-        "allowed: " + ", ".join(HEURISTICS),
-    )
-    require(data.alignments_unit in UNITS, "data.alignments_unit", data.alignments_unit, "allowed: " + ", ".join(UNITS))
+    _check_train(config.train, config.data, model.aligner)
+    _check_decoding(config.decoding)
 
 
 def command_line_keys(overrides: Sequence[str]) -> list[str]:
@@ -817,12 +923,60 @@ def command_line_keys(overrides: Sequence[str]) -> list[str]:
     return [o.key_or_group.replace("/", ".") for o in OverridesParser.create().parse_overrides(list(overrides))]
 
 
+# Options removed from the schema, each with its value that meant "off". Checkpoints saved
+# before hold them: at that value they are dropped; on, the weights or the run need code that
+# is gone (the results docs name the commit that measured each, for anyone to try again).
+REMOVED_OPTIONS = {
+    "model.aligner.word_lexicon": False,
+    "model.aligner.lexicon_leave_one_out": False,
+    "train.rdrop_alpha": 0.0,
+}
+
+
+def without_removed_options(saved: dict, node: str = "") -> dict:
+    """A config node a checkpoint saved, as nested dicts, without the options removed since
+    (:data:`REMOVED_OPTIONS`); ``saved`` itself is left as it is.
+
+    Args:
+        saved: e.g. a checkpoint's ``config`` (the root node) or ``model_config``.
+        node: its key: ``""`` for the root, ``"model"`` for ``model_config``.
+
+    Raises:
+        ConfigError: one of them is on, e.g. ``config key 'model.aligner.word_lexicon' = True:
+            saved in this checkpoint, but the option was removed …``.
+    """
+    saved = copy.deepcopy(saved)
+    prefix = f"{node}." if node else ""
+    for key, off in REMOVED_OPTIONS.items():
+        if not key.startswith(prefix):
+            continue
+        *path, leaf = key[len(prefix) :].split(".")
+        holder = saved
+        for part in path:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and leaf in holder:
+            value = holder.pop(leaf)
+            require(
+                value == off,
+                key,
+                value,
+                "saved in this checkpoint, but the option was removed (it measured worse): "
+                "a version of mt from before its removal runs it",
+            )
+    return saved
+
+
 def model_config_from_dict(data: dict) -> ModelConfig:
     """A ``model`` node saved as nested dicts (a checkpoint's) as a :class:`ModelConfig`; keys
-    added to the schema since it was saved take their defaults (e.g. ``aligner``)."""
+    added to the schema since it was saved take their defaults (e.g. ``aligner``), keys of
+    removed options are dropped (:func:`without_removed_options`).
+
+    Raises:
+        ConfigError: the checkpoint has a removed option on.
+    """
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), data))
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), without_removed_options(data, "model")))
 
 
 def check_device(device: str, key: str) -> None:

@@ -1,7 +1,7 @@
 """AER of every extraction method, layer and symmetrization of a model pair on one gold set.
 
 The README's alignment table comes from here. Each model's teacher-forced cross-attention is
-computed once (:func:`mt.alignment.align.attend`) and every row reuses it:
+computed once (:func:`mt.alignment.teacher_forced.attend`) and every row reuses it:
 
     python scripts/aer_table.py --forward outputs/czenali-en-cs --reverse outputs/czenali-cs-en \\
         --gold ../shared/alignments/czenali/encs
@@ -27,7 +27,8 @@ import time
 import numpy as np
 
 from mt.alignment.aer import load_gold, score_alignments
-from mt.alignment.align import LAYER_METHODS, aligner_word_links, attend, default_layer, segmented_aligner, supervised_heads, word_links
+from mt.alignment.align import LAYER_METHODS, aligner_word_links, default_layer, supervised_heads, word_links
+from mt.alignment.teacher_forced import attend, segmented_aligner
 from mt.model.checkpoint import load_for_inference
 from mt.alignment.symmetrize import HEURISTICS, symmetrize
 

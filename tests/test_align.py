@@ -15,8 +15,8 @@ from mt.alignment.align import (
     method_rows,
     select_layer,
     symmetrize_alignments,
-    teacher_forced_attention,
 )
+from mt.alignment.teacher_forced import teacher_forced_attention
 from mt.data.words import NO_WORD, piece_words, pool, pooling_matrices, words_of
 from mt.config import AlignerConfig, TokenizerConfig
 from mt.model.transformer import Transformer

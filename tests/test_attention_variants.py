@@ -11,15 +11,14 @@ import pytest
 import torch
 
 from mt.model.attention import (
-    ATTENTION_TYPES,
+    KERNELS,
     MultiHeadAttention,
-    check_site,
     full_attention,
     local_attention,
     rotary,
     topk_attention,
 )
-from mt.config import AttentionConfig
+from mt.config import ATTENTION_TYPES, SELF_ATTENTION_ONLY, AttentionConfig, check_attention_site
 from mt.errors import ConfigError
 from mt.model.transformer import Transformer
 
@@ -252,11 +251,19 @@ SITES = {  # config group → is it self-attention
 @pytest.mark.parametrize("group, self_attention", SITES.items(), ids=list(SITES))
 def test_each_site_group_offers_exactly_the_variants_it_may_run(group, self_attention):
     offered = {path.stem for path in (REPO / "configs" / group).glob("*.yaml")}
-    allowed = {name for name, variant in ATTENTION_TYPES.items() if self_attention or not variant.self_attention_only}
+    allowed = {name for name in ATTENTION_TYPES if self_attention or name not in SELF_ATTENTION_ONLY}
     assert offered == allowed
 
 
 def test_a_variant_checks_only_its_own_knobs():
-    check_site(AttentionConfig(type="full", window=0, top_k=0), "site", 16, self_attention=True)
+    check_attention_site(AttentionConfig(type="full", window=0, top_k=0), "site", 16, self_attention=True)
     with pytest.raises(ConfigError, match=r"^config key 'site\.window' = 0: must be >= 1$"):
-        check_site(AttentionConfig(type="local", window=0), "site", 16, self_attention=True)
+        check_attention_site(AttentionConfig(type="local", window=0), "site", 16, self_attention=True)
+
+
+def test_the_schema_and_the_kernels_name_the_same_variants():
+    assert set(KERNELS) == set(ATTENTION_TYPES)
+    # a variant the schema would accept without a kernel to run it: the import fails, not a run
+    code = "import mt.config; mt.config.ATTENTION_TYPES += ('sparse',); import mt.model.attention"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode != 0 and "'sparse'" in result.stderr.splitlines()[-1]

@@ -1,5 +1,6 @@
 """Every config file composes and fits the schema; bad values stop at start-up with one line."""
 
+import copy
 import dataclasses
 import math
 import subprocess
@@ -12,7 +13,15 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mt.data.batching import collate
-from mt.config import Config, from_hydra, model_preset, subword_sampling, to_dict
+from mt.config import (
+    Config,
+    from_hydra,
+    model_config_from_dict,
+    model_preset,
+    subword_sampling,
+    to_dict,
+    without_removed_options,
+)
 from mt.errors import ConfigError
 from mt.model.transformer import Transformer
 from mt.training.objective import sequence_loss
@@ -198,8 +207,6 @@ def test_unknown_model_preset_lists_the_presets():
         (["train.lr_schedule=exp"], "train.lr_schedule"),
         (["train.lr_schedule=cosine", "train.max_minutes=0", "train.patience=5"], "train.lr_schedule"),  # no end to anneal to
         (["train.lr_schedule=cosine", "train.min_lr=0.01"], "train.min_lr"),  # above train.lr
-        (["train.rdrop_alpha=-1"], "train.rdrop_alpha"),
-        (["train.rdrop_alpha=5", "train.alignment_weight=0.1", "data.alignments=eflomal"], "train.rdrop_alpha"),
     ],
 )
 def test_invalid_values_name_their_key(overrides, key):
@@ -255,3 +262,53 @@ def test_run_dir_is_named_after_the_experiment(overrides, folder, tmp_path):
     assert result.returncode == 2, result.stderr
     run_dirs = [path.parent for path in (tmp_path / "outputs").glob("*/*/*/.hydra")]
     assert [run_dir.relative_to(tmp_path).parts[:2] for run_dir in run_dirs] == [("outputs", folder)]
+
+
+OLD_CHECKPOINT = REPO / "tests" / "fixtures" / "checkpoint-2dea679.pt"  # written before three options were removed
+REMOVED_MODEL_KEYS = ("word_lexicon", "lexicon_leave_one_out")  # under model.aligner
+
+
+def old_checkpoint() -> dict:
+    return torch.load(OLD_CHECKPOINT, map_location="cpu", weights_only=True)
+
+
+def test_a_checkpoint_saved_before_options_were_removed_still_gives_its_model_config():
+    saved = old_checkpoint()["model_config"]
+    assert all(saved["aligner"][key] is False for key in REMOVED_MODEL_KEYS)  # what the fixture holds
+    expected = copy.deepcopy(saved)
+    for key in REMOVED_MODEL_KEYS:
+        del expected["aligner"][key]
+    assert to_dict(model_config_from_dict(saved)) == expected
+    assert all(key in saved["aligner"] for key in REMOVED_MODEL_KEYS)  # the checkpoint's dict is left as it was
+
+
+@pytest.mark.parametrize("key", REMOVED_MODEL_KEYS)
+def test_a_checkpoint_with_a_removed_option_on_is_refused_in_one_line(key):
+    saved = old_checkpoint()["model_config"]
+    saved["aligner"][key] = True
+    with pytest.raises(ConfigError, match=rf"^config key 'model\.aligner\.{key}' = True: .*option was removed") as error:
+        model_config_from_dict(saved)
+    assert "\n" not in str(error.value)
+
+
+def test_a_saved_root_config_drops_rdrop_alpha_when_off_and_refuses_it_on():
+    saved = old_checkpoint()["config"]
+    assert saved["train"]["rdrop_alpha"] == 0.0
+    kept = without_removed_options(saved)
+    assert "rdrop_alpha" not in kept["train"] and not set(kept["model"]["aligner"]) & set(REMOVED_MODEL_KEYS)
+    assert {k: v for k, v in saved["train"].items() if k != "rdrop_alpha"} == kept["train"]
+    saved["train"]["rdrop_alpha"] = 5.0
+    with pytest.raises(ConfigError, match=r"^config key 'train\.rdrop_alpha' = 5\.0: .*option was removed"):
+        without_removed_options(saved)
+
+
+def test_resuming_a_run_trained_with_a_removed_option_on_is_refused(tmp_path):
+    from mt.training.train import load_resume
+
+    state = load_resume(str(OLD_CHECKPOINT), tmp_path)  # off: resumes, the key dropped
+    assert "rdrop_alpha" not in state["config"]["train"] and state["step"] == old_checkpoint()["step"]
+    state = old_checkpoint()
+    state["config"]["train"]["rdrop_alpha"] = 5.0
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(ConfigError, match=r"^config key 'train\.rdrop_alpha' = 5\.0: .*option was removed"):
+        load_resume("auto", tmp_path)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from mt.alignment.aer import format_pharaoh, parse_pharaoh
 from mt.model.checkpoint import save_checkpoint
 from mt.config import DecodingConfig, TokenizerConfig, to_dict
-from mt.data.corpora import split_lines
+from mt.data.lines import split_lines
 from mt.inference.evaluate import translate
 from mt.model.transformer import Transformer
 from mt.data.tokenizer import Tokenizer

@@ -19,30 +19,27 @@ word alignments off the cross-attention of one layer (:data:`METHODS`):
 
 The source EOS soaks up much of the attention mass (fairseq issue 4446): its column is
 dropped and each row renormalised over real source words, so special tokens never appear in
-word links. How pieces become whitespace words is :mod:`mt.data.words`; gold sets and AER are
-:mod:`mt.alignment.aer`; symmetrization is :mod:`mt.alignment.symmetrize`.
+word links. The teacher-forced passes are :mod:`mt.alignment.teacher_forced`; how pieces
+become whitespace words is :mod:`mt.data.words`; gold sets and AER are :mod:`mt.alignment.aer`;
+symmetrization is :mod:`mt.alignment.symmetrize`; the files ``mt-align`` writes are
+:mod:`mt.alignment.files`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from mt.alignment.aer import AlignmentScores, GoldAlignment, format_pharaoh, score_alignments
-from mt.data.batching import pad
-from mt.model.transformer import Transformer
+from mt.alignment.aer import AlignmentScores, GoldAlignment, score_alignments
 from mt.alignment.symmetrize import symmetrize
+from mt.alignment.teacher_forced import attend, segmented_aligner, segmented_attention
 from mt.data.tokenizer import Tokenizer
 from mt.data.words import Segmentation, segment
-
-log = logging.getLogger(__name__)
+from mt.model.transformer import Transformer
 
 METHODS = ("attention", "shift", "supervised", "aligner")
 LAYER_METHODS = ("attention", "shift")  # read any layer and heads; supervised reads the trained ones
@@ -146,105 +143,6 @@ class PairAlignment:
     aligner: np.ndarray | None = None
 
 
-TEACHER_FORCED_TOKENS = 1024  # padded positions per side and batch: long pairs do not pad short ones
-
-
-def _teacher_forced_batches(src_ids, tgt_ids, batch_size: int, device, progress: bool):
-    """Length-sorted batches of at most ``batch_size`` pairs and about
-    :data:`TEACHER_FORCED_TOKENS` padded positions per side: (pair indices, src (batch,
-    src_len + 1) with EOS, tgt_in (batch, tgt_len + 1) with BOS), on ``device``."""
-    from tqdm.auto import tqdm
-
-    bos, eos = Tokenizer.bos_id, Tokenizer.eos_id
-    order = sorted(range(len(src_ids)), key=lambda k: (len(tgt_ids[k]), len(src_ids[k])))
-    batches: list[list[int]] = []
-    longest = 0
-    for k in order:
-        size = max(len(src_ids[k]), len(tgt_ids[k])) + 1
-        if batches and len(batches[-1]) < batch_size and max(longest, size) * (len(batches[-1]) + 1) <= TEACHER_FORCED_TOKENS:
-            batches[-1].append(k)
-            longest = max(longest, size)
-        else:
-            batches.append([k])
-            longest = size
-    for batch in tqdm(batches, desc="align", unit="batch", disable=None if progress else True, leave=False):
-        src = pad([[*src_ids[k], eos] for k in batch]).to(device)
-        tgt_in = pad([[bos, *tgt_ids[k]] for k in batch]).to(device)
-        yield batch, src, tgt_in
-
-
-@torch.inference_mode()
-def teacher_forced_aligner(
-    model: Transformer,
-    src_ids: Sequence[Sequence[int]],
-    tgt_ids: Sequence[Sequence[int]],
-    batch_size: int = 32,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-    encoder_states: Sequence[list[torch.Tensor] | None] | None = None,
-) -> list[np.ndarray]:
-    """The aligner's alignment of each pair (:meth:`mt.model.transformer.Transformer.aligner_attention`).
-
-    Args: as :func:`teacher_forced_attention`, and
-        encoder_states: per pair, the encoder's outputs for its source already (e.g. by the
-            search, :meth:`mt.model.transformer.Transformer.encode`): n_encoder_layers + 1 tensors
-            (len(src) + 1, d_model), or None; a batch whose pairs all have them skips the encoder.
-
-    Returns: per pair, (len(tgt) + 1, len(src) + 1) float32: row t for the piece predicted at
-        decoder row t (y_1..y_n, EOS); columns the source pieces and EOS; rows sum to 1.
-
-    Raises:
-        ValueError: the model has no aligner.
-    """
-    model.eval()
-    out: list[np.ndarray] = [np.zeros(0)] * len(src_ids)
-    for batch, src, tgt_in in _teacher_forced_batches(src_ids, tgt_ids, batch_size, device, progress):
-        src_states = None
-        if encoder_states is not None and all(encoder_states[k] is not None for k in batch):
-            src_states = [  # (batch, src_len, d_model) per layer, padded with zeros as padding is masked
-                torch.nn.utils.rnn.pad_sequence([encoder_states[k][layer] for k in batch], batch_first=True).to(device)
-                for layer in range(len(encoder_states[batch[0]]))
-            ]
-        weights = model.aligner_attention(src, tgt_in, src_states).float().cpu().numpy()  # (batch, tgt_len, src_len)
-        for row, k in enumerate(batch):
-            out[k] = weights[row, : len(tgt_ids[k]) + 1, : len(src_ids[k]) + 1].copy()
-    return out
-
-
-@torch.inference_mode()
-def teacher_forced_attention(
-    model: Transformer,
-    src_ids: Sequence[Sequence[int]],
-    tgt_ids: Sequence[Sequence[int]],
-    batch_size: int = 32,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-    full_context_layer: int | None = None,
-) -> list[np.ndarray]:
-    """Cross-attention of every decoder layer and head, teacher-forced, in length-sorted batches.
-
-    Args:
-        src_ids, tgt_ids: piece ids without specials (EOS/BOS are added here).
-        progress: show a tqdm bar over batches.
-        full_context_layer: this layer's weights come from its pass without the future mask
-            (:meth:`mt.model.transformer.Transformer.decode_with_alignment`), as guided alignment trained it.
-
-    Returns: per pair, (n_layers, n_heads, len(tgt) + 1, len(src) + 1) float32: rows are the
-        decoder inputs BOS, y_1..y_n; columns the source pieces and EOS.
-    """
-    model.eval()
-    out: list[np.ndarray] = [np.zeros(0)] * len(src_ids)
-    for batch, src, tgt_in in _teacher_forced_batches(src_ids, tgt_ids, batch_size, device, progress):
-        memory, src_mask = model.encode(src)
-        _, weights = model.decode(tgt_in, memory, src_mask, need_weights=True)
-        if full_context_layer is not None:
-            weights[full_context_layer] = model.decode_with_alignment(tgt_in, memory, src_mask, full_context_layer, True)[1]
-        stacked = torch.stack(weights, dim=1).float().cpu().numpy()  # (batch, n_layers, n_heads, tgt_len, src_len)
-        for row, k in enumerate(batch):
-            out[k] = stacked[row, :, :, : len(tgt_ids[k]) + 1, : len(src_ids[k]) + 1].copy()
-    return out
-
-
 def _check_choice(model: Transformer, method: str, layer: int | None, heads: Sequence[int] | None) -> tuple[int, list[int]]:
     if method not in METHODS:
         raise ValueError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
@@ -267,82 +165,16 @@ def _check_choice(model: Transformer, method: str, layer: int | None, heads: Seq
 def supervised_heads(model: Transformer) -> tuple[int, list[int], int | None]:
     """The heads guided alignment trained (``model.alignment``): (decoder layer, 0-based;
     head indices; the layer again when trained with full context, else None — the
-    ``full_context_layer`` of :func:`attend`)."""
+    ``full_context_layer`` of :func:`mt.alignment.teacher_forced.attend`)."""
     layer, heads = _check_choice(model, "supervised", None, None)
     return layer, heads, layer if model.cfg.alignment.full_context else None
-
-
-def attend(
-    model: Transformer,
-    tokenizer: Tokenizer,
-    src_texts: Sequence[str],
-    tgt_texts: Sequence[str],
-    batch_size: int = 32,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-    full_context_layer: int | None = None,
-) -> tuple[list[Segmentation], list[np.ndarray]]:
-    """Segment the pairs and run the teacher-forced passes: the inputs of every extraction.
-
-    Returns: per pair, its :class:`Segmentation` and its (n_layers, n_heads, tgt_len + 1,
-    src_len + 1) attention (see :func:`teacher_forced_attention`).
-
-    Raises:
-        ValueError: unequal numbers of texts.
-    """
-    if len(src_texts) != len(tgt_texts):
-        raise ValueError(f"{len(src_texts)} source but {len(tgt_texts)} target sentences")
-    segmentations = segment(tokenizer, src_texts, tgt_texts, model.cfg.max_positions - 1)
-    return segmentations, segmented_attention(model, segmentations, batch_size, device, progress, full_context_layer)
-
-
-def segmented_attention(
-    model: Transformer,
-    segmentations: Sequence[Segmentation],
-    batch_size: int = 32,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-    full_context_layer: int | None = None,
-) -> list[np.ndarray]:
-    """:func:`teacher_forced_attention` over already segmented pairs (their pieces)."""
-    return teacher_forced_attention(
-        model, *_piece_ids(segmentations), batch_size, device, progress, full_context_layer
-    )
-
-
-def segmented_aligner(
-    model: Transformer,
-    segmentations: Sequence[Segmentation],
-    batch_size: int = 32,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-    encoder_states: Sequence[tuple[Sequence[int], list[torch.Tensor]] | None] | None = None,
-) -> list[np.ndarray]:
-    """:func:`teacher_forced_aligner` over already segmented pairs (their pieces).
-
-    Args:
-        encoder_states: per pair, (source ids with EOS, the encoder's outputs for them) from an
-            earlier pass, or None; used where the ids are the segmentation's source pieces + EOS.
-    """
-    src_ids, tgt_ids = _piece_ids(segmentations)
-    usable = None
-    if encoder_states is not None:  # another tokenization (e.g. truncated otherwise) runs the encoder again
-        usable = [
-            pair[1] if pair is not None and list(pair[0]) == [*src, Tokenizer.eos_id] else None
-            for src, pair in zip(src_ids, encoder_states)
-        ]
-    return teacher_forced_aligner(model, src_ids, tgt_ids, batch_size, device, progress, usable)
-
-
-def _piece_ids(segmentations: Sequence[Segmentation]) -> tuple[list[list[int]], list[list[int]]]:
-    return [[p.id for p in seg.src_pieces] for seg in segmentations], [[p.id for p in seg.tgt_pieces] for seg in segmentations]
 
 
 def aligner_word_links(
     segmentations: Sequence[Segmentation], aligner: Sequence[np.ndarray], threshold: float | None = None, null: bool = False
 ) -> tuple[list[np.ndarray], list[list[tuple[int, int]]]]:
     """Word matrices (n_tgt_words, n_src_words) and links of each pair from the aligner's
-    matrices (:func:`teacher_forced_aligner`).
+    matrices (:func:`mt.alignment.teacher_forced.teacher_forced_aligner`).
 
     Args:
         null: the aligner learnt to put unaligned pieces' mass on the source EOS
@@ -405,8 +237,8 @@ def align(
     ``keep_attention=False`` with the ``aligner`` method skips the pass that computes every
     layer's cross-attention (for the files and the HTML view): ``PairAlignment.attention`` is
     then None and the pairs cost one teacher-forced pass instead of two. ``encoder_states``
-    (per pair, as :func:`segmented_aligner` takes them: e.g. the search's) spares the aligner
-    method the encoder where the source ids match.
+    (per pair, as :func:`mt.alignment.teacher_forced.segmented_aligner` takes them: e.g. the
+    search's) spares the aligner method the encoder where the source ids match.
 
     Raises:
         ValueError: an unknown method, ``layer`` or a head index out of range, or unequal
@@ -563,50 +395,3 @@ def symmetrize_alignments(
         links = sorted(symmetrize(a.links, flipped, heuristic))
         results.append(dataclasses.replace(a, links=links, forward_links=a.links, reverse_links=flipped))
     return results
-
-
-def write_alignments(alignments: Sequence[PairAlignment], out_dir: str | Path, plot: bool = False) -> None:
-    """Write ``attention.npz``, ``alignments.jsonl``, ``alignments.txt`` (and ``plots/k.png``) into ``out_dir``.
-
-    ``attention.npz`` maps ``"k"`` (0-based pair index) to the (n_layers, n_heads, tgt_len + 1,
-    src_len + 1) float32 piece-level matrix (see :class:`PairAlignment`); ``alignments.jsonl``
-    holds per pair its pieces, words, word matrix and links (and, when symmetrized,
-    ``forward_links`` and ``reverse_links``); ``alignments.txt`` one Pharaoh line per pair.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out_dir / "attention.npz", **{str(k): a.attention for k, a in enumerate(alignments)})
-    with (out_dir / "alignments.jsonl").open("w", encoding="utf-8") as jsonl, (out_dir / "alignments.txt").open(
-        "w", encoding="utf-8"
-    ) as pharaoh:
-        for k, a in enumerate(alignments):
-            record = {
-                "index": k,
-                "src_tokens": a.src_tokens,
-                "tgt_tokens": a.tgt_tokens,
-                "src_words": a.src_words,
-                "tgt_words": a.tgt_words,
-                "word_matrix": np.round(a.word_matrix, 6).tolist(),
-                "links": [list(link) for link in a.links],
-            }
-            if a.forward_links is not None:  # symmetrized: the two directions behind "links"
-                record["forward_links"] = [list(link) for link in a.forward_links]
-                record["reverse_links"] = [list(link) for link in a.reverse_links]
-            jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
-            pharaoh.write(format_pharaoh(a.links) + "\n")
-    if plot:
-        from mt.plot import alignment_heatmap
-
-        (out_dir / "plots").mkdir(exist_ok=True)
-        for k, a in enumerate(alignments):
-            alignment_heatmap(a.word_matrix, a.src_words, a.tgt_words, out_dir / "plots" / f"{k}.png", a.links)
-
-
-def format_table(a: PairAlignment) -> str:
-    """The word matrix as a text table: one row per target word, one column per source word."""
-    width = max([len(w) for w in a.src_words] + [5])
-    label = max([len(w) for w in a.tgt_words] + [1])
-    lines = [" " * label + " " + " ".join(w.rjust(width) for w in a.src_words)]
-    for word, row in zip(a.tgt_words, a.word_matrix):
-        lines.append(word.ljust(label) + " " + " ".join(f"{v:.2f}".rjust(width) for v in row))
-    return "\n".join(lines)

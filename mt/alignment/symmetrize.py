@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-Link = tuple[int, int]
+from mt.config import SYMMETRIZATION_HEURISTICS as HEURISTICS  # the schema names them, for data.alignments_symmetrize
 
-HEURISTICS = ("intersect", "union", "grow-diag-final-and")
+Link = tuple[int, int]
 
 # the 8 neighbours of a link, horizontal/vertical first (as in Moses' symal)
 _NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from mt.alignment.aer import GoldAlignment, read_pharaoh
-from mt.config import DataConfig
+from mt.config import ALIGNMENT_UNITS as UNITS, DataConfig
 from mt.errors import ConfigError, DataError
 from mt.alignment.symmetrize import symmetrize
 from mt.data.tokenizer import Tokenizer
@@ -44,8 +44,6 @@ from mt.data.words import NO_WORD, Segmentation, piece_words, words_of
 log = logging.getLogger(__name__)
 
 Link = tuple[int, int]
-SOURCES = ("none", "eflomal", "file")
-UNITS = ("piece", "word")
 _CACHE_FORMAT = 1  # bump when the stored links change meaning
 
 
@@ -138,14 +136,17 @@ def read_word_links(
 
     Args:
         path: one line per pair of the texts; a blank line = no links for that pair.
-        n_first: the file may instead hold lines for just the first ``n_first`` pairs (the
-            training split before the gold copies); the remaining pairs get no links.
+        n_first: the pairs of the training split before the gold copies
+            (``data.alignment_gold_train_copies``): the file may hold lines for just these,
+            the copies then get no links; a line for a copy must be blank, since gold links
+            are never trained on.
 
     Returns: one link list per pair of the texts.
 
     Raises:
         DataError: the file is missing, a line does not parse, a link points past the words of
-            its pair, or the line count matches neither count of pairs; named ``FILE:LINE``.
+            its pair, a line for a gold copy holds links, or the line count matches neither
+            count of pairs; named ``FILE:LINE``.
     """
     links = read_pharaoh(path)
     n_pairs = len(src_texts)
@@ -158,6 +159,11 @@ def read_word_links(
             "(one line per pair, blank = no links)"
         )
     for number, (pair_links, src, tgt) in enumerate(zip(links, src_texts, tgt_texts), 1):
+        if n_first is not None and number > n_first and pair_links:
+            raise DataError(
+                f"{path}:{number}: links on a line of the gold copies (data.alignment_gold_train_copies), but gold "
+                f"links are never trained on: leave lines {n_first + 1}-{n_pairs} blank, or give only the first {n_first}"
+            )
         n_src, n_tgt = len(src.split()), len(tgt.split())
         bad = [(i, j) for i, j in pair_links if i >= n_src or j >= n_tgt]
         if bad:

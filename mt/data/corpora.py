@@ -25,14 +25,11 @@ With ``data.streaming`` (hf and files) the train split comes back as a
 :func:`mt.training.training_data.encode_stream` the compact token ids. Valid and test are always
 materialised.
 
-Plain and gzipped text files are read line by line as the rest of ``mt`` reads them
-(:func:`read_lines`, :func:`iter_lines`, :func:`split_lines`: on ``\\n`` only, a trailing ``\\r``
-dropped).
+Text files are read as the rest of ``mt`` reads them (:mod:`mt.data.lines`).
 """
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import json
 import logging
@@ -48,6 +45,7 @@ from pathlib import Path
 import datasets
 
 from mt.config import DataConfig
+from mt.data.lines import iter_lines, read_lines
 from mt.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -55,7 +53,6 @@ log = logging.getLogger(__name__)
 ROLES = ("train", "valid", "test")
 PAIR_FEATURES = datasets.Features({"src": datasets.Value("string"), "tgt": datasets.Value("string")})
 _SLICE = re.compile(r"^(?P<name>.+?)\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\]$")
-_READ_BYTES = 1 << 24  # lines are decoded in chunks of about 16 MiB
 
 
 def load_splits(cfg: DataConfig) -> dict[str, datasets.Dataset | datasets.IterableDataset]:
@@ -391,54 +388,6 @@ def _pairs_stream(split: datasets.IterableDataset, cfg: DataConfig, where: str) 
 
 
 # ------------------------------------------------------------------------------ local files
-def split_lines(raw: bytes, source: str) -> list[str]:
-    """Decode UTF-8 bytes into lines, splitting on ``\n`` only.
-
-    ``str.splitlines`` would also split on form feeds, U+2028 and other separators inside a
-    line, breaking the one-line-in, one-line-out contract. A trailing ``\r`` is dropped from
-    each line; invalid UTF-8 is replaced by U+FFFD with one warning naming ``source``.
-    """
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        log.warning("%s: invalid UTF-8 (first at byte %d) replaced by U+FFFD", source, error.start)
-        text = raw.decode("utf-8", errors="replace")
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the final newline ends the last line; it does not start a new one
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
-
-
-def read_lines(path: Path) -> list[str]:
-    """Lines of a plain or gzipped UTF-8 text file (see :func:`split_lines`).
-
-    Raises:
-        DataError: the file is missing or not readable.
-    """
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            return split_lines(f.read(), str(path))
-    except (OSError, EOFError) as error:
-        raise DataError(f"cannot read {path}: {error}") from None
-
-
-def iter_lines(path: Path) -> Iterator[str]:
-    """Lines of a plain or gzipped UTF-8 file, read in chunks, split as :func:`split_lines`
-    does (on ``\\n`` only; invalid UTF-8 replaced, with a warning per chunk).
-
-    Raises:
-        DataError: the file is missing or not readable.
-    """
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            while chunk := f.readlines(_READ_BYTES):  # whole lines, so no character is cut
-                yield from split_lines(b"".join(chunk), str(path))
-    except (OSError, EOFError) as error:
-        raise DataError(f"cannot read {path}: {error}") from None
-
-
 def _find(stem: Path, key: str) -> Path:
     """``stem`` or ``stem.gz``, whichever exists."""
     found = [p for p in (stem, stem.with_name(stem.name + ".gz")) if p.is_file()]

@@ -7,30 +7,27 @@ Mask convention everywhere: bool, True = may attend (as ``scaled_dot_product_att
 
 A variant is a *kernel*: a function ``(q, k, v, mask, causal, dropout_p, need_weights) ->
 (out, weights)`` that sees only already-projected heads; its own knobs (``window``,
-``top_k``) are bound from the site's config by its :class:`Variant` entry in
-:data:`ATTENTION_TYPES`, the one dispatch point, which also says where it may run and which
-knobs :func:`check_site` checks. The projections, grouped key/value heads, rotary positions
-and the incremental cache live in :class:`MultiHeadAttention`, so a new variant is one kernel,
-one entry of :data:`ATTENTION_TYPES` (plus its knob in ``AttentionConfig``, if it has one) and
-one YAML file per site group, ``configs/model/<site>/<name>.yaml``.
+``top_k``) are bound from the site's config by its entry in :data:`KERNELS`, the one dispatch
+point. The schema names the variants, where each may run and its knobs
+(:data:`mt.config.ATTENTION_TYPES`, ``SELF_ATTENTION_ONLY``, ``ATTENTION_KNOBS``) and checks
+every site (:func:`mt.config.check_attention_site`), so that a config is checked without
+torch. The projections, grouped key/value heads, rotary positions and the incremental cache
+live in :class:`MultiHeadAttention`, so a new variant is one kernel, one entry of
+:data:`KERNELS`, its name (and knob, if it has one) in ``mt/config.py`` and one YAML file per
+site group, ``configs/model/<site>/<name>.yaml``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mt.errors import require
-
-if TYPE_CHECKING:  # annotations only: mt.config imports this module (check_site) at run time
-    from mt.config import AttentionConfig
+from mt.config import ATTENTION_TYPES, AttentionConfig
 
 
 class KVCache:
@@ -94,7 +91,6 @@ class KVCache:
 
 Cache = dict[str, "torch.Tensor | KVCache"]  # self-attention: {"kv": KVCache}; cross-attention: {"k", "v"}
 Kernel = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]  # (q, k, v, mask, causal, dropout_p, need_weights)
-POSITION_TYPES = ("absolute", "rope")
 SHORT_QUERIES = 8  # full_attention: up to this many queries per row, without dropout, skip the fused kernel
 
 
@@ -302,75 +298,17 @@ def topk_attention(
     return out, weights if need_weights else None
 
 
-@dataclass(frozen=True)
-class Variant:
-    """What the project knows about one attention variant.
-
-    Attributes:
-        kernel: site config -> kernel, with the variant's own knobs bound.
-        knobs: the ``AttentionConfig`` fields the variant reads, each an integer >= 1.
-        self_attention_only: the variant needs queries and keys from one sequence (a window
-            around the query's own position makes no sense over another sentence).
-    """
-
-    kernel: Callable[[AttentionConfig], Kernel]
-    knobs: tuple[str, ...] = ()
-    self_attention_only: bool = False
-
-
-# The one dispatch point for attention variants: name -> Variant.
-ATTENTION_TYPES: dict[str, Variant] = {
-    "full": Variant(lambda cfg: full_attention),
-    "local": Variant(lambda cfg: partial(local_attention, window=cfg.window), ("window",), self_attention_only=True),
-    "topk": Variant(lambda cfg: partial(topk_attention, top_k=cfg.top_k), ("top_k",)),
+# The one dispatch point for attention variants: name -> (site config -> kernel, with the
+# variant's own knobs bound). The schema's ATTENTION_TYPES names the same variants.
+KERNELS: dict[str, Callable[[AttentionConfig], Kernel]] = {
+    "full": lambda cfg: full_attention,
+    "local": lambda cfg: partial(local_attention, window=cfg.window),
+    "topk": lambda cfg: partial(topk_attention, top_k=cfg.top_k),
 }
-
-
-def check_site(cfg: AttentionConfig, key: str, d_model: int, self_attention: bool) -> None:
-    """Check one attention site's settings before any model is built.
-
-    Args:
-        cfg: the site's config node.
-        key: its config key, e.g. ``model.decoder.cross_attention``; messages name ``KEY.FIELD``.
-        d_model: the model width (``model.d_model``) the heads split.
-        self_attention: queries and keys come from one sequence (encoder or decoder
-            self-attention); False for cross-attention.
-
-    Raises:
-        ConfigError: one line naming the first offending key, its value and what is allowed,
-            e.g. ``config key 'model.decoder.cross_attention.n_heads' = 3: must divide
-            model.d_model = 256``.
-    """
-    allowed_types = [name for name, v in ATTENTION_TYPES.items() if self_attention or not v.self_attention_only]
-    require(cfg.type in ATTENTION_TYPES, f"{key}.type", cfg.type, "allowed: " + ", ".join(ATTENTION_TYPES))
-    require(
-        cfg.type in allowed_types,
-        f"{key}.type",
-        cfg.type,
-        f"{cfg.type} is for self-attention sites; allowed here: " + ", ".join(allowed_types),
+if set(KERNELS) != set(ATTENTION_TYPES):  # a variant the schema accepts but cannot run, or the reverse
+    raise RuntimeError(
+        f"mt.model.attention.KERNELS {sorted(KERNELS)} != mt.config.ATTENTION_TYPES {sorted(ATTENTION_TYPES)}"
     )
-    require(cfg.n_heads > 0, f"{key}.n_heads", cfg.n_heads, "must be > 0")
-    require(d_model % cfg.n_heads == 0, f"{key}.n_heads", cfg.n_heads, f"must divide model.d_model = {d_model}")
-    if cfg.n_kv_heads is not None:
-        require(
-            1 <= cfg.n_kv_heads <= cfg.n_heads and cfg.n_heads % cfg.n_kv_heads == 0,
-            f"{key}.n_kv_heads",
-            cfg.n_kv_heads,
-            f"must be between 1 and n_heads = {cfg.n_heads} and divide it",
-        )
-    require(0 <= cfg.dropout < 1, f"{key}.dropout", cfg.dropout, "must be in [0, 1)")
-    for knob in ATTENTION_TYPES[cfg.type].knobs:
-        require(getattr(cfg, knob) >= 1, f"{key}.{knob}", getattr(cfg, knob), "must be >= 1")
-    allowed_positions = POSITION_TYPES if self_attention else ("absolute",)
-    require(
-        cfg.positions in allowed_positions,
-        f"{key}.positions",
-        cfg.positions,
-        "allowed: " + ", ".join(allowed_positions) + ("" if self_attention else " (rope is for self-attention sites)"),
-    )
-    if cfg.positions == "rope":  # rotary() rotates pairs of dimensions
-        head_dim = d_model // cfg.n_heads
-        require(head_dim % 2 == 0, f"{key}.n_heads", cfg.n_heads, f"rope needs an even head_dim, got {head_dim}")
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -401,8 +339,8 @@ class MultiHeadAttention(nn.Module):
     Args:
         d_model: model width; ``cfg.n_heads`` must divide it.
         cfg: the site's config node (type, n_heads, n_kv_heads, dropout, bias, window, top_k,
-            positions), as :func:`check_site` accepts it (``mt.config.validate`` checks every
-            site at start-up).
+            positions), as :func:`mt.config.check_attention_site` accepts it
+            (``mt.config.validate`` checks every site at start-up).
         causal: self-attention that may not look ahead (decoder self-attention).
 
     Raises:
@@ -411,8 +349,8 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_model: int, cfg: AttentionConfig, causal: bool = False):
         super().__init__()
-        if cfg.type not in ATTENTION_TYPES:
-            raise ValueError(f"unknown attention type {cfg.type!r}; valid: {', '.join(ATTENTION_TYPES)}")
+        if cfg.type not in KERNELS:
+            raise ValueError(f"unknown attention type {cfg.type!r}; valid: {', '.join(KERNELS)}")
         n_kv_heads = cfg.n_kv_heads or cfg.n_heads
         self.n_heads = cfg.n_heads
         self.n_kv_heads = n_kv_heads
@@ -420,7 +358,7 @@ class MultiHeadAttention(nn.Module):
         self.dropout = cfg.dropout
         self.causal = causal
         self.rope = cfg.positions == "rope"
-        self.kernel = ATTENTION_TYPES[cfg.type].kernel(cfg)
+        self.kernel = KERNELS[cfg.type](cfg)
         self.full = cfg.type == "full"
         self.q_proj = nn.Linear(d_model, d_model, bias=cfg.bias)
         self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=cfg.bias)
