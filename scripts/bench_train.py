@@ -5,7 +5,6 @@
     python scripts/bench_train.py --device cuda --precision bf16 --reference hf --steps 200
     python scripts/bench_train.py --threads 1 --steps 5 --warmup 2 --reference hf   # a quick check
     python scripts/bench_train.py --alignment-weight 0.1 [--full-context] --steps 100  # guided alignment's cost
-    python scripts/bench_train.py --rdrop-alpha 5 --steps 100                  # R-Drop's cost (two passes)
     python scripts/bench_train.py --layers 6+1 --steps 100                     # another depth (deep encoder, shallow decoder)
     python scripts/bench_train.py --ffn-dim 2048 --steps 100                   # another width (also --d-model)
     python scripts/bench_train.py --minutes 10                                # resident memory over time
@@ -13,9 +12,9 @@
 Both systems train on the same real Multi30k de→en batches, read by the trainer's own data
 path: ``mt.training.training_data.prepare_data`` (the corpus, the sentencepiece model ``mt-train`` caches
 under ``DATA_DIR/cache``, pairs over ``data.max_len`` dropped), batches in the order of training
-epochs 1, 2, … from ``mt.training.train.epoch_updates``, padded by ``TrainingData.batch``. Each step is
-``mt.training.train.train_step`` itself, on an ``mt.training.train.Optimization`` built by
-``mt.training.train.build_optimization`` from ``TrainConfig`` (AdamW, the inverse-square-root schedule,
+epochs 1, 2, … from ``mt.training.step.epoch_updates``, padded by ``TrainingData.batch``. Each step is
+``mt.training.step.train_step`` itself, on an ``mt.training.step.Optimization`` built by
+``mt.training.step.build_optimization`` from ``TrainConfig`` (AdamW, the inverse-square-root schedule,
 GradScaler, autocast, clipping at ``train.clip_norm``, the non-finite check): the update
 ``mt-train`` makes, not a copy of it.
 
@@ -40,10 +39,6 @@ GradScaler, autocast, clipping at ``train.clip_norm``, the non-finite check): th
   eflomal links training reads (computed once, cached under ``DATA_DIR/cache``), G̃ built in the
   timed loop as the trainer's data path builds it. "ours" is then the same model without the
   term, and the JSON line gains ``guided_tokens_per_s`` and ``guided_cost`` (1 − guided/ours).
-- **rdrop** (``--rdrop-alpha α``): ours with R-Drop (``mt-train train.rdrop_alpha=α``: each batch
-  twice, in one pass, with different dropout) on the same batches, timed in the same run; the
-  JSON line gains ``rdrop_tokens_per_s`` and ``rdrop_time_ratio`` (ours/rdrop tokens/s: what one
-  R-Drop update costs in plain updates). Tokens count one copy of each batch.
 
 ``--minutes N`` trains ours on batches drawn round and round from the run's first epochs for N
 minutes after the warm-up (instead of ``--steps``) and samples the resident set (``VmRSS``)
@@ -112,7 +107,6 @@ from mt.errors import ConfigError
 SYSTEMS = {
     "ours": "ours (mt.model.transformer.Transformer)",
     "guided": "ours + guided alignment",
-    "rdrop": "ours + R-Drop",
     "hf": "reference (transformers.MarianMTModel)",
 }
 
@@ -273,12 +267,12 @@ def sync(device: torch.device) -> None:
 
 # --------------------------------------------------------------------------------------- the parent
 def training_batches(data, train_cfg: TrainConfig, n: int) -> list[tuple]:
-    """The first ``n`` batches of a one-process training run (epochs 1, 2, … as ``mt.training.train.epoch_updates`` orders them).
+    """The first ``n`` batches of a one-process training run (epochs 1, 2, … as ``mt.training.step.epoch_updates`` orders them).
 
     Returns: (src_ids, tgt_in, tgt_out) long tensors, as ``TrainingData.batch`` pads them,
         and the batch's piece links (a list of (n_links, 2) arrays) when the data has them.
     """
-    from mt.training.train import epoch_updates
+    from mt.training.step import epoch_updates
 
     out, epoch = [], 1
     while len(out) < n:
@@ -349,7 +343,6 @@ def run_system(system: str, batches_path: str, args: argparse.Namespace) -> dict
     command += ["--d-model", str(args.d_model)] if args.d_model else []
     command += ["--ffn-dim", str(args.ffn_dim)] if args.ffn_dim else []
     command += ["--alignment-weight", str(args.alignment_weight)] + (["--full-context"] if args.full_context else [])
-    command += ["--rdrop-alpha", str(args.rdrop_alpha)]
     command += ["--minutes", str(args.minutes)] if args.minutes is not None else []
     command += ["--release-memory-every", str(args.release_memory_every)]
     command += ["--onednn-cache-capacity", str(args.onednn_cache_capacity)]
@@ -406,14 +399,14 @@ class MarianObjective(torch.nn.Module):
 
 
 def measure_one(system: str, args: argparse.Namespace) -> dict:
-    """In the subprocess: build one system, train on the saved batches with ``mt.training.train.train_step``,
+    """In the subprocess: build one system, train on the saved batches with ``mt.training.step.train_step``,
     time the steps after the warm-up (``--minutes``: cycle through them for that long, sampling
     the resident set every 100 steps)."""
     from mt.data.batching import Batch, alignment_targets
     from mt.training.memory import heap_mb, loaded_allocator, process_memory_mb, release_free_memory, set_onednn_cache_capacity
     from mt.model.transformer import Transformer
     from mt.data.tokenizer import PAD_ID
-    from mt.training.train import build_optimization, train_step
+    from mt.training.step import build_optimization, train_step
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -422,7 +415,6 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
     train_cfg = TrainConfig(
         optimizer_impl=args.optimizer_impl, compile=args.compile, alignment_weight=args.alignment_weight if guided else 0.0,
         release_memory_every=args.release_memory_every, onednn_cache_capacity=args.onednn_cache_capacity,
-        rdrop_alpha=args.rdrop_alpha if system == "rdrop" else 0.0,
     )
     if train_cfg.onednn_cache_capacity >= 0:  # as the trainer does, before the first matmul
         set_onednn_cache_capacity(train_cfg.onednn_cache_capacity)
@@ -432,7 +424,7 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
         import transformers  # noqa: F401  (imported before the baseline: its import cost is not the model's)
     sync(device)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if system in ("ours", "guided", "rdrop"):
+    if system in ("ours", "guided"):
         model = Transformer(cfg, args.vocab_size, args.vocab_size, PAD_ID).to(device)
         opt = build_optimization(model, train_cfg, device, args.precision)
         attention = "mt.model.attention full (F.scaled_dot_product_attention)"
@@ -558,9 +550,6 @@ def main() -> None:
     )
     parser.add_argument("--full-context", action="store_true", help="guided alignment with model.alignment.full_context")
     parser.add_argument(
-        "--rdrop-alpha", type=float, default=0.0, help="also time ours with R-Drop of this α (train.rdrop_alpha)"
-    )
-    parser.add_argument(
         "--minutes", type=float, help="train for this long after the warm-up instead of --steps, sampling RSS every 100 steps or minute"
     )
     parser.add_argument(
@@ -588,8 +577,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     for flag, value, least in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads, 0),
-                               ("--alignment-weight", args.alignment_weight, 0), ("--minutes", args.minutes or 0, 0),
-                               ("--rdrop-alpha", args.rdrop_alpha, 0)):  # fmt: skip
+                               ("--alignment-weight", args.alignment_weight, 0), ("--minutes", args.minutes or 0, 0)):  # fmt: skip
         if value < least:
             parser.error(f"{flag} must be >= {least}, got {value}")
     cfg = model_config(args.model, args.attention_dropout, args.layers, args.d_model, args.ffn_dim)
@@ -607,7 +595,7 @@ def main() -> None:
 
     from mt.errors import MtError
     from mt.data.tokenizer import PAD_ID
-    from mt.training.train import epoch_updates
+    from mt.training.step import epoch_updates
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -627,7 +615,7 @@ def main() -> None:
     tgt_pad = padding_fraction([b[2] for b in timed], PAD_ID)
     all_pad = padding_fraction([b[0] for b in timed] + [b[2] for b in timed], PAD_ID)
 
-    systems = ["ours"] + (["guided"] if args.alignment_weight else []) + (["rdrop"] if args.rdrop_alpha else [])
+    systems = ["ours"] + (["guided"] if args.alignment_weight else [])
     systems += ["hf"] if args.reference else []
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "batches.pt")
@@ -675,10 +663,6 @@ def main() -> None:
             f"guided alignment (λ {args.alignment_weight}{', full context' if args.full_context else ''}) "
             f"costs {100 * guided_cost:.1f}% of ours' tokens/s"
         )
-    rdrop = results.get("rdrop")
-    rdrop_ratio = ours["tokens_per_s"] / rdrop["tokens_per_s"] if rdrop else None
-    if rdrop:
-        print(f"R-Drop (α {args.rdrop_alpha}): one update costs {rdrop_ratio:.2f} of ours' (tokens/s ratio)")
     rss_growth = None
     if args.minutes:
         samples = ours["rss_samples"]
@@ -713,8 +697,6 @@ def main() -> None:
                 "guided_cost": guided_cost,
                 "alignment_weight": args.alignment_weight,
                 "full_context": args.full_context,
-                "rdrop_tokens_per_s": rdrop["tokens_per_s"] if rdrop else None,
-                "rdrop_time_ratio": rdrop_ratio,
                 "minutes": args.minutes,
                 "rss_mb": ours["rss_samples"][-1][1] if ours["rss_samples"] else None,
                 "rss_growth": rss_growth,

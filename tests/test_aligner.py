@@ -1,6 +1,7 @@
 """The aligner on top of a frozen model (mt/model/aligner.py): its masks, its loss, that it learns a
 toy alignment, and that training it leaves every other weight as it was."""
 
+import math
 import random
 
 import numpy as np
@@ -201,23 +202,25 @@ def test_count_links_matches_summing_each_distinct_pairs_targets(null):
     assert sources == pytest.approx({s: sum(v for (s2, _), v in expected.items() if s2 == s) for s, _ in expected})
 
 
-def test_lexicon_leaves_a_pairs_own_links_out_as_if_counted_without_it():
-    """Training scores pair k with counts that lack pair k (leave-one-out): the biases must equal
-    those of a lexicon counted on the other pairs alone."""
+def test_lexicon_biases_are_the_log_counts_of_the_pairs_pieces():
+    """Bias of (target row t, source position i) = log(c(s_i, t) + 0.1) − log(c(s_i) + 1) at the
+    initial weights, c summed the slow way (:func:`naive_counts`)."""
     from mt.model.aligner import Lexicon
 
-    pairs = LEXICON_PAIRS[:2] + LEXICON_PAIRS[3:]
-    full, without = Lexicon(VOCAB, VOCAB), Lexicon(VOCAB, VOCAB)
-    for lexicon, chosen in ((full, pairs), (without, pairs[1:])):
-        src, tgt, links = zip(*chosen)
-        lexicon.count(src, tgt, [torch.tensor(l).numpy() for l in links], 3, null=True)
-    src, tgt, links = pairs[0]
-    batch = collate([src], [tgt], [0], [links])
-    own = null_targets(batch.alignment, batch.src_ids != 0, batch.tgt_out != 0)
+    src, tgt, links = zip(*LEXICON_PAIRS)
+    lexicon = Lexicon(VOCAB, VOCAB)
+    lexicon.count(src, tgt, [torch.tensor(l).numpy() for l in links], 3, null=True)
+    counts = naive_counts(LEXICON_PAIRS, null=True)
+    batch = collate([[5, 8, 9], [6]], [[10, 12, 13], [11]], [0, 1])
     with torch.no_grad():
-        left_out = full(batch.src_ids, batch.tgt_out, left_out=own)
-        torch.testing.assert_close(left_out, without(batch.src_ids, batch.tgt_out))
-        assert not torch.allclose(full(batch.src_ids, batch.tgt_out), left_out)  # its own links did count
+        biases = lexicon(batch.src_ids, batch.tgt_out)  # (batch, tgt_len, src_len)
+    for b in range(2):
+        for t, tgt_id in enumerate(batch.tgt_out[b].tolist()):
+            for i, src_id in enumerate(batch.src_ids[b].tolist()):
+                pair = counts.get((src_id, tgt_id), 0.0)
+                source = sum(v for (s, _), v in counts.items() if s == src_id)
+                expected = math.log(pair + 0.1) - math.log(source + 1)
+                assert float(biases[b, t, i]) == pytest.approx(expected, rel=1e-5), (b, t, i)
 
 
 def test_a_filled_lexicon_survives_the_state_dict_round_trip():
@@ -237,7 +240,7 @@ def test_a_filled_lexicon_survives_the_state_dict_round_trip():
 
 
 def test_reusing_the_searchs_encoder_outputs_gives_the_same_alignment():
-    from mt.alignment.align import teacher_forced_aligner
+    from mt.alignment.teacher_forced import teacher_forced_aligner
 
     model = aligner_model()
     src_ids, tgt_ids = [[5, 6, 7, 8], [9, 10]], [[11, 12, 13], [14]]
@@ -257,59 +260,3 @@ def test_reusing_the_searchs_encoder_outputs_gives_the_same_alignment():
     # states of another source are not silently used: only the right ones change nothing
     wrong = [[torch.zeros_like(s) for s in pair] for pair in per_pair]
     assert not np.allclose(teacher_forced_aligner(model, src_ids, tgt_ids, encoder_states=wrong)[0], plain[0])
-
-
-def word_lexicon_of(pairs, null=True):
-    """A WordLexicon whose pieces 4, 6, 8, … begin words and 5, 7, 9, … continue them."""
-    from mt.model.aligner import WordLexicon
-
-    pieces = ["<pad>", "<unk>", "<s>", "</s>"] + [("\u2581w" if i % 2 == 0 else "x") for i in range(4, VOCAB)]
-    lexicon = WordLexicon(VOCAB, VOCAB)
-    lexicon.set_word_starts(pieces, pieces)
-    src, tgt, links = zip(*pairs)
-    lexicon.count(src, tgt, [torch.tensor(l).numpy() for l in links], 3, null)
-    return lexicon
-
-
-def test_word_units_name_each_word_by_its_pieces_wherever_it_stands():
-    lexicon = word_lexicon_of(LEXICON_PAIRS)
-    ids = torch.tensor([[4, 5, 7, 6, 8, 9, 3], [6, 4, 5, 7, 3, 0, 0]])  # words: (4 5 7) (6) (8 9) EOS | (6) (4 5 7) EOS pad pad
-    units = lexicon.units(ids, "src")
-    row0, row1 = units[0].tolist(), units[1].tolist()
-    assert row0[0] == row0[1] == row0[2] and row0[4] == row0[5]  # one unit per word
-    assert len({row0[0], row0[3], row0[4], row0[6]}) == 4  # different words differ, EOS is its own
-    assert row1[1:4] == row0[0:3] and row1[0] == row0[3] and row1[4] == row0[6]  # the same word elsewhere: the same unit
-    assert lexicon.units(torch.tensor([[4, 5]]), "src")[0, 0] != lexicon.units(torch.tensor([[4, 7]]), "src")[0, 0]
-
-
-def test_word_lexicon_counts_word_pairs_and_leaves_a_pair_out_exactly():
-    pairs = [
-        ([4, 5, 6], [10, 11, 12], [(0, 0), (1, 1), (2, 2)]),  # src words (4 5) (6); tgt words (10 11) (12)
-        ([4, 5, 8], [10, 11, 14], [(0, 0), (2, 2)]),
-        ([6], [12], [(0, 0)]),
-    ]
-    lexicon = word_lexicon_of(pairs)
-    without = word_lexicon_of(pairs[1:])
-    batch = collate([pairs[0][0]], [pairs[0][1]], [0], [pairs[0][2]])
-    src_units, tgt_units = lexicon.units(batch.src_ids, "src"), lexicon.units(batch.tgt_out, "tgt")
-    counts = lexicon.lookup(src_units, tgt_units)[0]  # (tgt_len, src_len)
-    # word (4 5) ↔ word (10 11): pair 0 gives rows 10 and 11 a weight of 1 each (10→4, 11→5), pair 1 gives row 10 one more
-    assert float(counts[0, 0]) == pytest.approx(3.0) and float(counts[1, 1]) == pytest.approx(3.0)
-    assert float(counts[2, 2]) == pytest.approx(2.0)  # (6) ↔ (12) in pairs 0 and 2
-    own = null_targets(batch.alignment, batch.src_ids != 0, batch.tgt_out != 0)
-    with torch.no_grad():
-        torch.testing.assert_close(lexicon(batch.src_ids, batch.tgt_out, left_out=own), without(batch.src_ids, batch.tgt_out))
-
-
-def test_a_model_with_both_lexicons_round_trips_its_state_dict():
-    model = aligner_model(lexicon=True, word_lexicon=True)
-    src, tgt, links = zip(*LEXICON_PAIRS)
-    arrays = [torch.tensor(l).numpy() for l in links]
-    model.aligner.lexicon.count(src, tgt, arrays, 3, True)
-    model.aligner.word_lexicon.set_word_starts(*[["<pad>", "<unk>", "<s>", "</s>"] + ["\u2581w"] * (VOCAB - 4)] * 2)
-    model.aligner.word_lexicon.count(src, tgt, arrays, 3, True)
-    fresh = aligner_model(seed=5, lexicon=True, word_lexicon=True)
-    fresh.load_state_dict(model.state_dict())
-    batch = collate([list(s) for s in src], [list(t) for t in tgt], [0, 1, 2, 3])
-    with torch.no_grad():
-        torch.testing.assert_close(fresh.aligner_attention(batch.src_ids, batch.tgt_in), model.aligner_attention(batch.src_ids, batch.tgt_in))

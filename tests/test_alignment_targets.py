@@ -152,6 +152,19 @@ def test_links_file_blank_lines_are_pairs_without_links(tmp_path):
     assert read_word_links(path, SRC, TGT, n_first=1) == [[(0, 0), (2, 1)], [], []]
 
 
+def test_links_on_the_lines_of_gold_copies_are_refused(tmp_path):
+    """Pairs after ``n_first`` are gold copies (data.alignment_gold_train_copies): their lines
+    must be blank, since gold links are never trained on."""
+    path = tmp_path / "links.txt"
+    path.write_text("0-0 2-1\n\n\n")
+    assert read_word_links(path, SRC, TGT, n_first=1) == [[(0, 0), (2, 1)], [], []]
+    path.write_text("0-0 2-1\n\n0-0\n")
+    assert read_word_links(path, SRC, TGT) == [[(0, 0), (2, 1)], [], [(0, 0)]]  # no copies: every line is a pair's
+    with pytest.raises(DataError, match=r"links\.txt:3: links on a line of the gold copies") as error:
+        read_word_links(path, SRC, TGT, n_first=1)
+    assert "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -300,6 +313,10 @@ def test_gold_copies_get_aligner_links_never_gold_links(tmp_path, fake_aligner):
     (tmp_path / "links.txt").write_text("\n".join(LINKS) + "\n")
     data = prepare_data(run_config(tmp_path, alignments="file", alignments_path=str(tmp_path / "links.txt"), **gold), Context(), None)
     assert [len(pair) for pair in data.train_links[-2:]] == [0, 0]
+    # one line per pair, the copies included: the copies' lines must hold no links
+    (tmp_path / "links.txt").write_text("\n".join(LINKS + ["", "0-0 1-1"]) + "\n")
+    with pytest.raises(DataError, match=r"links\.txt:6: links on a line of the gold copies"):
+        prepare_data(run_config(tmp_path, alignments="file", alignments_path=str(tmp_path / "links.txt"), **gold), Context(), None)
 
 
 # ------------------------------------------------------------------------------ eflomal end to end

@@ -302,3 +302,23 @@ def test_the_trainer_keeps_the_newest_and_the_best_step_checkpoints_and_scores_b
             torch.testing.assert_close(written[name], tensor, rtol=0, atol=1e-6)
         hypotheses = (run / f"test_2016_flickr.{key}.hyp.en").read_text().splitlines()
         assert len(hypotheses) == 4 and scores[key]["bleu_line"].startswith("BLEU = ")
+
+
+def test_a_run_resumed_across_an_option_removal_still_averages(tmp_path):
+    """tests/fixtures/checkpoint-2dea679.pt saved ``model.aligner.word_lexicon: False`` (removed
+    since); a newer checkpoint of the same run saves no such key. Both average, to the mean."""
+    old_path = Path(__file__).parent / "fixtures" / "checkpoint-2dea679.pt"
+    old = load_checkpoint(old_path)
+    assert old["model_config"]["aligner"]["word_lexicon"] is False  # the fixture still holds it
+    new = dict(old, model_config={**old["model_config"], "aligner": dict(old["model_config"]["aligner"])})
+    del new["model_config"]["aligner"]["word_lexicon"], new["model_config"]["aligner"]["lexicon_leave_one_out"]
+    new["model"] = {name: t + 1 if t.is_floating_point() else t for name, t in old["model"].items()}
+    save_checkpoint(new, tmp_path / "new.pt")
+    averaged = average_checkpoints([old_path, tmp_path / "new.pt"])
+    for name, tensor in old["model"].items():
+        if tensor.is_floating_point():
+            torch.testing.assert_close(averaged["model"][name], tensor + 0.5)
+    on = dict(new, model_config={**new["model_config"], "aligner": {**new["model_config"]["aligner"], "word_lexicon": True}})
+    save_checkpoint(on, tmp_path / "on.pt")
+    with pytest.raises(ConfigError, match="word_lexicon"):
+        average_checkpoints([old_path, tmp_path / "on.pt"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mt.alignment.align import align, default_method
-from mt.model.aligner import LEXICON_PREFIXES
+from mt.model.aligner import LEXICON_PREFIX
 from mt.model.checkpoint import load_checkpoint, load_for_inference
 from mt.config import AlignerConfig, Config, DataConfig, TokenizerConfig, to_dict, validate
 from mt.training.init_from import init_config
@@ -81,14 +81,42 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_init_from_with_lr_0_reproduces_the_validation_loss(base_run):
-    cfg = base_config(base_run, "", init_from=str(base_run / "base" / "checkpoints" / "last.pt"), lr=0.0, max_steps=3)
+def test_init_from_starts_optimizer_warm_up_and_step_count_afresh_with_the_checkpoints_tokenizer(base_run):
+    """One update at lr > 0 from the base run's last.pt (step 6, past its warm-up of 2). With a
+    fresh AdamW and a fresh warm-up, every parameter without weight decay (biases, LayerNorm
+    gains) moves from the checkpoint's value by the warm-up's first rate, lr / warmup_steps
+    (Adam's first step is lr·g/(|g| + eps)); the checkpoint's moments or schedule would move
+    them otherwise. The tokenizer is the checkpoint's although the config asks for another
+    vocabulary size (not on the command line), and the saved config records the one used."""
+    source = base_run / "base" / "checkpoints" / "last.pt"
+    lr, warmup = 1e-3, 4
+    cfg = base_config(base_run, "", init_from=str(source), lr=lr, warmup_steps=warmup, max_steps=1, valid_every=1)
     cfg.model = tiny_config(d_model=512)  # replaced by the checkpoint's model
+    cfg.tokenizer = TokenizerConfig(vocab_size=70)  # replaced by the checkpoint's tokenizer
     train(cfg, base_run / "again")
-    assert metrics(base_run / "again")[0]["val_loss"] == metrics(base_run / "base")[-1]["val_loss"]
-    restarted = load_checkpoint(base_run / "again" / "checkpoints" / "last.pt")
-    assert restarted["step"] == 3  # a new step count, optimizer and schedule
-    assert restarted["model_config"]["d_model"] == 32
+    before, after = load_checkpoint(source), load_checkpoint(base_run / "again" / "checkpoints" / "last.pt")
+    assert {float(s["step"]) for s in before["optimizer"]["state"].values()} == {6.0}
+    assert after["step"] == 1 and {float(s["step"]) for s in after["optimizer"]["state"].values()} == {1.0}
+    # a fresh Adam after one update: m = (1 − β1)·g and v = (1 − β2)·g², so m² = v·(1 − β1)²/(1 − β2)
+    for state in after["optimizer"]["state"].values():
+        torch.testing.assert_close(state["exp_avg"] ** 2, state["exp_avg_sq"] * 0.1**2 / 0.02, rtol=1e-4, atol=1e-30)
+    moved = torch.cat([
+        (after["model"][name] - tensor).abs().flatten()
+        for name, tensor in before["model"].items() if tensor.dim() == 1 and tensor.is_floating_point()
+    ])  # fmt: skip
+    moved = moved[moved > 0]
+    first_lr = lr / warmup  # inverse_sqrt's factor at the first update: min(1/warmup, sqrt(warmup))
+    assert len(moved) > 100
+    assert float(moved.max()) == pytest.approx(first_lr, rel=1e-3)
+    assert float(moved.median()) == pytest.approx(first_lr, rel=1e-2)
+    assert after["model_config"]["d_model"] == 32
+    assert (base_run / "again" / "sentencepiece.model").read_bytes() == (base_run / "base" / "sentencepiece.model").read_bytes()
+    assert after["tokenizer"] == before["tokenizer"]
+    assert after["config"]["tokenizer"] == before["config"]["tokenizer"] and after["config"]["tokenizer"]["vocab_size"] == 60
+    # given on the command line, another vocabulary size is refused before any data work
+    with pytest.raises(ConfigError, match=r"config key 'tokenizer\.vocab_size' = 70 contradicts train\.init_from=") as error:
+        train(cfg, base_run / "refused", ["tokenizer.vocab_size"])
+    assert "\n" not in str(error.value)
 
 
 def test_the_aligner_stage_changes_nothing_but_the_aligner(base_run):
@@ -99,7 +127,7 @@ def test_the_aligner_stage_changes_nothing_but_the_aligner(base_run):
     assert aligner_keys and set(after["model"]) - aligner_keys == set(before)
     for name, tensor in before.items():
         assert torch.equal(after["model"][name], tensor), name
-    counts = {k for k in aligner_keys if k.startswith(LEXICON_PREFIXES) and not k.endswith(".weights")}  # buffers
+    counts = {k for k in aligner_keys if k.startswith(LEXICON_PREFIX) and not k.endswith(".weights")}  # buffers
     assert after["model"]["aligner.lexicon.counts"].sum() > 0  # the teacher's links were counted
     n_aligner = sum(after["model"][k].numel() for k in aligner_keys - counts)
     n_optimized = sum(state["exp_avg"].numel() for state in after["optimizer"]["state"].values())
@@ -155,6 +183,49 @@ def test_model_keys_given_on_the_command_line_must_agree_with_the_checkpoint():
     with pytest.raises(ConfigError, match="'model.encoder.n_layers'"):
         init_config(checkpoint, cfg, ["model.encoder"], "ckpt.pt")  # a group stands for its keys
     validate(result)
+
+
+def test_tokenizer_keys_given_on_the_command_line_must_agree_with_the_checkpoint():
+    """The checkpoint's tokenizer settings replace the config's; the sampling keys are the run's."""
+    checkpoint = {"model_config": to_dict(tiny_config()), "config": {"tokenizer": to_dict(TokenizerConfig(vocab_size=60))}}
+    cfg = Config()
+    cfg.model = tiny_config()
+    cfg.tokenizer = TokenizerConfig(vocab_size=70, model_type="bpe", alpha=0.3, nbest_size=-1)
+    cfg.data.max_len = 50  # below tiny_config's max_positions
+    result = init_config(checkpoint, cfg, ["tokenizer.alpha", "tokenizer.nbest_size"], "ckpt.pt")
+    assert result.tokenizer == TokenizerConfig(vocab_size=60, alpha=0.3, nbest_size=-1)
+    for key, value in (("vocab_size", "70"), ("model_type", "'bpe'")):
+        with pytest.raises(ConfigError, match=rf"^config key 'tokenizer\.{key}' = {value} contradicts train\.init_from=ckpt\.pt") as error:
+            init_config(checkpoint, cfg, [f"tokenizer.{key}"], "ckpt.pt")
+        assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match=r"'tokenizer\.vocab_size' = 70: .* did not save"):  # nothing to check against
+        init_config({"model_config": checkpoint["model_config"]}, cfg, ["tokenizer.vocab_size"], "ckpt.pt")
+
+
+def test_aligner_keys_are_applied_or_refused_never_ignored():
+    plain = {"model_config": to_dict(tiny_config())}
+    cfg = Config()
+    cfg.model = tiny_config()
+    cfg.data.max_len = 50  # below tiny_config's max_positions
+    cfg.model.aligner.lexicon = False
+    # no aligner in the checkpoint nor in the config: the override would do nothing
+    with pytest.raises(ConfigError, match=r"^config key 'model\.aligner\.lexicon' = False has no effect: .* has no aligner"):
+        init_config(plain, cfg, ["model.aligner.lexicon"], "ckpt.pt")
+    assert not init_config(plain, cfg, ["model.aligner.enabled"], "ckpt.pt").model.aligner.enabled  # says what is so
+    assert not init_config(plain, cfg, ["model"], "ckpt.pt").model.aligner.enabled  # a model group names no aligner key
+    # the checkpoint's aligner stays as it is unless the config brings one (experiment=align)
+    aligned = tiny_config()
+    aligned.aligner = AlignerConfig(enabled=True, n_heads=2, ffn_dim=64, dropout=0.1)
+    aligned = {"model_config": to_dict(aligned)}
+    cfg.model.aligner = AlignerConfig(n_heads=2, ffn_dim=64, dropout=0.3)
+    with pytest.raises(ConfigError, match=r"^config key 'model\.aligner\.dropout' = 0\.3 contradicts .* whose aligner has 0\.1"):
+        init_config(aligned, cfg, ["model.aligner.dropout"], "ckpt.pt")
+    with pytest.raises(ConfigError, match=r"^config key 'model\.aligner\.enabled' = False contradicts"):
+        init_config(aligned, cfg, ["model.aligner.enabled"], "ckpt.pt")
+    assert init_config(aligned, cfg, [], "ckpt.pt").model.aligner.dropout == 0.1
+    cfg.model.aligner.enabled = True
+    result = init_config(aligned, cfg, ["model.aligner.dropout"], "ckpt.pt")
+    assert result.model.aligner.enabled and result.model.aligner.dropout == 0.3
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ there), non-finite guards, output-folder checks.
 
 These go through ``mt.training.train.train(cfg, out_dir)`` / ``mt-train`` and the checkpoint files only."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -20,9 +21,10 @@ from hydra import compose, initialize_config_dir
 from mt.training import guards
 from mt.training import train as train_module
 from mt.model.checkpoint import load_checkpoint
-from mt.config import from_hydra
+from mt.config import TrainConfig, from_hydra, to_dict
 from mt.errors import ConfigError, DataError
 from mt.model.transformer import Transformer
+from mt.training.schedule import check_resumable
 
 from conftest import REPO
 
@@ -282,4 +284,23 @@ def test_resume_with_another_lr_schedule_is_a_one_line_config_error(tmp_path, mu
     with pytest.raises(ConfigError, match=r"train\.lr_schedule.*used 'inverse_sqrt'") as error:
         train_module.train(resumed, tmp_path / "run")
     assert "\n" not in str(error.value)
+    # the saved schedule's peak rate would win over a new train.lr: refused too
+    resumed = _smoke_config(tmp_path, multi30k_mirror, *run, "train.max_steps=4", "train.resume=auto", "train.lr=0.0123")
+    with pytest.raises(ConfigError, match=r"^config key 'train\.lr' = 0\.0123: the run being resumed used .*train\.init_from$"):
+        train_module.train(resumed, tmp_path / "run")
     assert (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "key, value", [("lr", 2e-3), ("min_lr", 1e-5), ("warmup_steps", 100), ("lr_schedule", "cosine")]
+)
+def test_resume_refuses_schedule_settings_other_than_the_runs(key, value):
+    """The optimizer and schedule continue from their saved state: a new peak rate, final rate,
+    warm-up or schedule could not take effect, so it is refused, naming the key; the run's own
+    values pass."""
+    run = TrainConfig(lr_schedule="linear", lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=100)
+    checkpoint = {"config": {"train": to_dict(run)}, "scheduler": {"shape": "linear"}}
+    check_resumable(checkpoint, dataclasses.replace(run))
+    with pytest.raises(ConfigError, match=rf"^config key 'train\.{key}' = {value!r}: the run being resumed used") as error:
+        check_resumable(checkpoint, dataclasses.replace(run, **{key: value}))
+    assert "\n" not in str(error.value)

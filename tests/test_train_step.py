@@ -1,4 +1,4 @@
-"""One update (``mt.training.train.train_step``) against a gradient step computed by hand, the non-finite
+"""One update (``mt.training.step.train_step``) against a gradient step computed by hand, the non-finite
 skip, how an epoch is cut into updates, and the training state's round trip."""
 
 import copy
@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from mt.config import TrainConfig
 from mt.data.batching import collate
-from mt.training.train import (
-    Optimization, TrainState, budget_progress, build_optimization, build_optimizer, early_stop, epoch_updates, train_step,
-)
+from mt.training.schedule import budget_progress, build_optimizer
+from mt.training.state import TrainState, early_stop
+from mt.training.step import Optimization, build_optimization, epoch_updates, train_step
 
 
 def two_batches() -> list:

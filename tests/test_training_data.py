@@ -19,7 +19,7 @@ from mt.data.batching import collate, token_batches
 from mt.config import Config, DataConfig, TokenizerConfig
 from mt.training.distributed import Context
 from mt.data.tokenizer import Tokenizer, train_sentencepiece
-from mt.training.train import epoch_updates
+from mt.training.step import epoch_updates
 from mt.training.training_data import PackedIds, kept_pairs, load_tokenizer, prepare_data, tokenize
 
 from conftest import BILINGUAL_TEXTS

@@ -36,7 +36,6 @@ few passes: which rare words the teacher linked to which.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -50,10 +49,8 @@ from mt.config import AlignerConfig, AttentionConfig
 from mt.model.layers import DecoderLayer
 
 LEXICON_SMOOTHING = 0.1  # added to every link count c(s, t): an unseen pair scores log 0.1
-# where the lexicons' buffers sit in a Transformer's state dict: their sizes depend on the data
-LEXICON_PREFIXES = ("aligner.lexicon.", "aligner.word_lexicon.")
-WORD_HASH_BITS = 31  # word_units are below 2^31, so that a word pair's key fits an int64
-_WORD_HASH_PRIME = 1_000_003
+# where the lexicon's buffers sit in a Transformer's state dict: their sizes depend on the data
+LEXICON_PREFIX = "aligner.lexicon."
 
 
 class LayerMix(nn.Module):
@@ -110,7 +107,6 @@ class Aligner(nn.Module):
         # per alignment head, softplus(·) = how much one unit of distance from the diagonal costs
         self.diagonal = nn.Parameter(torch.zeros(cfg.align_heads)) if cfg.position_bias else None
         self.lexicon = Lexicon(src_vocab, tgt_vocab) if cfg.lexicon else None
-        self.word_lexicon = WordLexicon(src_vocab, tgt_vocab) if cfg.word_lexicon else None
 
     def forward(
         self,
@@ -120,7 +116,6 @@ class Aligner(nn.Module):
         tgt_mask: torch.Tensor,
         src_ids: torch.Tensor | None = None,
         tgt_out: torch.Tensor | None = None,
-        left_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The alignment of each target piece.
 
@@ -133,8 +128,6 @@ class Aligner(nn.Module):
             src_ids: (batch, src_len) source ids; needed with a lexicon.
             tgt_out: (batch, tgt_len) the piece of each row (y_1..y_n, EOS, padding); needed
                 with a lexicon (:func:`target_pieces` makes it from the decoder inputs).
-            left_out: (batch, tgt_len, src_len) the batch's own share of the lexicon's counts
-                (its G̃ with NULL rows, as counted), left out during training; None at inference.
 
         Returns: (batch, tgt_len, src_len) float32, row t the alignment of the piece predicted
             at row t (``tgt_out[:, t]``), rows sum to 1 over real source positions.
@@ -162,11 +155,10 @@ class Aligner(nn.Module):
         scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(self.head_dim)  # (batch, n_heads, tgt_len, src_len)
         if self.diagonal is not None:
             scores = scores - F.softplus(self.diagonal)[:, None, None] * diagonal_distance(src_mask, tgt_mask)[:, None]
-        for lexicon in (self.lexicon, self.word_lexicon):
-            if lexicon is not None:
-                if src_ids is None or tgt_out is None:
-                    raise ValueError("an aligner with a lexicon needs src_ids and tgt_out")
-                scores = scores + lexicon(src_ids, tgt_out, left_out)[:, None]
+        if self.lexicon is not None:
+            if src_ids is None or tgt_out is None:
+                raise ValueError("an aligner with a lexicon needs src_ids and tgt_out")
+            scores = scores + self.lexicon(src_ids, tgt_out)[:, None]
         scores = scores.masked_fill(~src_mask[:, None, None, :], float("-inf"))
         return scores.softmax(-1).mean(1)  # (batch, tgt_len, src_len)
 
@@ -223,10 +215,9 @@ class Lexicon(nn.Module):
     position i is ``a · log(c(s_i, t) + 0.1) − b · log(c(s_i) + 1)`` with learnt a and b (both
     1 at first: log of IBM Model 1's t(t | s), Brown et al. 1993, with the teacher's links as
     counts). NULL links (target pieces the teacher left unlinked) count towards the source EOS.
-    :class:`WordLexicon` counts whole words instead.
 
     Buffers (their sizes depend on the data; loading a state dict resizes them):
-        keys: (n_entries,) int64, sorted: ``s * key_base + t`` of every unit pair with a count.
+        keys: (n_entries,) int64, sorted: ``s * tgt_vocab + t`` of every piece pair with a count.
         counts: (n_entries,) float32 c(s, t).
         source_counts: (src_vocab,) float32 c(s).
 
@@ -234,42 +225,25 @@ class Lexicon(nn.Module):
         src_vocab, tgt_vocab: vocabulary sizes.
     """
 
-    unit = "piece"  # what c counts
-
     def __init__(self, src_vocab: int, tgt_vocab: int):
         super().__init__()
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
-        self.key_base = tgt_vocab
         self.register_buffer("keys", torch.zeros(0, dtype=torch.int64))
         self.register_buffer("counts", torch.zeros(0))
         self.register_buffer("source_counts", torch.zeros(0))
         self.weights = nn.Parameter(torch.ones(2))  # a, b above
 
-    def units(self, ids: torch.Tensor, side: str) -> torch.Tensor:
-        """What is counted, per position: (batch, len) ids → (batch, len) int64 (here the ids)."""
-        return ids
-
-    def source_count(self, src_units: torch.Tensor) -> torch.Tensor:
-        """c(s) of each source unit, same shape, float32."""
-        return self.source_counts[src_units]
-
     def count(self, src_ids, tgt_ids, links, eos_id: int, null: bool) -> int:
         """Count the teacher's links of the training pairs (:func:`count_links`) and keep them.
 
-        Args: as :func:`count_links`, with piece ids per pair. Returns: the unit pairs counted.
+        Args: as :func:`count_links`, with piece ids per pair. Returns: the piece pairs counted.
         """
-        keys, counts, source_keys, source_counts = count_links(src_ids, tgt_ids, links, eos_id, self.key_base, null)
+        keys, counts, source_keys, source_counts = count_links(src_ids, tgt_ids, links, eos_id, self.tgt_vocab, null)
         dense = torch.zeros(self.src_vocab)
         dense[source_keys] = source_counts
-        self.fill(keys, counts, source_counts=dense)
-        return keys.numel()
-
-    def fill(self, keys: torch.Tensor, counts: torch.Tensor, **tables: torch.Tensor) -> None:
-        """Store counts: the pair table, and the source side's as named buffers."""
         device = self.weights.device
-        self.keys, self.counts = keys.to(device), counts.to(device)
-        for name, table in tables.items():
-            setattr(self, name, table.to(device))
+        self.keys, self.counts, self.source_counts = keys.to(device), counts.to(device), dense.to(device)
+        return keys.numel()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in self._buffers:  # sizes come from the data: take the saved ones
@@ -278,111 +252,18 @@ class Lexicon(nn.Module):
                 setattr(self, name, torch.empty_like(saved, device=self.weights.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def lookup(self, src_units: torch.Tensor, tgt_units: torch.Tensor) -> torch.Tensor:
-        """c(s_i, t_j): (batch, src_len), (batch, tgt_len) units → (batch, tgt_len, src_len) float32."""
-        return _table_lookup(self.keys, self.counts, src_units[:, None, :] * self.key_base + tgt_units[:, :, None])
-
-    def forward(self, src_ids: torch.Tensor, tgt_out: torch.Tensor, left_out: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, src_ids: torch.Tensor, tgt_out: torch.Tensor) -> torch.Tensor:
         """The biases: (batch, src_len), (batch, tgt_len) ids → (batch, tgt_len, src_len) float32.
-
-        Args:
-            left_out: (batch, tgt_len, src_len) the batch's own G̃ (NULL rows included, as
-                counted), whose share of c(s, t) and c(s) is subtracted (leave-one-out), or None.
 
         Raises:
             ValueError: never filled (no counts).
         """
         if self.keys.numel() == 0:
             raise ValueError("the aligner's lexicon has no counts (it is filled when the stage starts)")
-        src_units, tgt_units = self.units(src_ids, "src"), self.units(tgt_out, "tgt")
-        pair_counts = self.lookup(src_units, tgt_units)  # (batch, tgt_len, src_len)
-        source_counts = self.source_count(src_units)[:, None, :]  # (batch, 1, src_len)
-        if left_out is not None:  # G̃ summed over the rows and columns holding the same units
-            same_src = (src_units[:, :, None] == src_units[:, None, :]).float()  # (batch, src_len, src_len)
-            same_tgt = (tgt_units[:, :, None] == tgt_units[:, None, :]).float()  # (batch, tgt_len, tgt_len)
-            left_out = left_out.float()
-            pair_counts = (pair_counts - same_tgt @ left_out @ same_src).clamp_min(0.0)
-            source_counts = (source_counts - left_out.sum(1, keepdim=True) @ same_src).clamp_min(0.0)
+        query = src_ids[:, None, :] * self.tgt_vocab + tgt_out[:, :, None]  # (batch, tgt_len, src_len)
+        pair_counts = _table_lookup(self.keys, self.counts, query)
+        source_counts = self.source_counts[src_ids][:, None, :]  # (batch, 1, src_len)
         return self.weights[0] * torch.log(pair_counts + LEXICON_SMOOTHING) - self.weights[1] * torch.log1p(source_counts)
-
-
-class WordLexicon(Lexicon):
-    """:class:`Lexicon` over whole words: every piece of a word stands for the word (a hash of
-    its piece ids, :func:`word_units`), so a rare word split into common pieces keeps its own
-    counts. A piece links its word pair with the weight G̃ gives the piece pair.
-
-    Buffers besides the pair table: ``source_keys``/``source_counts`` (c(s) per source word,
-    sorted), ``src_word_start``/``tgt_word_start`` ((vocab,) bool: the piece begins a word).
-    """
-
-    unit = "word"
-
-    def __init__(self, src_vocab: int, tgt_vocab: int):
-        super().__init__(src_vocab, tgt_vocab)
-        self.key_base = 2**WORD_HASH_BITS
-        self.register_buffer("source_keys", torch.zeros(0, dtype=torch.int64))
-        self.register_buffer("src_word_start", torch.zeros(0, dtype=torch.bool))
-        self.register_buffer("tgt_word_start", torch.zeros(0, dtype=torch.bool))
-
-    def set_word_starts(self, src_pieces: Sequence[str], tgt_pieces: Sequence[str], n_specials: int = 4) -> None:
-        """Which pieces begin a word: sentencepiece's "▁" prefix; the special ids 0 … n_specials − 1
-        (padding, unknown, BOS, EOS) are words of their own."""
-        for name, pieces in (("src_word_start", src_pieces), ("tgt_word_start", tgt_pieces)):
-            starts = torch.tensor([piece.startswith("\u2581") for piece in pieces], dtype=torch.bool)
-            starts[:n_specials] = True
-            setattr(self, name, starts.to(self.weights.device))
-
-    def units(self, ids: torch.Tensor, side: str) -> torch.Tensor:
-        return word_units(ids, self.src_word_start if side == "src" else self.tgt_word_start)
-
-    def source_count(self, src_units: torch.Tensor) -> torch.Tensor:
-        return _table_lookup(self.source_keys, self.source_counts, src_units)
-
-    def count(self, src_ids, tgt_ids, links, eos_id: int, null: bool) -> int:
-        src_words, tgt_words = self._units_of(src_ids, "src"), self._units_of(tgt_ids, "tgt")
-        eos = int(self.units(torch.tensor([[eos_id]]), "tgt")[0, 0])
-        keys, counts, source_keys, source_counts = count_links(src_words, tgt_words, links, eos, self.key_base, null)
-        self.fill(keys, counts, source_keys=source_keys, source_counts=source_counts)
-        return keys.numel()
-
-    def _units_of(self, sequences: Sequence[Sequence[int]], side: str, chunk: int = 1024) -> list[np.ndarray]:
-        """:meth:`units` of many unpadded id sequences, a padded chunk at a time (padding, id 0,
-        is a word of its own and joins no real word)."""
-        out: list[np.ndarray] = []
-        for start in range(0, len(sequences), chunk):
-            rows = [np.asarray(sequences[k], dtype=np.int64) for k in range(start, min(start + chunk, len(sequences)))]
-            padded = torch.zeros(len(rows), max([len(r) for r in rows] + [1]), dtype=torch.int64)
-            for k, row in enumerate(rows):
-                padded[k, : len(row)] = torch.from_numpy(row)
-            units = self.units(padded, side).numpy()
-            out.extend(units[k, : len(row)] for k, row in enumerate(rows))
-        return out
-
-
-def word_units(ids: torch.Tensor, word_start: torch.Tensor) -> torch.Tensor:
-    """The word of each piece as a number: (batch, len) piece ids → (batch, len) int64 in
-    [0, 2^31), the same for every piece of a word: a polynomial hash of the word's piece ids.
-
-    Args:
-        word_start: (vocab,) bool, True for pieces that begin a word (and for special tokens);
-            position 0 always begins one.
-    """
-    starts = word_start[ids]
-    starts[:, 0] = True
-    positions = torch.arange(ids.size(1), device=ids.device).expand_as(ids)
-    first = torch.where(starts, positions, 0).cummax(1).values  # (batch, len) where each piece's word begins
-    modulus = 2**WORD_HASH_BITS
-    powers = _hash_powers(ids.size(1)).to(ids.device)
-    terms = (ids.long() + 1) * powers[positions - first] % modulus  # < 2^31 each
-    word = starts.long().cumsum(1) - 1  # (batch, len) word index of each piece
-    sums = torch.zeros_like(terms).scatter_add_(1, word, terms)
-    return sums.gather(1, word) % modulus
-
-
-@functools.lru_cache(maxsize=8)
-def _hash_powers(length: int) -> torch.Tensor:
-    """(length,) int64: _WORD_HASH_PRIME^k mod 2^31."""
-    return torch.tensor([pow(_WORD_HASH_PRIME, k, 2**WORD_HASH_BITS) for k in range(max(length, 1))], dtype=torch.int64)
 
 
 def _table_lookup(keys: torch.Tensor, values: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
@@ -404,9 +285,9 @@ def count_links(
     """The teacher's link counts for :class:`Lexicon`, each distinct pair counted once.
 
     Each pair adds its G̃ (:func:`mt.data.batching.alignment_targets`: a target piece with k links
-    gives each 1/k) over rows y_1..y_n and EOS and columns x_1..x_m, to the units (piece ids,
-    or words: :class:`WordLexicon`) at those positions; with ``null``, each row without links
-    adds 1 to (source EOS, its unit), as :func:`null_targets` trains it.
+    gives each 1/k) over rows y_1..y_n and EOS and columns x_1..x_m, to the units (piece ids)
+    at those positions; with ``null``, each row without links adds 1 to (source EOS, its unit),
+    as :func:`null_targets` trains it.
 
     Args:
         src_units, tgt_units: per training pair, the unit of each piece (no specials).

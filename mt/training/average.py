@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from mt.config import without_removed_options
 from mt.model.checkpoint import load_checkpoint, save_checkpoint
 from mt.errors import CheckpointError, ConfigError
 from mt.training.guards import check_writable
@@ -104,7 +105,7 @@ def average_checkpoints(paths: list[str | Path]) -> dict:
         weights = state["model"]
         averaged_from.append({"file": path.name, "step": state.get("step")})
         if not sums:  # the first checkpoint defines what the others must match
-            reference = {key: state.get(key) for key in MUST_MATCH}
+            reference = {key: _comparable(state, key) for key in MUST_MATCH}
             for name, tensor in weights.items():
                 dtypes[name] = tensor.dtype
                 if tensor.is_floating_point():
@@ -128,10 +129,18 @@ def average_checkpoints(paths: list[str | Path]) -> dict:
     return {**static, "model": model, "averaged_from": averaged_from}
 
 
+def _comparable(state: dict, key: str):
+    """``state[key]`` as checkpoints of one run agree on it: a ``model_config`` saved before an
+    option was removed (:func:`mt.config.without_removed_options`) equals one saved after."""
+    if key == "model_config" and state.get(key) is not None:
+        return without_removed_options(state[key], "model")
+    return state.get(key)
+
+
 def _check_compatible(path: Path, state: dict, first: Path, reference: dict, sums: dict) -> None:
     """Raise CheckpointError naming ``path`` when it is not a checkpoint of the same model as ``first``."""
     for key in MUST_MATCH:
-        if state.get(key) != reference[key]:
+        if _comparable(state, key) != reference[key]:
             raise CheckpointError(f"{path}: its {key} differs from {first}'s; only checkpoints of one run can be averaged")
     weights = state["model"]
     if weights.keys() != sums.keys():

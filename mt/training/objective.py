@@ -1,7 +1,7 @@
 """The training objective: what one batch costs, as named terms.
 
 :class:`Objective` returns ``(total, terms, n_tokens)``: the total to backpropagate, a dict of
-named terms (``xent``, and ``align`` or ``rdrop`` when switched on, each summed over the batch's
+named terms (``xent``, and ``align`` when switched on, each summed over the batch's
 real target tokens) and the number of those tokens. The trainer normalises every term the same
 way (by the target tokens of the whole update), sums each across accumulated batches and
 processes, and logs it by name (``{name}_loss``, ``val_{name}_loss`` in ``metrics.jsonl``): a new
@@ -35,15 +35,6 @@ class Objective(torch.nn.Module):
     ``align = Σ_t Σ_s G̃[t, s] · (−log A[t, s])``, summed over the batch like the cross-entropy;
     the total is ``xent + alignment_weight · align``.
 
-    R-Drop (Liang et al. 2021, "R-Drop: Regularized Dropout for Neural Networks", eq. 3), when
-    ``rdrop_alpha`` > 0 and the model is in training mode: the batch runs twice in one pass
-    (stacked along the batch, so the two copies draw different dropout masks), giving the
-    distributions P1 and P2 of every real target token;
-    ``rdrop = Σ_t ½·(KL(P1‖P2) + KL(P2‖P1))`` and the total is
-    ``½·(xent1 + xent2) + ½·rdrop_alpha·rdrop``: half the paper's loss, so that the
-    cross-entropy keeps the scale it has without R-Drop (``xent`` reports ½·(xent1 + xent2)).
-    Each update then costs about two of the plain objective's (:func:`linear_rdrop_loss`).
-
     With an aligner (``model.aligner``, :mod:`mt.model.aligner`) the alignment term is the aligner's
     instead, on its own attention and with its inputs detached, so that it never changes the
     translation model; ``frozen`` (``train.trainable=alignment``) runs the translation model
@@ -60,8 +51,6 @@ class Objective(torch.nn.Module):
         full_context: read the supervised weights from a pass without the future mask
             (:meth:`mt.model.transformer.Transformer.decode_with_alignment`).
         frozen: only the aligner learns (see above).
-        rdrop_alpha: α of R-Drop (the paper uses 5 for translation); 0 = off. Not combined
-            with the alignment term (a guided batch runs once).
     """
 
     def __init__(
@@ -73,7 +62,6 @@ class Objective(torch.nn.Module):
         alignment_heads: int = 1,
         full_context: bool = False,
         frozen: bool = False,
-        rdrop_alpha: float = 0.0,
     ):
         super().__init__()
         self.model = model
@@ -83,7 +71,6 @@ class Objective(torch.nn.Module):
         self.alignment_heads = alignment_heads
         self.full_context = full_context
         self.frozen = frozen
-        self.rdrop_alpha = rdrop_alpha
 
     def forward(
         self,
@@ -104,15 +91,13 @@ class Objective(torch.nn.Module):
 
         Returns: (total, terms, n_tokens): ``total`` the 0-dim float32 tensor to backpropagate;
             ``terms`` ``{"xent": summed cross-entropy in nats}`` and, when guided,
-            ``"align"``: the summed alignment loss (nats), or with R-Drop ``"rdrop"``: the summed
-            symmetric KL (nats); ``n_tokens`` the real target tokens (EOS included) of one copy.
+            ``"align"``: the summed alignment loss (nats); ``n_tokens`` the real target tokens
+            (EOS included).
         """
         guided = self.alignment_weight > 0 and alignment is not None
         real = tgt_out != self.model.pad_id  # (batch, tgt_len)
         if guided and self.model.aligner is not None:
             return self._aligner_loss(src_ids, tgt_in, tgt_out, alignment, real)
-        if self.rdrop_alpha > 0 and self.model.training and not guided:
-            return self._rdrop_loss(src_ids, tgt_in, tgt_out, real)
         memory, src_mask = self.model.encode(src_ids)
         if guided:
             hidden, weights = self.model.decode_with_alignment(
@@ -128,27 +113,13 @@ class Objective(torch.nn.Module):
             total = xent + self.alignment_weight * terms["align"]
         return total, terms, int(real.sum())
 
-    def _rdrop_loss(self, src_ids, tgt_in, tgt_out, real):
-        """R-Drop's total (see the class doc): both copies in one pass, each its own dropout."""
-        memory, src_mask = self.model.encode(src_ids.repeat(2, 1))
-        hidden, _ = self.model.decode(tgt_in.repeat(2, 1), memory, src_mask)  # (2·batch, tgt_len, d_model)
-        first, second = hidden.chunk(2)
-        total, xent, rdrop = linear_rdrop_loss(
-            first[real], second[real], self.model.output_proj.weight, tgt_out[real], self.label_smoothing, self.rdrop_alpha
-        )
-        return total, {"xent": xent, "rdrop": rdrop}, int(real.sum())
-
     def _aligner_loss(self, src_ids, tgt_in, tgt_out, alignment, real):
         """The aligner's term (and, unless frozen, the cross-entropy from the same pass)."""
         with torch.no_grad() if self.frozen else contextlib.nullcontext():
             src_states, src_mask, tgt_states = self.model.layer_states(src_ids, tgt_in)
         if self.model.cfg.aligner.null:  # unlinked pieces learn to attend to EOS (NULL)
             alignment = null_targets(alignment, src_mask, real)
-        # the lexicon counted this batch's links too; model.aligner.lexicon_leave_one_out leaves them out
-        left_out = alignment if self.model.cfg.aligner.lexicon_leave_one_out else None
-        weights = self.model.aligner(
-            src_states, src_mask, tgt_states, tgt_in != self.model.pad_id, src_ids, tgt_out, left_out=left_out
-        )
+        weights = self.model.aligner(src_states, src_mask, tgt_states, tgt_in != self.model.pad_id, src_ids, tgt_out)
         align = alignment_loss(weights, alignment)
         if self.frozen:
             return self.alignment_weight * align, {"align": align}, int(real.sum())
@@ -236,114 +207,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         hidden_dtype, weight_dtype = ctx.dtypes
         return (grad_hidden * grad_loss).to(hidden_dtype), (grad_weight * grad_loss).to(weight_dtype), None, None, None, None
-
-
-def linear_rdrop_loss(
-    hidden_a: torch.Tensor,
-    hidden_b: torch.Tensor,
-    weight: torch.Tensor,
-    target: torch.Tensor,
-    label_smoothing: float,
-    alpha: float,
-    chunk_elements: int = 2**21,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """R-Drop's loss over two passes of the same tokens (Liang et al. 2021, eq. 3, halved), a
-    chunk of rows at a time like :func:`linear_cross_entropy`: no (tokens × vocabulary) matrix
-    is held whole or kept for the backward pass.
-
-    With P1 = softmax(hidden_a @ weight.T) and P2 likewise per row, CE the label-smoothed
-    cross-entropy of :func:`linear_cross_entropy` and ``kl = ½·(KL(P1‖P2) + KL(P2‖P1))``:
-    ``total = ½·(CE1 + CE2) + ½·alpha·kl``, summed over rows. The gradients are taken in the
-    forward pass, in float32: ``∂kl/∂z1 = ½·(P1 ⊙ (log P1 − log P2 − KL(P1‖P2)) + P1 − P2)``, and
-    symmetrically for z2.
-
-    Memory: about nine float32 (rows × V) matrices of a chunk (``chunk_elements`` numbers each,
-    8 MiB by default).
-
-    Args:
-        hidden_a, hidden_b: (tokens, d_model) decoder states of the two passes, row for row the
-            same target positions.
-        weight: (V, d_model) the output projection.
-        target: (tokens,) long, ids in [0, V).
-        label_smoothing: ε in [0, 1].
-        alpha: the KL weight α (≥ 0).
-        chunk_elements: rows × V per chunk (at least one row).
-
-    Returns: (total, xent, kl), 0-dim float32 tensors in nats: ``total`` carries the gradient;
-        ``xent`` = ½·(CE1 + CE2) and ``kl`` are for logging (no gradient).
-    """
-    device_type = hidden_a.device.type
-    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden_a.dtype
-    chunk_size = max(1, chunk_elements // weight.size(0))  # rows
-    with torch.autocast(device_type, enabled=False):
-        return _LinearRDrop.apply(hidden_a, hidden_b, weight, target, label_smoothing, alpha, chunk_size, dtype)
-
-
-def _chunked_rdrop(hidden_a, hidden_b, weight, target, label_smoothing, alpha, chunk_size, dtype, with_grad):
-    """½·(CE1 + CE2), kl and, ``with_grad``, the gradients of ``total`` with respect to both
-    hidden inputs and ``weight`` (float32, unscaled); see :func:`linear_rdrop_loss`."""
-    vocab = weight.size(0)
-    weight_c = weight.to(dtype)
-    xent = hidden_a.new_zeros((), dtype=torch.float32)
-    kl = hidden_a.new_zeros((), dtype=torch.float32)
-    grads = None
-    if with_grad:
-        grads = (
-            torch.empty(hidden_a.shape, dtype=torch.float32, device=hidden_a.device),
-            torch.empty(hidden_b.shape, dtype=torch.float32, device=hidden_b.device),
-            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device),
-        )
-    for start in range(0, hidden_a.size(0), chunk_size):
-        rows = slice(start, start + chunk_size)
-        y = target[rows][:, None]
-        h_a, h_b = hidden_a[rows].to(dtype), hidden_b[rows].to(dtype)  # (rows, d_model)
-        log_a = (h_a @ weight_c.T).float().log_softmax(1)  # (rows, V)
-        log_b = (h_b @ weight_c.T).float().log_softmax(1)
-        for log_p in (log_a, log_b):  # (1 − ε)·(−log p_y) + ε·mean(−log p)
-            xent += 0.5 * -((1 - label_smoothing) * log_p.gather(1, y).squeeze(1) + label_smoothing * log_p.mean(1)).sum()
-        p_a, p_b = log_a.exp(), log_b.exp()
-        diff = log_a - log_b
-        kl_ab = (p_a * diff).sum(1, keepdim=True)  # KL(P1‖P2), (rows, 1)
-        kl_ba = -(p_b * diff).sum(1, keepdim=True)
-        kl += 0.5 * (kl_ab + kl_ba).sum()
-        if with_grad:
-            # ∂total/∂z1 = ½·(P1 − q) + ½·α·½·(P1 ⊙ (diff − KL(P1‖P2)) + P1 − P2), q the smoothed target
-            q = torch.full_like(p_a, label_smoothing / vocab).scatter_add_(1, y, p_a.new_full(y.shape, 1 - label_smoothing))
-            g_a = 0.5 * (p_a - q) + 0.25 * alpha * (p_a * (diff - kl_ab) + p_a - p_b)
-            g_b = 0.5 * (p_b - q) + 0.25 * alpha * (p_b * (-diff - kl_ba) + p_b - p_a)
-            g_a, g_b = g_a.to(dtype), g_b.to(dtype)
-            grads[0][rows] = g_a @ weight_c
-            grads[1][rows] = g_b @ weight_c
-            grads[2].add_((g_a.T @ h_a).float()).add_((g_b.T @ h_b).float())
-    return xent, kl, grads
-
-
-class _LinearRDrop(torch.autograd.Function):
-    """:func:`linear_rdrop_loss` with its gradients taken in the forward pass."""
-
-    @staticmethod
-    def forward(ctx, hidden_a, hidden_b, weight, target, label_smoothing, alpha, chunk_size, dtype):
-        needs_grad = any(ctx.needs_input_grad[:3])
-        xent, kl, grads = _chunked_rdrop(
-            hidden_a, hidden_b, weight, target, label_smoothing, alpha, chunk_size, dtype, needs_grad
-        )
-        if needs_grad:
-            ctx.save_for_backward(*grads)
-        ctx.dtypes = hidden_a.dtype, hidden_b.dtype, weight.dtype
-        total = xent + 0.5 * alpha * kl
-        ctx.mark_non_differentiable(xent, kl)
-        return total, xent, kl
-
-    @staticmethod
-    def backward(ctx, grad_total, _grad_xent, _grad_kl):
-        grad_a, grad_b, grad_weight = ctx.saved_tensors
-        dtype_a, dtype_b, dtype_w = ctx.dtypes
-        return (
-            (grad_a * grad_total).to(dtype_a),
-            (grad_b * grad_total).to(dtype_b),
-            (grad_weight * grad_total).to(dtype_w),
-            None, None, None, None, None,
-        )  # fmt: skip
 
 
 def alignment_loss(attention: torch.Tensor, alignment: torch.Tensor) -> torch.Tensor:

@@ -2,15 +2,18 @@
 
 The pieces, in the order a run meets them:
 
-- :class:`TrainState`: where training stands (step, epoch, batch position, best score,
-  early-stopping and non-finite counters, elapsed time, RNG states), saved and restored whole;
-- :class:`Optimization`: model, objective (:mod:`mt.training.objective`), AdamW, schedule and GradScaler;
-- :func:`epoch_updates`: an epoch's batches cut into updates;
-- :func:`train_step`: one update (accumulation, DDP ``no_sync``, autocast, GradScaler, clipping,
-  the non-finite skip);
-- :func:`validate`: the validation metrics, no I/O; :func:`record_validation` and
-  :func:`save_checkpoints` write them; :func:`early_stop` decides;
-- :func:`training_loop`: the loop that ties them together; :func:`train`: the whole run.
+- :func:`starting_point`: the config and the checkpoint of a run that starts from one
+  (``train.init_from``, :mod:`mt.training.init_from`) or resumes (``train.resume``, whose
+  schedule settings :func:`mt.training.schedule.check_resumable` holds to the run's);
+- :func:`build_model`: the Transformer, its initial weights, what is frozen, the aligner's lexicon;
+- :class:`mt.training.state.TrainState`: where training stands, saved and restored whole;
+- :class:`mt.training.step.Optimization` and :func:`mt.training.step.train_step`: one update
+  (objective, AdamW and the schedule of :mod:`mt.training.schedule`);
+- :func:`validation_round`: :func:`mt.training.validation.validate` (the metrics, no I/O), then
+  :func:`mt.training.validation.record_validation` and
+  :func:`mt.training.validation.save_checkpoints`; :func:`mt.training.state.early_stop` decides;
+- :func:`training_loop`: the loop that ties them together; :func:`train`: the whole run, ending
+  with :func:`mt.training.scoring.score_test`.
 
 Everything a run produces goes into ``out_dir``:
 
@@ -41,15 +44,11 @@ Under ``torchrun`` every rank trains on its own share of each update's batches
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import logging
-import math
 import random
 import signal
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
@@ -57,501 +56,29 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mt.data import batching
-from mt.data import corpora
-from mt.training import distributed
-from mt.alignment.align import aer_report, imitation_aer
-from mt.model.aligner import LEXICON_PREFIXES, WordLexicon
-from mt.training.average import average_run, best_checkpoints, step_checkpoints
-from mt.model.checkpoint import load_checkpoint, save_checkpoint
-from mt.config import Config, TrainConfig, to_dict
-from mt.device import autocast, resolve_device, resolve_precision
-from mt.errors import CheckpointError, ConfigError
-from mt.inference.evaluate import score, translate
-from mt.training.init_from import init_config
-from mt.training.guards import (
-    StopSignal,
-    TrainingFailed,
-    TrainingInterrupted,
-    check_free_space,
-    check_writable,
-    rng_state,
-    set_rng_state,
-)
-from mt.training.memory import loaded_allocator, process_memory_mb, release_free_memory, set_onednn_cache_capacity
-from mt.model.transformer import Transformer
-from mt.training.monitor import TrainingMonitor, read_metrics, validation_heatmaps
-from mt.training.objective import Objective, validation_losses
+from mt.config import Config, TrainConfig, to_dict, without_removed_options
 from mt.data.tokenizer import Tokenizer
+from mt.device import resolve_device, resolve_precision
+from mt.errors import CheckpointError, ConfigError
+from mt.model.aligner import LEXICON_PREFIX
+from mt.model.checkpoint import load_checkpoint, save_checkpoint
+from mt.model.transformer import Transformer
+from mt.training import distributed
+from mt.training.guards import StopSignal, TrainingFailed, TrainingInterrupted, check_free_space, check_writable
+from mt.training.init_from import init_config
+from mt.training.memory import loaded_allocator, process_memory_mb, release_free_memory, set_onednn_cache_capacity
+from mt.training.monitor import TrainingMonitor, read_metrics
+from mt.training.schedule import AnnealedLR, budget_progress, check_resumable
+from mt.training.scoring import score_test
+from mt.training.state import LossMeter, Run, TrainState, early_stop
+from mt.training.step import build_optimization, epoch_updates, train_step
 from mt.training.training_data import TrainingData, prepare_data
+from mt.training.validation import record_validation, save_checkpoints, validate, validate_translation
 
 log = logging.getLogger(__name__)
 
 
-# ------------------------------------------------------------------------------------ state
-@dataclass
-class TrainState:
-    """Where training stands, besides weights and optimizer: saved into and restored from each
-    checkpoint as one object (top-level checkpoint keys, one per field, plus ``rng``).
-
-    Attributes:
-        step: updates done.
-        epoch: the current pass over the training data, from 1.
-        batches_done: batches of the current epoch already trained on, all ranks together.
-        best_bleu: the best validation BLEU so far (-inf before the first validation).
-        bad_validations: validations since the best one (early stopping, ``train.patience``).
-        nonfinite_steps: updates skipped for a non-finite loss or gradient, in total.
-        nonfinite_in_a_row: the current run of such skips (``train.max_nonfinite``).
-        elapsed_s: training wall-clock in seconds, validations included, over every session of
-            the run (a resumed run continues the count); read it with :meth:`elapsed`.
-    """
-
-    step: int = 0
-    epoch: int = 1
-    batches_done: int = 0
-    best_bleu: float = float("-inf")
-    bad_validations: int = 0
-    nonfinite_steps: int = 0
-    nonfinite_in_a_row: int = 0
-    elapsed_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        self._clock_start = time.perf_counter() - self.elapsed_s
-
-    def elapsed(self) -> float:
-        """Seconds of training so far, earlier sessions of a resumed run included."""
-        return time.perf_counter() - self._clock_start
-
-    def state_dict(self) -> dict:
-        """Every field (``elapsed_s`` as of now) and the Python/NumPy/torch RNG states."""
-        return {**dataclasses.asdict(self), "elapsed_s": self.elapsed(), "rng": rng_state()}
-
-    def load_state_dict(self, checkpoint: dict) -> None:
-        """Restore from a checkpoint's keys (fields it lacks, from older checkpoints, keep their
-        defaults) and set the RNG states it saved."""
-        for f in dataclasses.fields(self):
-            if f.name in checkpoint:
-                setattr(self, f.name, checkpoint[f.name])
-        self._clock_start = time.perf_counter() - self.elapsed_s
-        set_rng_state(checkpoint["rng"])
-
-    def record_score(self, val_bleu: float) -> bool:
-        """Note a validation score; True when it beats the best so far."""
-        improved = val_bleu > self.best_bleu
-        if improved:
-            self.best_bleu, self.bad_validations = val_bleu, 0
-        else:
-            self.bad_validations += 1
-        return improved
-
-
-def early_stop(state: TrainState, patience: int) -> bool:
-    """True when ``patience`` (> 0) validations in a row brought no better val BLEU."""
-    return patience > 0 and state.bad_validations >= patience
-
-
-@dataclass
-class LossMeter:
-    """The training loss and its named terms summed over target tokens since ``started``."""
-
-    tokens: int = 0
-    loss: float = 0.0
-    terms: dict[str, float] = field(default_factory=dict)
-    started: float = field(default_factory=time.perf_counter)
-
-    def add(self, tokens: int, loss: float, terms: dict[str, float]) -> None:
-        self.tokens, self.loss = self.tokens + tokens, self.loss + loss
-        for name, value in terms.items():
-            self.terms[name] = self.terms.get(name, 0.0) + value
-
-    def per_token(self) -> dict[str, float]:
-        """``{"train_loss": …, "{term}_loss": …}`` in nats per target token."""
-        tokens = max(self.tokens, 1)
-        return {"train_loss": self.loss / tokens, **{f"{k}_loss": v / tokens for k, v in self.terms.items()}}
-
-    def tokens_per_s(self, now: float | None = None) -> float:
-        return self.tokens / max((now or time.perf_counter()) - self.started, 1e-9)
-
-
-# ------------------------------------------------------------------------------ optimisation
-def inverse_sqrt_schedule(warmup_steps: int):
-    """LR factor: linear warm-up to 1 over ``warmup_steps``, then (warmup/step)^0.5 (Vaswani et al. 2017, §5.3)."""
-    warmup = max(warmup_steps, 1)
-
-    def factor(step: int) -> float:
-        step = step + 1
-        return min(step / warmup, math.sqrt(warmup / step))
-
-    return factor
-
-
-class AnnealedLR(torch.optim.lr_scheduler.LRScheduler):
-    """Linear warm-up over ``warmup_steps`` updates, then a decay from the peak (``train.lr``)
-    to ``min_lr`` over the rest of the run's budget: ``cosine``, half a cosine period (SGDR
-    without restarts, Loshchilov & Hutter 2017), or ``linear``.
-
-    The budget is not a step count. The trainer reports the fraction of it used so far
-    (:meth:`set_progress`: the largest of updates / ``train.max_steps``, minutes /
-    ``train.max_minutes`` and epochs / ``train.max_epochs``), so a run bounded by
-    ``train.max_minutes`` reaches ``min_lr`` at its time limit however fast its host.
-    :meth:`step` (once per applied update) advances the warm-up. ``state_dict`` holds the
-    progress and where the decay began, so a resumed run goes on along the same curve.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, shape: str, min_lr: float):
-        self.warmup_steps, self.shape, self.min_lr = warmup_steps, shape, min_lr
-        self.progress = 0.0  # fraction of the budget used, in [0, 1]
-        self.decay_start: float | None = None if warmup_steps else 0.0  # the progress when the warm-up ended
-        super().__init__(optimizer)
-
-    def set_progress(self, progress: float) -> None:
-        """Record the fraction of the budget used (clipped to [0, 1]) and set the next update's lr."""
-        self.progress = min(max(progress, 0.0), 1.0)
-        if self.decay_start is None and self.last_epoch >= self.warmup_steps:
-            self.decay_start = self.progress
-        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
-            group["lr"] = lr
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-
-    def get_lr(self) -> list[float]:
-        warm = min(1.0, (self.last_epoch + 1) / self.warmup_steps) if self.warmup_steps else 1.0
-        if self.decay_start is None:
-            done = 0.0
-        else:
-            done = (self.progress - self.decay_start) / (1 - self.decay_start) if self.decay_start < 1 else 1.0
-        decay = 0.5 * (1 + math.cos(math.pi * done)) if self.shape == "cosine" else 1 - done
-        return [self.min_lr + (base - self.min_lr) * warm * decay for base in self.base_lrs]
-
-
-def budget_progress(cfg: TrainConfig, step: int, elapsed_s: float, epochs_done: float) -> float:
-    """The fraction of the run's budget used: the largest of ``step / train.max_steps``,
-    ``elapsed_s / (60 · train.max_minutes)`` and ``epochs_done / train.max_epochs`` (unset
-    limits do not count; 0 when none is set).
-
-    Args:
-        step: updates applied.
-        elapsed_s: training wall-clock in seconds, validations included.
-        epochs_done: completed epochs plus the fraction of the current one.
-    """
-    used = [step / cfg.max_steps] if cfg.max_steps else []
-    used += [elapsed_s / 60 / cfg.max_minutes] if cfg.max_minutes else []
-    used += [epochs_done / cfg.max_epochs] if cfg.max_epochs else []
-    return max(used, default=0.0)
-
-
-def build_optimizer(
-    parameters: list[torch.nn.Parameter], cfg: TrainConfig
-) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW (Loshchilov & Hutter 2019) with weight decay on matrices only (not on biases and
-    layer-norm gains), and the schedule ``train.lr_schedule`` names: ``inverse_sqrt``
-    (:func:`inverse_sqrt_schedule`), or ``cosine`` / ``linear`` (:class:`AnnealedLR`).
-
-    ``train.optimizer_impl`` picks PyTorch's kernel: ``fused`` (one kernel for all parameters),
-    ``foreach`` (batched per tensor list) or ``for-loop``.
-    """
-    decay = [p for p in parameters if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in parameters if p.requires_grad and p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=tuple(cfg.betas),
-        fused=cfg.optimizer_impl == "fused",
-        foreach=cfg.optimizer_impl == "foreach",
-    )
-    if cfg.lr_schedule == "inverse_sqrt":
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(cfg.warmup_steps))
-    return optimizer, AnnealedLR(optimizer, cfg.warmup_steps, cfg.lr_schedule, cfg.min_lr)
-
-
-@dataclass
-class Optimization:
-    """What one update touches.
-
-    Attributes:
-        model: the parameters being trained (gradients are clipped over them).
-        objective: ``(src_ids, tgt_in, tgt_out) → (total, terms, n_tokens)`` (an
-            :class:`~mt.training.objective.Objective`, possibly inside DistributedDataParallel or
-            ``torch.compile``).
-        optimizer, scheduler: AdamW and its learning-rate schedule (:func:`build_optimizer`).
-        scaler: fp16's GradScaler (disabled, a pass-through, for fp32/bf16).
-        device, precision: where and how the forward runs (``fp32``, ``bf16``, ``fp16``).
-        clip_norm: gradient-norm clipping threshold (0 = off).
-        world_size: processes sharing each update (DDP averages their gradients).
-        no_sync: DDP's ``no_sync`` (gradients of all but an update's last batch stay local).
-    """
-
-    model: torch.nn.Module
-    objective: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    device: torch.device
-    precision: str
-    clip_norm: float
-    world_size: int = 1
-    no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-
-    def state_dict(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-        }
-
-    def load_state_dict(self, checkpoint: dict) -> None:
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        if "scaler" in checkpoint:
-            self.scaler.load_state_dict(checkpoint["scaler"])
-
-
-def build_optimization(
-    model: Transformer,
-    cfg: TrainConfig,
-    device: torch.device,
-    precision: str,
-    context: distributed.Context = distributed.Context(),
-    objective: torch.nn.Module | None = None,
-) -> Optimization:
-    """The trainer's objective (DDP-wrapped under torchrun, compiled with ``train.compile``),
-    AdamW, schedule and GradScaler for ``model`` (already on ``device``).
-
-    Args:
-        objective: None = ``Objective(model, train.label_smoothing)``; another module of the
-            same call signature (e.g. a reference model's, in ``scripts/bench_train.py``).
-    """
-    optimizer, scheduler = build_optimizer(list(model.parameters()), cfg)
-    if objective is None:
-        alignment = model.cfg.alignment
-        objective = Objective(
-            model, cfg.label_smoothing, cfg.alignment_weight, alignment.layer, alignment.heads, alignment.full_context,
-            frozen=cfg.trainable == "alignment", rdrop_alpha=cfg.rdrop_alpha,
-        )  # fmt: skip
-    no_sync = contextlib.nullcontext
-    if context.distributed:
-        objective = torch.nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None
-        )
-        no_sync = objective.no_sync
-    if cfg.compile:
-        objective = torch.compile(objective, dynamic=True)
-    return Optimization(
-        model=model,
-        objective=objective,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),  # fp16 gradients underflow unscaled
-        device=device,
-        precision=precision,
-        clip_norm=cfg.clip_norm,
-        world_size=context.world_size,
-        no_sync=no_sync,
-    )
-
-
-@dataclass
-class StepResult:
-    """One update's outcome on this process.
-
-    Attributes:
-        loss: the objective's total summed over this process's batches (nats).
-        terms: each named term summed likewise.
-        finite: False when the gradient norm was not finite and the update was skipped.
-        grad_norm: the gradient norm before clipping.
-    """
-
-    loss: float
-    terms: dict[str, float]
-    finite: bool
-    grad_norm: float
-
-
-def train_step(opt: Optimization, batches: Sequence[batching.Batch], update_tokens: int) -> StepResult:
-    """One update from this process's share of the update's batches.
-
-    Gradients of the batches are summed (DDP all-reduces once, after the last) and scaled so
-    that the update is the gradient of the loss summed over all its target tokens divided by
-    ``update_tokens``: accumulated batches and processes give the update of their union. The
-    update is skipped (``finite`` False; the GradScaler still updates its scale) when the
-    gradient norm is not finite: one bad batch must not poison the weights.
-
-    Args:
-        opt: model, objective, optimizer, schedule and scaler.
-        batches: this process's batches of the update (on any device; moved to ``opt.device``).
-        update_tokens: target tokens (EOS included) of the whole update, every process's
-            batches together.
-
-    Returns: the summed loss and terms of these batches, whether the update was applied, and
-        the gradient norm.
-    """
-    opt.optimizer.zero_grad(set_to_none=True)
-    sums: dict[str, torch.Tensor] = {}  # "total" and each named term, summed over the batches
-    for k, batch in enumerate(batches):
-        batch = batch.to(opt.device)
-        with contextlib.nullcontext() if k == len(batches) - 1 else opt.no_sync():  # all-reduce once
-            with autocast(opt.device, opt.precision):
-                total, batch_terms, _ = opt.objective(batch.src_ids, batch.tgt_in, batch.tgt_out, batch.alignment)
-            # DDP averages over processes: scale so the update is the mean over all its tokens
-            opt.scaler.scale(total * (opt.world_size / update_tokens)).backward()
-        for name, value in {"total": total, **batch_terms}.items():
-            sums[name] = sums[name] + value.detach() if name in sums else value.detach()
-    loss, *term_values = torch.stack(list(sums.values())).tolist()  # one host sync for all of them
-    terms = dict(zip(list(sums)[1:], term_values))
-    opt.scaler.unscale_(opt.optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(opt.model.parameters(), opt.clip_norm or float("inf"))
-    finite = bool(torch.isfinite(norm))
-    if finite:
-        opt.scaler.step(opt.optimizer)
-    opt.scaler.update()
-    if finite:
-        opt.scheduler.step()
-    return StepResult(loss, terms, finite, float(norm))
-
-
-def epoch_updates(
-    src_lens: Sequence[int], tgt_lens: Sequence[int], cfg: TrainConfig, epoch: int, group_size: int
-) -> list[list[list[int]]]:
-    """The epoch's token-budget batches (shuffled with ``train.seed + epoch``) cut into updates
-    of ``group_size`` consecutive batches (processes × ``train.accum_steps``).
-
-    A last update of fewer batches is dropped, whatever the process count, so that one process
-    accumulating ``group_size`` batches and ``group_size`` processes see the same updates.
-
-    Returns: updates → batches → indices of training pairs.
-    """
-    batches = batching.token_batches(src_lens, tgt_lens, cfg.batch_tokens, True, cfg.seed + epoch)
-    return [batches[i : i + group_size] for i in range(0, len(batches) - group_size + 1, group_size)]
-
-
 # ------------------------------------------------------------------------------- validation
-def validate(
-    model: Transformer,
-    data: TrainingData,
-    cfg: Config,
-    device: torch.device,
-    precision: str,
-    translation_metrics: dict | None = None,
-) -> dict:
-    """Validation metrics of ``model``; writes nothing and leaves the model in eval mode.
-
-    Args:
-        translation_metrics: :func:`validate_translation`'s result for this model's translation
-            weights, when they cannot have changed (``train.trainable=alignment``); None =
-            compute them.
-
-    Returns: ``val_loss`` (plain cross-entropy per target token), ``val_{term}_loss`` per
-        objective term, ``val_bleu`` and ``val_chrf`` (sacreBLEU, ``train.valid_beam_size``), with a gold
-        alignment set ``aer`` and ``aer_by_layer`` (:func:`mt.alignment.align.aer_report`), and with
-        alignment targets ``imitation_aer`` (:func:`mt.alignment.align.imitation_aer`).
-    """
-    metrics = dict(translation_metrics or validate_translation(model, data, cfg, device, precision))
-    model.eval()
-    guided = cfg.train.alignment_weight > 0
-    with autocast(device, precision):
-        if data.gold is not None:
-            supervised = guided and model.aligner is None  # the weight trains the aligner where there is one
-            metrics.update(aer_report(model, data.gold_segmentations, data.gold, cfg.decoding.batch_size, device, supervised))
-        if guided and data.imitation is not None:
-            metrics["imitation_aer"] = round(
-                imitation_aer(model, data.imitation_segmentations, data.imitation, cfg.decoding.batch_size, device), 5
-            )
-    return metrics
-
-
-def validate_translation(model: Transformer, data: TrainingData, cfg: Config, device: torch.device, precision: str) -> dict:
-    """``val_loss``, ``val_{term}_loss``, ``val_bleu`` and ``val_chrf`` of :func:`validate`."""
-    losses = validation_losses(model, data.valid_batches, device, precision)
-    valid_decoding = dataclasses.replace(cfg.decoding, beam_size=cfg.train.valid_beam_size)
-    with autocast(device, precision):
-        hypotheses = translate(model, data.tokenizer, data.splits["valid"]["src"], valid_decoding, device)
-    scores = score(hypotheses, data.splits["valid"]["tgt"])
-    return {
-        "val_loss": losses["xent"],
-        **{f"val_{name}_loss": value for name, value in losses.items()},
-        "val_bleu": scores["bleu"],
-        "val_chrf": scores["chrf"],
-    }
-
-
-@dataclass
-class Run:
-    """The fixed parts of a training run that the loop and its helpers read.
-
-    Attributes:
-        cfg: the root config.
-        out_dir: the run directory (rank 0 writes there).
-        context: this process's place in a torchrun job.
-        data: tokenizer, splits, token ids and validation batches.
-        opt: model, objective, optimizer, schedule, scaler.
-        monitor: rank 0's learning curves and TensorBoard; None on other ranks.
-        static_state: what every checkpoint holds besides weights and training state (model
-            config, tokenizer, languages, decoding defaults, the whole config).
-        frozen_metrics: with ``train.trainable=alignment``, the translation's validation
-            metrics, measured once (:func:`validate_translation`): its weights do not change.
-    """
-
-    cfg: Config
-    out_dir: Path
-    context: distributed.Context
-    data: TrainingData
-    opt: Optimization
-    monitor: TrainingMonitor | None
-    static_state: dict
-    frozen_metrics: dict | None = None
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.out_dir / "checkpoints"
-
-    def checkpoint(self, state: TrainState) -> dict:
-        """Everything needed to continue exactly from here (plain data and tensors only)."""
-        return {**self.static_state, **self.opt.state_dict(), **state.state_dict()}
-
-
-def record_validation(run: Run, record: dict, improved: bool) -> None:
-    """Append ``record`` to ``metrics.jsonl``, redraw the curves (and TensorBoard), log one line."""
-    with (run.out_dir / "metrics.jsonl").open("a") as f:
-        f.write(json.dumps(record) + "\n")
-    heatmaps = None
-    if run.monitor.tensorboard and run.cfg.train.heatmap_sentences:
-        n, valid, device = run.cfg.train.heatmap_sentences, run.data.splits["valid"], run.opt.device
-        with autocast(device, run.opt.precision):
-            heatmaps = validation_heatmaps(run.opt.model, run.data.tokenizer, valid["src"][:n], valid["tgt"][:n], device)
-    run.monitor.log_validation(record, heatmaps)
-    log.info(
-        "step %d epoch %d | train_loss %.3f val_loss %.3f val_bleu %.2f%s%s | lr %.2e | %.0f tok/s",
-        record["step"], record["epoch"], record["train_loss"], record["val_loss"], record["val_bleu"],
-        " (best)" if improved else "", f" AER {100 * record['aer']:.1f}" if "aer" in record else "",
-        record["lr"], record["tokens_per_s"],
-    )  # fmt: skip
-
-
-def save_checkpoints(run: Run, checkpoint: dict, step: int, improved: bool) -> None:
-    """``last.pt``; ``best.pt`` when improved; ``step-S.pt`` keeping the newest
-    max(``train.keep_checkpoints``, ``train.average_last``) and the ``train.average_best`` with
-    the highest val BLEU (``checkpoint`` holds ``val_bleu``)."""
-    save_checkpoint(checkpoint, run.checkpoint_dir / "last.pt")
-    if improved:
-        save_checkpoint(checkpoint, run.checkpoint_dir / "best.pt")
-    newest, best = max(run.cfg.train.keep_checkpoints, run.cfg.train.average_last), run.cfg.train.average_best
-    if not newest and not best:
-        return
-    save_checkpoint(checkpoint, run.checkpoint_dir / f"step-{step}.pt")
-    existing = step_checkpoints(run.out_dir)
-    keep = set(existing[-newest:]) if newest else set()
-    if best:
-        try:
-            keep.update(best_checkpoints(run.out_dir, best))
-        except CheckpointError as error:  # a step-S.pt not written by this trainer: delete nothing
-            log.warning("%s; keeping every step checkpoint", error)
-            return
-    for old in existing:
-        if old not in keep:
-            old.unlink()
-
-
 def validation_round(run: Run, state: TrainState, interval: LossMeter) -> bool:
     """Rank 0 validates, records and checkpoints; every rank returns whether to stop early."""
     stop = None
@@ -633,11 +160,7 @@ def training_loop(run: Run, state: TrainState) -> str:
     with StopSignal() as stop_signal, contextlib.closing(progress):
         while True:
             if data.sampling is not None:  # subword regularization: this epoch's segmentation
-                started = time.perf_counter()
-                ratio = data.resample(cfg.seed + state.epoch, context)
-                log.log(logging.INFO if first_epoch else logging.DEBUG,
-                        "epoch %d: subwords sampled in %.1f s, %.2f× the target pieces of the best segmentation",
-                        state.epoch, time.perf_counter() - started, ratio)  # fmt: skip
+                resample_subwords(data, cfg.seed, state.epoch, context, first_epoch)
                 first_epoch = False
             updates = epoch_updates(data.src_lens, data.tgt_lens, cfg, state.epoch, group_size)
             epoch_batches = sum(len(group) for group in updates)
@@ -666,11 +189,7 @@ def training_loop(run: Run, state: TrainState) -> str:
                     if cfg.release_memory_every and state.step % cfg.release_memory_every == 0:
                         release_free_memory()  # new batch shapes would otherwise grow the heap for good
                     if state.step % cfg.log_every == 0:
-                        now = time.perf_counter()
-                        align = {"align": f"{window.terms['align'] / window.tokens:.3f}"} if "align" in window.terms else {}
-                        progress.set_postfix(loss=f"{window.loss / window.tokens:.3f}", **align, lr=f"{run.opt.scheduler.get_last_lr()[0]:.2e}",
-                                             tok_s=f"{window.tokens_per_s(now):.0f}", epoch=state.epoch)  # fmt: skip
-                        window = LossMeter(started=now)
+                        window = show_progress(progress, window, run.opt.scheduler.get_last_lr()[0], state.epoch)
                     stop_reason = limit_reached(cfg, state, bool(time_up))
                     if state.step % cfg.valid_every == 0 or stop_reason:
                         if validation_round(run, state, interval) and stop_reason is None:
@@ -689,6 +208,26 @@ def training_loop(run: Run, state: TrainState) -> str:
             state.epoch, state.batches_done = state.epoch + 1, 0
 
 
+def resample_subwords(data: TrainingData, seed: int, epoch: int, context: distributed.Context, first: bool) -> None:
+    """Subword regularization: segment the training pairs anew for ``epoch`` (logged at INFO on
+    the ``first`` epoch of this session, at DEBUG after)."""
+    started = time.perf_counter()
+    ratio = data.resample(seed + epoch, context)
+    log.log(logging.INFO if first else logging.DEBUG,
+            "epoch %d: subwords sampled in %.1f s, %.2f× the target pieces of the best segmentation",
+            epoch, time.perf_counter() - started, ratio)  # fmt: skip
+
+
+def show_progress(progress: tqdm, window: LossMeter, lr: float, epoch: int) -> LossMeter:
+    """The progress bar's statistics over ``window`` (loss and alignment loss per target token,
+    learning rate, target tokens/s); returns the next window."""
+    now = time.perf_counter()
+    align = {"align": f"{window.terms['align'] / window.tokens:.3f}"} if "align" in window.terms else {}
+    progress.set_postfix(loss=f"{window.loss / window.tokens:.3f}", **align, lr=f"{lr:.2e}",
+                         tok_s=f"{window.tokens_per_s(now):.0f}", epoch=epoch)  # fmt: skip
+    return LossMeter(started=now)
+
+
 # ------------------------------------------------------------------------------------ the run
 def train(cfg: Config, out_dir: str | Path, command_line_keys: Sequence[str] = ()) -> dict:
     """Train a model as configured and score it on the test split.
@@ -698,15 +237,16 @@ def train(cfg: Config, out_dir: str | Path, command_line_keys: Sequence[str] = (
         out_dir: the run directory (Hydra's output dir); created if missing. Under torchrun only
             rank 0 writes into it.
         command_line_keys: the config keys the command line set
-            (:func:`mt.config.command_line_keys`): with ``train.init_from`` a model key among them
-            must agree with the checkpoint.
+            (:func:`mt.config.command_line_keys`): with ``train.init_from`` a model, aligner or
+            tokenizer key among them must agree with the checkpoint (:func:`mt.training.init_from.init_config`).
 
     Returns: the test scores (as written to ``test_scores.json``); ``{}`` on ranks other than 0.
 
     Raises:
         DataError: corpus files missing or inconsistent; the run dir not writable or too full.
         ConfigError: ``train.resume`` names no checkpoint, or one trained with another
-            ``train.lr_schedule``; a model key contradicts ``train.init_from``'s checkpoint.
+            ``train.lr_schedule``, ``train.lr``, ``train.min_lr`` or ``train.warmup_steps``; a
+            model, aligner or tokenizer key contradicts ``train.init_from``'s checkpoint.
         CheckpointError: ``train.init_from`` is not a checkpoint whose weights fit the model.
         TrainingInterrupted, TrainingFailed: see :func:`training_loop`.
     """
@@ -719,80 +259,23 @@ def train(cfg: Config, out_dir: str | Path, command_line_keys: Sequence[str] = (
         if context.is_main:
             check_writable(out_dir / "checkpoints")
         resume = load_resume(cfg.train.resume, out_dir / "checkpoints")
-        saved_schedule = resume["scheduler"].get("shape", "inverse_sqrt") if resume else None  # AnnealedLR keeps its shape
-        if saved_schedule not in (None, cfg.train.lr_schedule):  # before any data work
-            raise ConfigError(
-                f"config key 'train.lr_schedule' = {cfg.train.lr_schedule!r}: the run being resumed used "
-                f"{saved_schedule!r}; resume with train.lr_schedule={saved_schedule}, or start a new run from its "
-                "weights with train.init_from"
-            )
-        initial = None
-        if resume is not None and cfg.train.init_from:  # a resumed stage: the model and data it saved
-            cfg = init_config(resume, cfg, command_line_keys, cfg.train.resume)
-        elif cfg.train.init_from:
-            try:
-                initial = load_checkpoint(cfg.train.init_from, mmap=True)
-            except CheckpointError as error:
-                raise CheckpointError(f"train.init_from: {error}") from None
-            cfg = init_config(initial, cfg, command_line_keys, cfg.train.init_from)
-            log.info("starting from the weights of %s (step %s)", cfg.train.init_from, initial.get("step"))
+        cfg, initial = starting_point(cfg, resume, command_line_keys)  # before any data work
         if context.is_main:  # built before data work, to fail early
             records = read_metrics(out_dir / "metrics.jsonl", max_step=resume["step"]) if resume else ()
             monitor = TrainingMonitor(out_dir, tensorboard=cfg.train.tensorboard, records=records,
                                       start_step=resume["step"] if resume else 0)  # fmt: skip
-        datasets.disable_progress_bars()  # our own tqdm bar is the one to watch
-        if cfg.train.onednn_cache_capacity >= 0:  # before the first bf16 matmul builds a primitive
-            set_onednn_cache_capacity(cfg.train.onednn_cache_capacity)
-        allocator = loaded_allocator()
-        log.info("memory allocator: %s%s", allocator, "" if allocator != "glibc" or device.type != "cpu" else
-                 " (tcmalloc or jemalloc lowers the peak memory; README, Memory)")  # fmt: skip
-        seed_everything(cfg.train.seed)
-        if cfg.train.num_threads:
-            torch.set_num_threads(cfg.train.num_threads)
-        precision = resolve_precision(cfg.train.precision, device)
-
+        precision = set_up_process(cfg.train, device)
         data = prepare_data(cfg, context, resume or initial)
-        tokenizer = data.tokenizer
-        model = Transformer(cfg.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id).to(device)
-        if initial is not None:
-            load_initial_weights(model, initial, cfg.train.init_from)
-            del initial
-        if cfg.train.trainable == "alignment":  # only the aligner learns
-            for _, parameter in model.translation_parameters():
-                parameter.requires_grad_(False)
-        if model.aligner is not None and (cfg.model.aligner.lexicon or cfg.model.aligner.word_lexicon) and resume is None:
-            fill_lexicon(model, data, cfg)
+        model = build_model(cfg, data, device, initial, fill_lexicon=resume is None)
+        del initial
+        opt = build_optimization(model, cfg.train, device, precision, context)
         log.info(
             "model: %.2fM parameters (%.2fM trained), device %s, precision %s, %d process(es) × %d accumulated batch(es) per update",
             sum(p.numel() for p in model.parameters()) / 1e6, sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
             device, precision, context.world_size, cfg.train.accum_steps,
         )  # fmt: skip
-        opt = build_optimization(model, cfg.train, device, precision, context)
-        static_state = {
-            "model_config": to_dict(cfg.model),
-            "tokenizer": tokenizer.state(),
-            "data": {"src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang},
-            "decoding": to_dict(cfg.decoding),
-            "config": to_dict(cfg),
-        }
-        run = Run(cfg, out_dir, context, data, opt, monitor, static_state)
-        if cfg.train.trainable == "alignment" and context.is_main:
-            run.frozen_metrics = validate_translation(model, data, cfg, device, precision)
-        if context.is_main:
-            data.write_tokenizer(out_dir, cfg.data.src_lang, cfg.data.tgt_lang)
-            check_free_space(
-                run.checkpoint_dir, model, max(cfg.train.keep_checkpoints, cfg.train.average_last) + cfg.train.average_best
-            )
-            if resume is None:
-                (out_dir / "metrics.jsonl").write_text("")
-        state = TrainState()
-        if resume is not None:
-            opt.load_state_dict(resume)
-            state.load_state_dict(resume)
-            if state.batches_done % (context.world_size * cfg.train.accum_steps):
-                log.warning("resumed with another world size × train.accum_steps: the epoch restarts at a nearby batch")
-            log.info("resumed at step %d (epoch %d, batch %d)", state.step, state.epoch, state.batches_done)
-
+        run = Run(cfg, out_dir, context, data, opt, monitor, static_state(cfg, data.tokenizer))
+        state = begin(run, resume)
         stop_reason = training_loop(run, state)
         training_seconds = state.elapsed()
         log.info("stopped after %d steps, %.1f min: %s", state.step, training_seconds / 60, stop_reason)
@@ -806,19 +289,104 @@ def train(cfg: Config, out_dir: str | Path, command_line_keys: Sequence[str] = (
         distributed.teardown(context)
 
 
-def fill_lexicon(model: Transformer, data: TrainingData, cfg: Config) -> None:
-    """Count the teacher's links of the training pairs into the aligner's lexicon
-    (:func:`mt.model.aligner.count_links`; the config's validation made sure there are links)."""
+def starting_point(cfg: Config, resume: dict | None, command_line_keys: Sequence[str]) -> tuple[Config, dict | None]:
+    """The run's config and the checkpoint whose weights it starts from.
+
+    A resumed run keeps the schedule it saved (:func:`mt.training.schedule.check_resumable`);
+    one that was started with ``train.init_from`` takes its model, tokenizer, data and decoding
+    from the checkpoint being resumed (:func:`mt.training.init_from.init_config`), which holds
+    what the stage started with: ``train.init_from``'s checkpoint is not read again.
+
+    Returns: (config, the ``train.init_from`` checkpoint, or None when resuming or starting afresh).
+
+    Raises:
+        ConfigError: see :func:`check_resumable` and :func:`init_config`.
+        CheckpointError: ``train.init_from`` is not a checkpoint.
+    """
+    if resume is not None:
+        check_resumable(resume, cfg.train)
+        if cfg.train.init_from:  # a resumed stage: the model and data it saved
+            cfg = init_config(resume, cfg, command_line_keys, cfg.train.resume)
+        return cfg, None
+    if not cfg.train.init_from:
+        return cfg, None
+    try:
+        initial = load_checkpoint(cfg.train.init_from, mmap=True)
+    except CheckpointError as error:
+        raise CheckpointError(f"train.init_from: {error}") from None
+    cfg = init_config(initial, cfg, command_line_keys, cfg.train.init_from)
+    log.info("starting from the weights of %s (step %s)", cfg.train.init_from, initial.get("step"))
+    return cfg, initial
+
+
+def set_up_process(cfg: TrainConfig, device: torch.device) -> str:
+    """Process-wide settings before the data work: progress bars, oneDNN's cache, the seeds,
+    the thread count. Returns the precision the run trains in (:func:`mt.device.resolve_precision`)."""
+    datasets.disable_progress_bars()  # our own tqdm bar is the one to watch
+    if cfg.onednn_cache_capacity >= 0:  # before the first bf16 matmul builds a primitive
+        set_onednn_cache_capacity(cfg.onednn_cache_capacity)
+    allocator = loaded_allocator()
+    log.info("memory allocator: %s%s", allocator, "" if allocator != "glibc" or device.type != "cpu" else
+             " (tcmalloc or jemalloc lowers the peak memory; README, Memory)")  # fmt: skip
+    seed_everything(cfg.seed)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    return resolve_precision(cfg.precision, device)
+
+
+def build_model(cfg: Config, data: TrainingData, device: torch.device, initial: dict | None, fill_lexicon: bool) -> Transformer:
+    """The Transformer on ``device``: ``initial``'s weights (``train.init_from``), the translation
+    weights frozen with ``train.trainable=alignment``, and the aligner's lexicon counted from the
+    training links when ``fill_lexicon`` (a resumed run loads its counts with its weights)."""
     tokenizer = data.tokenizer
-    for lexicon in (model.aligner.lexicon, model.aligner.word_lexicon):
-        if lexicon is None:
-            continue
-        started = time.perf_counter()
-        if isinstance(lexicon, WordLexicon):
-            pieces = [side.id_to_piece(list(range(side.get_piece_size()))) for side in (tokenizer.src, tokenizer.tgt)]
-            lexicon.set_word_starts(*pieces)
-        n_entries = lexicon.count(data.train_src, data.train_tgt, data.train_links, tokenizer.eos_id, cfg.model.aligner.null)
-        log.info("aligner lexicon: %d %s pairs counted in %.1f s", n_entries, lexicon.unit, time.perf_counter() - started)
+    model = Transformer(cfg.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id).to(device)
+    if initial is not None:
+        load_initial_weights(model, initial, cfg.train.init_from)
+    if cfg.train.trainable == "alignment":  # only the aligner learns
+        for _, parameter in model.translation_parameters():
+            parameter.requires_grad_(False)
+    if model.aligner is not None and model.aligner.lexicon is not None and fill_lexicon:
+        started = time.perf_counter()  # the config's validation made sure there are links to count
+        n_entries = model.aligner.lexicon.count(data.train_src, data.train_tgt, data.train_links, tokenizer.eos_id,
+                                                cfg.model.aligner.null)  # fmt: skip
+        log.info("aligner lexicon: %d piece pairs counted in %.1f s", n_entries, time.perf_counter() - started)
+    return model
+
+
+def static_state(cfg: Config, tokenizer: Tokenizer) -> dict:
+    """What every checkpoint holds besides weights and training state: the model config, the
+    tokenizer, the languages, the decoding defaults and the whole config."""
+    return {
+        "model_config": to_dict(cfg.model),
+        "tokenizer": tokenizer.state(),
+        "data": {"src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang},
+        "decoding": to_dict(cfg.decoding),
+        "config": to_dict(cfg),
+    }
+
+
+def begin(run: Run, resume: dict | None) -> TrainState:
+    """Before the first update: rank 0 measures a frozen translation once, writes the tokenizer,
+    checks the free space and starts ``metrics.jsonl``; a resumed run gets its optimizer,
+    schedule, scaler, RNG and position back. Returns where training starts."""
+    cfg, context, model = run.cfg, run.context, run.opt.model
+    if cfg.train.trainable == "alignment" and context.is_main:
+        run.frozen_metrics = validate_translation(model, run.data, cfg, run.opt.device, run.opt.precision)
+    if context.is_main:
+        run.data.write_tokenizer(run.out_dir, cfg.data.src_lang, cfg.data.tgt_lang)
+        check_free_space(
+            run.checkpoint_dir, model, max(cfg.train.keep_checkpoints, cfg.train.average_last) + cfg.train.average_best
+        )
+        if resume is None:
+            (run.out_dir / "metrics.jsonl").write_text("")
+    state = TrainState()
+    if resume is not None:
+        run.opt.load_state_dict(resume)
+        state.load_state_dict(resume)
+        if state.batches_done % (context.world_size * cfg.train.accum_steps):
+            log.warning("resumed with another world size × train.accum_steps: the epoch restarts at a nearby batch")
+        log.info("resumed at step %d (epoch %d, batch %d)", state.step, state.epoch, state.batches_done)
+    return state
 
 
 def load_initial_weights(model: Transformer, state: dict, source: str) -> None:
@@ -833,7 +401,7 @@ def load_initial_weights(model: Transformer, state: dict, source: str) -> None:
     misfits += [
         key
         for key, tensor in saved.items()
-        if key not in own or (own[key].shape != tensor.shape and not key.startswith(LEXICON_PREFIXES))  # any size
+        if key not in own or (own[key].shape != tensor.shape and not key.startswith(LEXICON_PREFIX))  # any size
     ]
     if misfits:
         raise CheckpointError(f"train.init_from={source}: its weights do not fit the model ({', '.join(misfits[:4])})")
@@ -844,7 +412,8 @@ def load_resume(resume: str | None, checkpoint_dir: Path) -> dict | None:
     """The checkpoint ``train.resume`` names (``auto`` = ``checkpoint_dir/last.pt``), or None.
 
     Raises:
-        ConfigError: no such file.
+        ConfigError: no such file, or the run trained with an option since removed
+            (:func:`mt.config.without_removed_options`).
     """
     if not resume:
         return None
@@ -853,7 +422,10 @@ def load_resume(resume: str | None, checkpoint_dir: Path) -> dict | None:
         hint = " (auto continues hydra.run.dir=<the run dir>)" if resume == "auto" else ""
         raise ConfigError(f"config key 'train.resume' = {resume!r}: {path} not found{hint}")
     log.info("resuming from %s", path)
-    return load_checkpoint(path)
+    state = load_checkpoint(path)
+    if "config" in state:  # a run trained with an option since removed cannot go on as it was
+        state["config"] = without_removed_options(state["config"])
+    return state
 
 
 def seed_everything(seed: int) -> None:
@@ -861,77 +433,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-# ------------------------------------------------------------------------------ test scores
-def score_test(run: Run, steps: int, training_seconds: float) -> dict:
-    """Score ``best.pt`` on the test split, and the averages of the last ``train.average_last``
-    (``averaged``) and of the ``train.average_best`` best (``averaged_best``) validation
-    checkpoints; write the hypotheses and ``test_scores.json`` (with the run's peak resident
-    memory, ``peak_rss_mb``).
-
-    Returns: what ``test_scores.json`` holds.
-    """
-    cfg, out_dir, model = run.cfg, run.out_dir, run.opt.model
-    test, label = run.data.splits["test"], corpora.split_label(cfg.data.test_split)
-    best = load_checkpoint(run.checkpoint_dir / "best.pt", run.opt.device)
-    result = {
-        "split": cfg.data.test_split,
-        "src_lang": cfg.data.src_lang,
-        "tgt_lang": cfg.data.tgt_lang,
-        "checkpoint_step": best["step"],
-        "beam_size": cfg.decoding.beam_size,
-        "training_seconds": training_seconds,
-        "steps": steps,
-        **score_checkpoint(model, best, run.data.tokenizer, test, cfg, run.opt.precision, run.opt.device,
-                           out_dir / f"{label}.hyp.{cfg.data.tgt_lang}"),
-    }  # fmt: skip
-    for select, key, wanted in (
-        ("last", "averaged", cfg.train.average_last), ("best", "averaged_best", cfg.train.average_best)
-    ):  # fmt: skip
-        n_average = min(wanted, len(step_checkpoints(out_dir)))
-        if n_average < wanted:
-            log.warning("train.average_%s=%d but only %d validations: averaging those", select, wanted, n_average)
-        if not n_average:
-            continue
-        averaged_path = run.checkpoint_dir / f"{key}.pt"
-        try:
-            averaged = average_run(out_dir, n_average, averaged_path, select)
-        except CheckpointError as error:  # e.g. step checkpoints of another run in this folder: keep the scores
-            log.warning("no %s.pt: %s", key, error)
-            continue
-        result[key] = {
-            "checkpoint": str(averaged_path),
-            "averaged_from": averaged["averaged_from"],
-            **score_checkpoint(model, averaged, run.data.tokenizer, test, cfg, run.opt.precision, run.opt.device,
-                               out_dir / f"{label}.{key}.hyp.{cfg.data.tgt_lang}"),
-        }  # fmt: skip
-        log.info("average of the %s %d checkpoints: %s", select, n_average, result[key]["bleu_line"])
-    result["peak_rss_mb"] = process_memory_mb()["peak_rss_mb"]  # of the whole run, test scoring included
-    log.info("peak resident memory of the run: %.0f MB", result["peak_rss_mb"])
-    (out_dir / "test_scores.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
-
-
-def score_checkpoint(
-    model: Transformer,
-    state: dict,
-    tokenizer: Tokenizer,
-    test: datasets.Dataset,
-    cfg: Config,
-    precision: str,
-    device: torch.device,
-    hyp_path: Path,
-) -> dict:
-    """Load ``state``'s weights into ``model``, translate the test split, write the hypotheses to
-    ``hyp_path`` and return sacreBLEU's scores (see :func:`mt.inference.evaluate.score`)."""
-    model.load_state_dict(state["model"])
-    model.eval()
-    with autocast(device, precision):
-        hypotheses = translate(model, tokenizer, test["src"], cfg.decoding, device)
-    hyp_path.write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
-    scores = score(hypotheses, test["tgt"])
-    log.info("%s: %s", cfg.data.test_split, scores["bleu_line"])
-    log.info("%s: %s", cfg.data.test_split, scores["chrf_line"])
-    log.info("signatures: %s | %s", scores["bleu_signature"], scores["chrf_signature"])
-    return scores
