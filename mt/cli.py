@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -20,8 +19,6 @@ from mt.errors import MtError
 
 if TYPE_CHECKING:  # hydra is imported by mt-train only: the inference commands start faster without it
     from omegaconf import DictConfig
-
-log = logging.getLogger(__name__)
 
 
 def _run(prog: str, body: Callable[[], None]) -> None:
@@ -91,36 +88,18 @@ def _add_precision_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    """Model, tokenizer, checkpoint info, and decoding settings: the checkpoint's, overridden by the flags."""
-    import dataclasses
-
-    import torch
-
-    from mt.model.checkpoint import load_for_inference
+    """:func:`mt.load` of the CHECKPOINT argument, with the decoding flags in place of its defaults."""
+    import mt
     from mt.config import check_device
-    from mt.training.memory import set_onednn_cache_capacity
 
-    # oneDNN keeps a primitive (with packed weights) per matmul shape, and the search's shapes
-    # change as sentences finish: as in training (train.onednn_cache_capacity), keep 64 of them
-    set_onednn_cache_capacity(64)  # bf16 mt-evaluate on test_2016_flickr: 1,001 -> 838 MB peak RSS
-    check_device(args.device, "--device")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise MtError(f"--device {args.device}: CUDA is not available on this machine")
-    model, tokenizer, info = load_for_inference(args.checkpoint, args.device)
-    if getattr(args, "precision", "fp32") != "fp32":
-        from mt.device import for_inference
-
-        try:
-            model = for_inference(model, args.precision)
-        except ValueError as error:  # int8 on CUDA
-            raise MtError(f"--precision {args.precision}: {error}") from None
-    flags = {name: getattr(args, name) for name in ("beam_size", "length_penalty", "batch_size")}
-    decoding = dataclasses.replace(info["decoding"], **{k: v for k, v in flags.items() if v is not None})
-    return model, tokenizer, info, decoding
+    check_device(args.device, "--device")  # the message names the flag, not the Python argument
+    translator = mt.load(args.checkpoint, args.device, getattr(args, "precision", "fp32"))
+    translator.decoding = translator.with_defaults(args.beam_size, args.length_penalty, args.batch_size)
+    return translator
 
 
 def _read_text(path: str) -> list[str]:
-    from mt.data.corpora import read_lines
+    from mt.data.lines import read_lines
 
     file = Path(path)
     if not file.is_file():
@@ -132,7 +111,7 @@ def _read_text(path: str) -> list[str]:
 
 
 def _read_stdin() -> list[str]:
-    from mt.data.corpora import split_lines
+    from mt.data.lines import split_lines
 
     return split_lines(sys.stdin.buffer.read(), "stdin")
 
@@ -174,118 +153,31 @@ def translate_main(argv: Sequence[str] | None = None) -> None:
         parser.error("--align goes with --output-format jsonl")
 
     def body() -> None:
-        from mt.alignment.align import default_method
-        from mt.inference.evaluate import translate_nbest
-        from mt.inference.markup import MarkupTransfer
-
-        model, tokenizer, info, decoding = _load(args)
-        if args.n_best > decoding.beam_size:
-            raise MtError(f"--n-best {args.n_best} exceeds the beam size {decoding.beam_size} (raise --beam-size)")
+        translator = _load(args)
+        if args.n_best > translator.decoding.beam_size:
+            raise MtError(f"--n-best {args.n_best} exceeds the beam size {translator.decoding.beam_size} (raise --beam-size)")
         lines = args.sentences if args.sentences else _read_stdin()
-        markups, errors = _parse_markup(lines, args.markup) if args.markup else ([], {})  # None: did not parse
-        sentences = [m.text if m else "" for m in markups] if args.markup else lines
-        markup = (
-            MarkupTransfer(model, tokenizer, markups, decoding.batch_size, args.device, default_method(info))
-            if args.markup
-            else None
-        )
-        try:  # with --markup, each batch's hypotheses are aligned as it finishes, reusing its encoder pass
-            nbest = translate_nbest(model, tokenizer, sentences, decoding, args.n_best, args.device, on_batch=markup)
-        except ValueError as error:  # a beam wider than half the vocabulary
-            raise MtError(f"--beam-size {decoding.beam_size}: {error}") from None
-        marked, alignments = [[h.text for h in hypotheses] for hypotheses in nbest], {}
-        if markup is not None:
-            marked, alignments = markup.results()
+        results = translator.translate_lines(lines, n_best=args.n_best, markup=args.markup, align=args.align)
+        errors = [line.error for line in results if line.error is not None]
+        for error in errors:
+            print(f"mt-translate: error: {error}", file=sys.stderr)
         if args.output_format == "jsonl":
-            if args.align:  # every line, or those --markup did not align (no tags)
-                todo = [[] if index in alignments else hypotheses for index, hypotheses in enumerate(nbest)]
-                alignments |= _best_alignments(
-                    model, tokenizer, sentences, todo, decoding.batch_size, args.device, default_method(info)
-                )
-            for index, (source, hypotheses) in enumerate(zip(sentences, nbest)):
-                record = _translation_record(index, source, hypotheses, alignments.get(index) if args.align else None)
-                if args.markup:
-                    _add_markup(record, lines[index], marked[index], errors.get(index))
-                sys.stdout.write(_json_line(record) + "\n")
+            for index, line in enumerate(results):
+                sys.stdout.write(line.json_line(index, alignment=args.align) + "\n")
         elif args.n_best == 1:
-            for texts in marked:
-                sys.stdout.write((texts[0] if texts else "") + "\n")
+            for line in results:
+                sys.stdout.write((line.texts[0] if line.texts else "") + "\n")
         else:  # the Moses n-best layout, without its feature-score field
-            for index, (hypotheses, texts) in enumerate(zip(nbest, marked)):
-                for h, text in zip(hypotheses, texts):
+            for index, line in enumerate(results):
+                for h, text in zip(line.hypotheses, line.texts):
                     sys.stdout.write(f"{index} ||| {text} ||| {h.score:.6f}\n")
-                if not hypotheses and args.markup and index not in errors and texts[0]:
-                    sys.stdout.write(f"{index} ||| {texts[0]} ||| 0.000000\n")  # markup only: nothing to translate
+                if not line.hypotheses and line.marked and line.marked[0]:
+                    sys.stdout.write(f"{index} ||| {line.marked[0]} ||| 0.000000\n")  # markup only: nothing to translate
         sys.stdout.flush()
         if errors:
             sys.exit(1)  # the lines named on stderr were not translated
 
     _run("mt-translate", body)
-
-
-def _parse_markup(lines: Sequence[str], mode: str) -> tuple[list, dict[int, str]]:
-    """``--markup``: :class:`~mt.inference.markup.Markup` of each line (None where it does not parse), and
-    line index → error, each also printed as one line ``mt-translate: error: line N: …`` on stderr."""
-    from mt.inference.markup import MarkupError, parse
-
-    markups, errors = [], {}
-    for index, line in enumerate(lines):
-        try:
-            markups.append(parse(line, mode))
-        except MarkupError as error:
-            errors[index] = f"line {index + 1}: {error}"
-            print(f"mt-translate: error: {errors[index]}", file=sys.stderr)
-            markups.append(None)
-    return markups, errors
-
-
-def _add_markup(record: dict, line: str, marked: list[str], error: str | None) -> None:
-    """``--markup`` jsonl fields: ``source_markup``, ``translation_markup``, each hypothesis's
-    ``markup``, and ``error`` for a line that does not parse."""
-    record["source_markup"] = line
-    record["translation_markup"] = marked[0] if marked else ""
-    for hypothesis, text in zip(record["hypotheses"], marked):
-        hypothesis["markup"] = text
-    if error is not None:
-        record["error"] = error
-
-
-def _best_alignments(model, tokenizer, sentences, nbest, batch_size: int, device: str, method: str) -> dict:
-    """``--align``: input line index → :class:`~mt.alignment.align.PairAlignment` of its best hypothesis (blank lines: none)."""
-    from mt.alignment.align import align
-
-    indices = [i for i, hypotheses in enumerate(nbest) if hypotheses]
-    sources = [sentences[i] for i in indices]
-    targets = [nbest[i][0].text for i in indices]
-    alignments = align(model, tokenizer, sources, targets, method=method, batch_size=batch_size, device=device, keep_attention=False)
-    return dict(zip(indices, alignments))
-
-
-def _translation_record(index: int, source: str, hypotheses, alignment) -> dict:
-    """One ``--output-format jsonl`` line; the alignment, if any, goes to the best hypothesis."""
-    import dataclasses
-
-    import numpy as np
-
-    from mt.alignment.aer import format_pharaoh
-
-    record = {"index": index, "source": source, "hypotheses": [dataclasses.asdict(h) for h in hypotheses]}
-    if alignment is not None:
-        record["hypotheses"][0]["alignment"] = {
-            "src_words": alignment.src_words,
-            "tgt_words": alignment.tgt_words,
-            "links": [list(link) for link in alignment.links],
-            "pharaoh": format_pharaoh(alignment.links),
-            "word_matrix": np.round(alignment.word_matrix.astype(np.float64), 6).tolist(),
-        }
-    return record
-
-
-def _json_line(record: dict) -> str:
-    """``record`` as one line of JSON: readable UTF-8, but the characters that ``str.splitlines``
-    also breaks on (U+0085, U+2028, U+2029; json escapes the control characters) escaped."""
-    text = json.dumps(record, ensure_ascii=False)
-    return text.replace("\x85", "\\u0085").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
 # ------------------------------------------------------------------------------- mt-evaluate
@@ -309,18 +201,20 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
 
     def body() -> None:
         from mt.data.corpora import load_split
-        from mt.inference.evaluate import score, translate
+        from mt.inference.evaluate import score
 
-        model, tokenizer, info, decoding = _load(args)
+        translator = _load(args)
         if args.src:
             sources, references = _read_text(args.src), _read_text(args.ref)
             if len(sources) != len(references):
                 raise MtError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
         else:
             mirror = args.mirror or os.environ.get("MT_DATA_MIRROR") or None
-            split = load_split(args.split or "test_2016_flickr", info["src_lang"], info["tgt_lang"], args.data_dir, mirror)
+            split = load_split(
+                args.split or "test_2016_flickr", translator.src_lang, translator.tgt_lang, args.data_dir, mirror
+            )
             sources, references = split["src"], split["tgt"]
-        hypotheses = translate(model, tokenizer, sources, decoding, args.device, progress=True)
+        hypotheses = translator.translate(sources, progress=True)
         if args.output:
             Path(args.output).write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
         scores = score(hypotheses, references)
@@ -360,34 +254,28 @@ def _unit_interval(text: str) -> float:
     return value
 
 
-def _oriented_gold(prefix: str, src_lang: str, tgt_lang: str, flag: str):
-    from mt.alignment.aer import load_gold
-
+def _gold(translator, prefix: str, flag: str):
     try:
-        return load_gold(prefix).oriented(src_lang, tgt_lang)
-    except ValueError as error:
-        raise MtError(f"{flag} {prefix}: {error} (the checkpoint translates {src_lang}→{tgt_lang})") from None
+        return translator.load_gold(prefix)
+    except MtError as error:
+        raise MtError(f"{flag} {error}") from None
 
 
-def _choose_layer(model, tokenizer, layer, dev_gold, options: dict, name: str) -> int | None:
+def _choose_layer(translator, layer, dev_gold, args: argparse.Namespace, name: str) -> int | None:
     """``--layer``: an index, the checkpoint's default (None), or ``auto`` = lowest AER on ``--dev-gold``."""
-    from mt.alignment.align import default_layer, select_layer
-
     if layer != "auto":
         return layer
     if dev_gold is None:
-        fallback = default_layer(len(model.decoder_layers))
-        print(f"mt-align: --layer auto without --dev-gold: using the default layer {fallback}", file=sys.stderr)
-        return fallback
-    best, aers = select_layer(model, tokenizer, dev_gold, **options)
+        print(f"mt-align: --layer auto without --dev-gold: using the default layer {translator.default_layer}", file=sys.stderr)
+        return translator.default_layer
+    best, aers = translator.select_layer(dev_gold, args.method, args.heads, args.threshold)
     listing = ", ".join(f"{layer}: {100 * aer:.1f}" for layer, aer in enumerate(aers))
     print(f"mt-align: {name}--layer auto → {best} (dev AER % by layer: {listing})", file=sys.stderr)
     return best
 
 
-def align_main(argv: Sequence[str] | None = None) -> None:
-    """``mt-align CHECKPOINT --src FILE [--tgt FILE] --out DIR [--plot] [--html [FILE]]``, ``mt-align CHECKPOINT
-    SRC [TGT]`` or ``mt-align CHECKPOINT --gold PREFIX [--out DIR]``; see ``mt-align --help``."""
+def _align_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    """mt-align's arguments, checked for the combinations that cannot go together."""
     from mt.alignment.align import DEFAULT_METHOD, METHODS
     from mt.alignment.symmetrize import HEURISTICS
 
@@ -448,18 +336,26 @@ def align_main(argv: Sequence[str] | None = None) -> None:
         parser.error("--dev-gold goes with --layer auto")
     if args.html == "" and not args.out:
         parser.error("--html without FILE writes DIR/alignments.html: give --out DIR, or --html FILE.html")
+    return args
+
+
+def align_main(argv: Sequence[str] | None = None) -> None:
+    """``mt-align CHECKPOINT --src FILE [--tgt FILE] --out DIR [--plot] [--html [FILE]]``, ``mt-align CHECKPOINT
+    SRC [TGT]`` or ``mt-align CHECKPOINT --gold PREFIX [--out DIR]``; see ``mt-align --help``."""
+    args = _align_arguments(argv)
 
     def body() -> None:
+        import mt
         from mt.alignment.aer import format_pharaoh, format_scores, score_alignments
-        from mt.alignment.align import align, default_method, format_table, symmetrize_alignments, write_alignments
-        from mt.model.checkpoint import load_for_inference
-        from mt.inference.evaluate import translate
+        from mt.alignment.files import format_table, write_alignments
 
-        model, tokenizer, info, decoding = _load(args)
-        args.method = args.method or default_method(info)
-        src_lang, tgt_lang = info["src_lang"], info["tgt_lang"]
-        gold = _oriented_gold(args.gold, src_lang, tgt_lang, "--gold") if args.gold else None
-        dev_gold = _oriented_gold(args.dev_gold, src_lang, tgt_lang, "--dev-gold") if args.dev_gold else None
+        translator = _load(args)
+        reverse = mt.load(args.reverse_checkpoint, args.device) if args.reverse_checkpoint else None
+        if reverse is not None:
+            translator.check_reverse(reverse)
+        args.method = args.method or translator.default_method
+        gold = _gold(translator, args.gold, "--gold") if args.gold else None
+        dev_gold = _gold(translator, args.dev_gold, "--dev-gold") if args.dev_gold else None
         if args.pair:
             sources, targets = [args.pair[0]], args.pair[1:] or None
         elif gold is not None:
@@ -469,38 +365,24 @@ def align_main(argv: Sequence[str] | None = None) -> None:
             targets = _read_text(args.tgt) if args.tgt else None
             if targets is not None and len(targets) != len(sources):
                 raise MtError(f"{args.src} has {len(sources)} lines but {args.tgt} has {len(targets)}")
-        if targets is None:
-            targets = translate(model, tokenizer, sources, decoding, args.device, progress=bool(args.src))
-        options = {
-            "method": args.method, "heads": args.heads, "threshold": args.threshold,
-            "batch_size": decoding.batch_size, "device": args.device,
-        }
-        try:
-            layer = _choose_layer(model, tokenizer, args.layer, dev_gold, options, "")
-            alignments = align(model, tokenizer, sources, targets, layer=layer, progress=not args.pair, **options)
-            if args.reverse_checkpoint:
-                reverse_model, reverse_tokenizer, reverse_info = load_for_inference(args.reverse_checkpoint, args.device)
-                if (reverse_info["src_lang"], reverse_info["tgt_lang"]) != (tgt_lang, src_lang):
-                    raise MtError(
-                        f"--reverse-checkpoint {args.reverse_checkpoint} translates {reverse_info['src_lang']}→"
-                        f"{reverse_info['tgt_lang']}, not {tgt_lang}→{src_lang}"
-                    )
-                reverse_dev = dev_gold.reversed() if dev_gold is not None else None
-                reverse_layer = _choose_layer(
-                    reverse_model, reverse_tokenizer, args.layer, reverse_dev, options, "reverse model: "
-                )
-                reverse = align(
-                    reverse_model, reverse_tokenizer, targets, sources, layer=reverse_layer,
-                    progress=not args.pair, **options,
-                )
-                alignments = symmetrize_alignments(alignments, reverse, args.symmetrize)
-        except ValueError as error:
-            raise MtError(str(error)) from None
+        layer = _choose_layer(translator, args.layer, dev_gold, args, "")
+        reverse_layer = None
+        if reverse is not None:
+            reverse_dev = dev_gold.reversed() if dev_gold is not None else None
+            reverse_layer = _choose_layer(reverse, args.layer, reverse_dev, args, "reverse model: ")
+        alignments = translator.align(
+            sources, targets, args.method, layer, args.heads, args.threshold, reverse, reverse_layer, args.symmetrize,
+            progress=not args.pair,
+        )  # fmt: skip
         if args.out:
             write_alignments(alignments, args.out, plot=args.plot)
             print(f"wrote {len(alignments)} alignments to {args.out}", file=sys.stderr)
         if args.html is not None:
-            _write_alignment_view(args, model, alignments, layer, gold)
+            path = Path(args.html or Path(args.out) / "alignments.html")
+            note = f"links symmetrized ({args.symmetrize}) with {Path(args.reverse_checkpoint).name}" if reverse else ""
+            title = f"mt-align {Path(args.checkpoint).name}"
+            size = translator.write_view(path, alignments, args.method, layer, args.heads, gold, title, note)
+            print(f"wrote the alignment view ({size / 1024:.0f} KiB) to {path}", file=sys.stderr)
         if args.pair:
             print(format_table(alignments[0]))
             print(format_pharaoh(alignments[0].links))
@@ -508,24 +390,6 @@ def align_main(argv: Sequence[str] | None = None) -> None:
             print(format_scores(score_alignments([a.links for a in alignments], gold.sure, gold.possible)))
 
     _run("mt-align", body)
-
-
-def _write_alignment_view(args: argparse.Namespace, model, alignments, layer: int | None, gold) -> None:
-    """``--html``: the interactive view, opened at the method, layer and heads that made the links."""
-    from mt.alignment.align import default_layer
-    from mt.alignment.html_view import view_data, write_html
-
-    path = Path(args.html or Path(args.out) / "alignments.html")
-    n_layers, heads = len(model.decoder_layers), args.heads
-    if args.method == "supervised":  # opened at the heads guided alignment trained
-        layer = model.cfg.alignment.layer if layer is None else layer
-        heads = list(range(model.cfg.alignment.heads)) if heads is None else heads
-    layer = default_layer(n_layers) if layer is None else layer % n_layers
-    title = f"mt-align {Path(args.checkpoint).name}: method {args.method}" + ("" if args.method == "aligner" else f", layer {layer}")
-    if args.reverse_checkpoint:
-        title += f", links symmetrized ({args.symmetrize}) with {Path(args.reverse_checkpoint).name}"
-    size = write_html(path, view_data(alignments, args.method, layer, heads, gold, title))
-    print(f"wrote the alignment view ({size / 1024:.0f} KiB) to {path}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- mt-align-score
