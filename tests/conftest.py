@@ -27,6 +27,23 @@ settings.load_profile("mt")
 
 register_with_hydra()  # the tests compose configs/train.yaml, which starts from the schema's defaults
 
+_importorskip = pytest.importorskip
+
+
+def _import_or_fail(modname: str, *args, **kwargs):
+    """``pytest.importorskip`` under CI (``CI`` set, as ``.ci/run`` does): CI installs every
+    extra the tests import, so a missing module is a broken set-up that fails the test (or the
+    module's collection) instead of hiding behind a skip."""
+    try:
+        return _importorskip(modname, *args, **kwargs)
+    except pytest.skip.Exception as skipped:
+        message = f"CI installs every test dependency (.ci/run), but {skipped.msg}"
+        raise pytest.fail.Exception(message, pytrace=False) from None
+
+
+if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+    pytest.importorskip = _import_or_fail
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_MIRROR = REPO.parent / "shared" / "corpora" / "multi30k"
 VOCAB = 40

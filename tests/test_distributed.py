@@ -6,12 +6,19 @@ Each update of the 2-process run takes two consecutive batches of the epoch's or
 rank; the 1-process run accumulates the same two batches. With dropout off, the loss
 trajectories and the final weights must agree up to floating-point summation order. The 550
 training pairs make 9 batches an epoch (odd: the last one is left over by both runs) and the 8
-updates cross the epoch boundary after update 4.
+updates cross the epoch boundary after update 4. The same holds with subword sampling, where
+rank 0 draws each epoch's segmentation and every rank trains on it.
+
+Tolerance: both runs add the same two batches' gradients (the all-reduce of two ranks, or the
+accumulation in ``.grad``; a + b = b + a exactly), and the logged losses differ by the order of
+their float64 sums: measured, the weights agree bit for bit and the losses to 5e-8 relative.
+rtol 1e-4 leaves room for kernels that reduce in another order; a rank that trains on its own
+subword draw instead of rank 0's moves the first logged loss by 4e-3 relative (measured), 40x it.
 """
 
 import json
-import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +35,8 @@ from mt.config import from_hydra
 from conftest import REPO
 
 pytestmark = pytest.mark.integration
-BIN = Path(sys.executable).parent
+MT_TRAIN = str(Path(sys.executable).parent / "mt-train")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 NO_DROPOUT = [
     "model.dropout=0",
     *(f"model.{site}.dropout=0" for site in ("encoder.self_attention", "decoder.self_attention", "decoder.cross_attention")),
@@ -36,10 +44,10 @@ NO_DROPOUT = [
 ]
 
 
-def _train(launcher: list[str], run_dir: Path, data_dir: Path, mirror: str | None, *overrides: str) -> None:
+def _train(command: list[str], run_dir: Path, data_dir: Path, mirror: str | None, *overrides: str) -> None:
+    """Run ``command`` (mt-train, alone or under torchrun) on the 550-pair slice."""
     args = [
-        *launcher,
-        str(BIN / "mt-train"),
+        *command,
         "experiment=smoke",
         "train.precision=fp32",
         "train.max_steps=8",
@@ -64,9 +72,8 @@ def _train(launcher: list[str], run_dir: Path, data_dir: Path, mirror: str | Non
 def runs(tmp_path_factory, multi30k_mirror):
     root = tmp_path_factory.mktemp("ddp")
     data_dir = root / "data"  # shared: the second run reuses the first one's tokenizer
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    _train([sys.executable], root / "single", data_dir, multi30k_mirror, "train.accum_steps=2")
-    _train(torchrun, root / "ddp", data_dir, multi30k_mirror)
+    _train([sys.executable, MT_TRAIN], root / "single", data_dir, multi30k_mirror, "train.accum_steps=2")
+    _train([*TORCHRUN, MT_TRAIN], root / "ddp", data_dir, multi30k_mirror)
     return root / "single", root / "ddp"
 
 
@@ -93,14 +100,54 @@ def test_two_processes_reach_the_same_weights(runs):
     assert json.loads((runs[1] / "test_scores.json").read_text())["steps"] == 8
 
 
-def test_two_processes_train_with_subword_sampling_end_to_end(tmp_path, multi30k_mirror):
-    """Two ranks train with subword sampling end to end, rank 0's segmentation broadcast each
-    epoch (that the ranks then hold the same one: tests/test_training_data.py)."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    _train(torchrun, tmp_path / "ddp", tmp_path / "data", multi30k_mirror, "tokenizer.sampling=true")
-    records = _records(tmp_path / "ddp")
-    assert [r["step"] for r in records] == [2, 4, 6, 8] and [r["epoch"] for r in records] == [1, 1, 2, 2]
-    assert all(math.isfinite(r["train_loss"]) for r in records)
+# mt-train with a subword sampler that draws the same segmentations for one seed and rank in
+# every process: sentencepiece's own draws differ between processes (Tokenizer.sample), so no
+# second run could reproduce them. Each rank draws differently, as sentencepiece's do, so a rank
+# that trained on its own draw instead of rank 0's would leave the single-process trajectory.
+RANK_SEEDED_SAMPLER = """
+import os
+import random
+import sys
+
+from mt.cli import train_main
+from mt.data.tokenizer import Tokenizer
+
+
+def sample(self, src_texts, tgt_texts, alpha, nbest_size, seed):
+    draws = random.Random(f"{seed} {os.environ.get('RANK', '0')}")  # str seeds hash the same in every process
+    def draw(processor, texts):
+        return [draws.choice(processor.nbest_encode(text, out_type=int, nbest_size=4)) for text in texts]
+    return draw(self.src, src_texts), draw(self.tgt, tgt_texts)
+
+
+Tokenizer.sample = sample
+sys.exit(train_main())
+"""
+
+
+def test_two_processes_train_on_rank_0s_subword_samples(tmp_path, multi30k_mirror):
+    """With ``tokenizer.sampling=true`` both ranks train on rank 0's segmentation of each epoch:
+    the 2-process run follows a single process that draws the same segmentations and
+    accumulates the same two batches per update (losses per update and final weights)."""
+    launcher = tmp_path / "mt_train_rank_seeded_sampling.py"
+    launcher.write_text(RANK_SEEDED_SAMPLER)
+    data_dir = tmp_path / "data"
+    _train([sys.executable, str(launcher)], tmp_path / "single", data_dir, multi30k_mirror,
+           "tokenizer.sampling=true", "train.accum_steps=2")  # fmt: skip
+    _train([*TORCHRUN, str(launcher)], tmp_path / "ddp", data_dir, multi30k_mirror, "tokenizer.sampling=true")
+    # the first epoch's draw as the trainer logs it (rank 0 alone logs): sampled, and the same size
+    ratios = {run: re.findall(r"([0-9.]+)× the target pieces", (tmp_path / run / "train.log").read_text())
+              for run in ("single", "ddp")}  # fmt: skip
+    assert len(ratios["single"]) == 1 and ratios["ddp"] == ratios["single"] and float(ratios["single"][0]) > 1.0
+    single, ddp = _records(tmp_path / "single"), _records(tmp_path / "ddp")
+    assert [r["step"] for r in ddp] == [r["step"] for r in single] == [2, 4, 6, 8]
+    assert [r["epoch"] for r in ddp] == [r["epoch"] for r in single] == [1, 1, 2, 2]
+    for a, b in zip(single, ddp):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+    single_weights = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")["model"]
+    ddp_weights = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["model"]
+    for name, tensor in single_weights.items():
+        torch.testing.assert_close(ddp_weights[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def _config(tmp_path: Path, mirror: str | None, *overrides: str):
