@@ -83,6 +83,23 @@ def random_model(tokenizer: Tokenizer, **overrides) -> Transformer:
     return Transformer(cfg, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.pad_id).eval()
 
 
+def save_inference_checkpoint(model: Transformer, tokenizer: Tokenizer, path: Path, **decoding) -> str:
+    """Write ``model`` and ``tokenizer`` to ``path`` as a de→en inference checkpoint with the
+    given decoding defaults; returns the path as a string (as the console scripts take it)."""
+    from mt.config import to_dict
+    from mt.model.checkpoint import save_checkpoint
+
+    state = {
+        "model_config": to_dict(model.cfg),
+        "model": model.state_dict(),
+        "tokenizer": tokenizer.state(),
+        "data": {"src_lang": "de", "tgt_lang": "en"},
+        "decoding": decoding,
+    }
+    save_checkpoint(state, path)
+    return str(path)
+
+
 @pytest.fixture
 def tiny_model() -> Transformer:
     torch.manual_seed(0)

@@ -13,12 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mt.model.checkpoint import save_checkpoint
 from mt.cli import translate_main
-from mt.config import to_dict
 from mt.inference.markup import MAX_GAP, MarkupError, markup_problems, parse, place, tokenize, transfer
 
-from conftest import random_model
+from conftest import random_model, save_inference_checkpoint
 from test_translate_nbest import run_cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -400,17 +398,7 @@ def test_the_evaluation_tags_leave_the_text_alone_and_cover_every_kind():
 def checkpoint(bilingual_tokenizer, tmp_path_factory):
     model = random_model(bilingual_tokenizer)
     path = tmp_path_factory.mktemp("markup") / "model.pt"
-    save_checkpoint(
-        {
-            "model_config": to_dict(model.cfg),
-            "model": model.state_dict(),
-            "tokenizer": bilingual_tokenizer.state(),
-            "data": {"src_lang": "de", "tgt_lang": "en"},
-            "decoding": {"beam_size": 2, "max_len_a": 0.5, "max_len_b": 3, "batch_size": 4},
-        },
-        path,
-    )
-    return str(path)
+    return save_inference_checkpoint(model, bilingual_tokenizer, path, beam_size=2, max_len_a=0.5, max_len_b=3, batch_size=4)
 
 
 LINES = [
@@ -479,17 +467,8 @@ def test_translate_markup_with_an_aligner_uses_the_alignment_of_a_fresh_align(bi
 
     model = random_model(bilingual_tokenizer, aligner=AlignerConfig(enabled=True, n_layers=1, n_heads=2, align_heads=1,
                                                                     ffn_dim=64, dropout=0.0))  # fmt: skip
-    path = tmp_path / "aligner.pt"
-    save_checkpoint(
-        {
-            "model_config": to_dict(model.cfg),
-            "model": model.state_dict(),
-            "tokenizer": bilingual_tokenizer.state(),
-            "data": {"src_lang": "de", "tgt_lang": "en"},
-            "decoding": {"beam_size": 2, "max_len_a": 1.0, "max_len_b": 4, "batch_size": 4},
-        },
-        path,
-    )
+    path = save_inference_checkpoint(model, bilingual_tokenizer, tmp_path / "aligner.pt", beam_size=2, max_len_a=1.0,
+                                     max_len_b=4, batch_size=4)  # fmt: skip
     lines = ['Ein <b class="x">Hund</b> rennt im <i>Park</i>.', "Zwei <u>M&auml;nner</u>", "<b>Fußball</b> &amp; Park spielen"]
     code, out, err = run_cli(
         translate_main, [str(path), "--markup", "html", "--n-best", "2", "--output-format", "jsonl", "--align"],

@@ -15,7 +15,7 @@ from mt.config import DecodingConfig, from_hydra, to_dict
 from mt.inference.evaluate import translate, translate_nbest
 from mt.data.tokenizer import Tokenizer
 
-from conftest import REPO, random_model
+from conftest import REPO, random_model, save_inference_checkpoint
 
 SOURCES = ["Ein Hund rennt im Park.", "Zwei Männer spielen.", "Fußball im Park", "Hund"]
 DECODING = DecodingConfig(beam_size=4, max_len_a=1.0, max_len_b=4, batch_size=3)
@@ -34,17 +34,7 @@ def model(tokenizer):
 @pytest.fixture(scope="module")
 def checkpoint(model, tokenizer, tmp_path_factory):
     path = tmp_path_factory.mktemp("nbest") / "model.pt"
-    save_checkpoint(
-        {
-            "model_config": to_dict(model.cfg),
-            "model": model.state_dict(),
-            "tokenizer": tokenizer.state(),
-            "data": {"src_lang": "de", "tgt_lang": "en"},
-            "decoding": {"beam_size": 4, "max_len_a": 1.0, "max_len_b": 4, "batch_size": 3},
-        },
-        path,
-    )
-    return str(path)
+    return save_inference_checkpoint(model, tokenizer, path, beam_size=4, max_len_a=1.0, max_len_b=4, batch_size=3)
 
 
 def run_cli(main, argv, capsys, monkeypatch, stdin=None):
