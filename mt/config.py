@@ -617,7 +617,8 @@ class TrainConfig:
             model, optimizer, schedule, RNG states, data position, step, epoch, best score and
             early-stopping counter. The schedule continues as saved, so ``lr``, ``min_lr``,
             ``warmup_steps`` and ``lr_schedule`` must be the run's (another value is a config
-            error naming the key).
+            error naming the key); so must a ``tokenizer.*`` key given on the command line, but
+            for the sampling keys (the run keeps the sentencepiece models it saved).
         max_nonfinite: stop after this many non-finite losses in a row (each skips its update).
         keep_checkpoints: keep the last N validation checkpoints as ``checkpoints/step-S.pt``
             (0 = only best.pt and last.pt).

@@ -304,3 +304,21 @@ def test_resume_refuses_schedule_settings_other_than_the_runs(key, value):
     with pytest.raises(ConfigError, match=rf"^config key 'train\.{key}' = {value!r}: the run being resumed used") as error:
         check_resumable(checkpoint, dataclasses.replace(run, **{key: value}))
     assert "\n" not in str(error.value)
+
+
+def test_resume_keeps_the_runs_tokenizer_settings_and_refuses_others_given():
+    """A resumed run goes on with the sentencepiece models it saved: a tokenizer key given on the
+    command line must be the run's (else one line naming it), the sampling keys may change, and
+    the config the run records holds the settings of the models it uses."""
+    from mt.config import Config, TokenizerConfig
+
+    run = Config(tokenizer=TokenizerConfig(vocab_size=400, alpha=0.1))
+    resume = {"config": to_dict(run), "scheduler": {}}
+    other = dataclasses.replace(run, tokenizer=TokenizerConfig(vocab_size=500, alpha=0.3))
+    with pytest.raises(ConfigError, match=r"^config key 'tokenizer\.vocab_size' = 500 contradicts train\.resume=") as error:
+        train_module.starting_point(other, resume, ["tokenizer.vocab_size", "tokenizer.alpha"])
+    assert "\n" not in str(error.value)
+    cfg, initial = train_module.starting_point(other, resume, ["tokenizer.alpha"])  # vocab_size not given: the run's
+    assert initial is None and cfg.tokenizer == TokenizerConfig(vocab_size=400, alpha=0.3)
+    cfg, _ = train_module.starting_point(run, resume, ["tokenizer.vocab_size"])  # the run's own value passes
+    assert cfg.tokenizer == run.tokenizer

@@ -82,7 +82,7 @@ def init_config(checkpoint: dict, cfg: Config, given: Sequence[str], source: str
     result = dataclasses.replace(
         cfg,
         model=model_config_from_dict(model),
-        tokenizer=_tokenizer_node(saved.get("tokenizer"), cfg.tokenizer, is_given, source),
+        tokenizer=checkpoint_tokenizer(saved.get("tokenizer"), cfg.tokenizer, is_given, f"train.init_from={source}"),
         data=OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), data)),
         decoding=DecodingConfig(**decoding),
     )
@@ -128,11 +128,17 @@ def _model_node(
     return model
 
 
-def _tokenizer_node(
+def checkpoint_tokenizer(
     saved: dict | None, tokenizer: TokenizerConfig, is_given: Callable[[str], bool], source: str
 ) -> TokenizerConfig:
-    """The checkpoint's tokenizer settings (``saved``; None in a checkpoint without its config:
-    ``tokenizer`` kept) with ``tokenizer``'s sampling keys.
+    """The tokenizer settings of a run whose sentencepiece models come from a checkpoint
+    (``train.init_from``, or resuming): the checkpoint's (``saved``; None in a checkpoint that
+    saved no config: ``tokenizer`` kept), with ``tokenizer``'s sampling keys, which change
+    training, not the models.
+
+    Args:
+        is_given: whether the command line set a key.
+        source: the setting that names the checkpoint, for messages (``train.init_from=RUN``).
 
     Raises:
         ConfigError: a key the command line set, other than a sampling key, differs from the
@@ -145,12 +151,12 @@ def _tokenizer_node(
             continue
         if saved is None or name not in saved:
             raise ConfigError(
-                f"config key '{key}' = {value!r}: train.init_from={source} brings its own tokenizer, whose settings it "
+                f"config key '{key}' = {value!r}: {source} brings its own tokenizer, whose settings it "
                 "did not save; drop the override"
             )
         if saved[name] != value:
             raise ConfigError(
-                f"config key '{key}' = {value!r} contradicts train.init_from={source}, whose tokenizer has "
+                f"config key '{key}' = {value!r} contradicts {source}, whose tokenizer has "
                 f"{saved[name]!r} (a run started from a checkpoint keeps its sentencepiece models: drop the override)"
             )
     if saved is None:

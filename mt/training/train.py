@@ -44,6 +44,7 @@ Under ``torchrun`` every rank trains on its own share of each update's batches
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import signal
@@ -65,7 +66,7 @@ from mt.model.checkpoint import load_checkpoint, save_checkpoint
 from mt.model.transformer import Transformer
 from mt.training import distributed
 from mt.training.guards import StopSignal, TrainingFailed, TrainingInterrupted, check_free_space, check_writable
-from mt.training.init_from import init_config
+from mt.training.init_from import checkpoint_tokenizer, init_config
 from mt.training.memory import loaded_allocator, process_memory_mb, release_free_memory, set_onednn_cache_capacity
 from mt.training.monitor import TrainingMonitor, read_metrics
 from mt.training.schedule import AnnealedLR, budget_progress, check_resumable
@@ -292,7 +293,9 @@ def train(cfg: Config, out_dir: str | Path, command_line_keys: Sequence[str] = (
 def starting_point(cfg: Config, resume: dict | None, command_line_keys: Sequence[str]) -> tuple[Config, dict | None]:
     """The run's config and the checkpoint whose weights it starts from.
 
-    A resumed run keeps the schedule it saved (:func:`mt.training.schedule.check_resumable`);
+    A resumed run keeps the schedule it saved (:func:`mt.training.schedule.check_resumable`) and
+    the tokenizer settings of its sentencepiece models, but for the sampling keys
+    (:func:`mt.training.init_from.checkpoint_tokenizer`);
     one that was started with ``train.init_from`` takes its model, tokenizer, data and decoding
     from the checkpoint being resumed (:func:`mt.training.init_from.init_config`), which holds
     what the stage started with: ``train.init_from``'s checkpoint is not read again.
@@ -300,14 +303,20 @@ def starting_point(cfg: Config, resume: dict | None, command_line_keys: Sequence
     Returns: (config, the ``train.init_from`` checkpoint, or None when resuming or starting afresh).
 
     Raises:
-        ConfigError: see :func:`check_resumable` and :func:`init_config`.
+        ConfigError: see :func:`check_resumable`, :func:`checkpoint_tokenizer` and :func:`init_config`.
         CheckpointError: ``train.init_from`` is not a checkpoint.
     """
     if resume is not None:
         check_resumable(resume, cfg.train)
         if cfg.train.init_from:  # a resumed stage: the model and data it saved
-            cfg = init_config(resume, cfg, command_line_keys, cfg.train.resume)
-        return cfg, None
+            return init_config(resume, cfg, command_line_keys, cfg.train.resume), None
+        # the run goes on with the sentencepiece models it saved: a tokenizer key is theirs or refused
+        def given(key: str) -> bool:
+            return any(key == g or key.startswith(g + ".") for g in command_line_keys)
+
+        saved = resume.get("config", {}).get("tokenizer")
+        tokenizer = checkpoint_tokenizer(saved, cfg.tokenizer, given, f"train.resume={cfg.train.resume}")
+        return dataclasses.replace(cfg, tokenizer=tokenizer), None
     if not cfg.train.init_from:
         return cfg, None
     try:
