@@ -87,6 +87,15 @@ def _add_precision_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_adapt_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--adapt", action=argparse.BooleanOptionalAction, default=None,
+        help="the aligner (experiment=align) adapts its lexicon to the pairs it aligns: eflomal aligns them with the "
+        "priors of the aligner's training links, and their counts join the lexicon (default: where the checkpoint "
+        "has the priors and eflomal is installed)",
+    )
+
+
 def _load(args: argparse.Namespace):
     """:func:`mt.load` of the CHECKPOINT argument, with the decoding flags in place of its defaults."""
     import mt
@@ -95,6 +104,7 @@ def _load(args: argparse.Namespace):
     check_device(args.device, "--device")  # the message names the flag, not the Python argument
     translator = mt.load(args.checkpoint, args.device, getattr(args, "precision", "fp32"))
     translator.decoding = translator.with_defaults(args.beam_size, args.length_penalty, args.batch_size)
+    translator.adapt = getattr(args, "adapt", None)
     return translator
 
 
@@ -148,6 +158,7 @@ def translate_main(argv: Sequence[str] | None = None) -> None:
         "translation's words through the alignment (a line that does not parse gives an empty line, a one-line "
         "error naming it, and exit status 1)",
     )
+    _add_adapt_option(parser)
     args = parser.parse_intermixed_args(argv)  # sentences may come before or after the flags
     if args.align and args.output_format != "jsonl":
         parser.error("--align goes with --output-format jsonl")
@@ -320,6 +331,7 @@ def _align_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--symmetrize", choices=HEURISTICS, default="grow-diag-final-and",
         help="how to combine the two directions (default: grow-diag-final-and)",
     )
+    _add_adapt_option(parser)
     args = parser.parse_args(argv)
     if args.html and not args.html.lower().endswith((".html", ".htm")):  # first: it may be a swallowed sentence
         parser.error(f"--html {args.html}: the file name must end in .html (an inline pair goes before --html)")
@@ -353,6 +365,7 @@ def align_main(argv: Sequence[str] | None = None) -> None:
         reverse = mt.load(args.reverse_checkpoint, args.device) if args.reverse_checkpoint else None
         if reverse is not None:
             translator.check_reverse(reverse)
+            reverse.adapt = args.adapt
         args.method = args.method or translator.default_method
         gold = _gold(translator, args.gold, "--gold") if args.gold else None
         dev_gold = _gold(translator, args.dev_gold, "--dev-gold") if args.dev_gold else None

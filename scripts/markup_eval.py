@@ -210,7 +210,7 @@ def _rates(c: Counter) -> dict:
     return rates
 
 
-def end_to_end(model, tokenizer, lines: list[str], decoding, method: str, device: str, max_gap: int) -> dict:
+def end_to_end(model, tokenizer, lines: list[str], decoding, method: str, device: str, max_gap: int, teacher=None) -> dict:
     """``--markup html``'s path on the model's own translations: time of each stage, well-formedness, tag counts."""
     from mt.inference.evaluate import translate
 
@@ -219,7 +219,9 @@ def end_to_end(model, tokenizer, lines: list[str], decoding, method: str, device
     parsed = time.perf_counter()
     translations = translate(model, tokenizer, [m.text for m in markups], decoding, device)
     translated = time.perf_counter()
-    outputs, _ = align_and_transfer(model, tokenizer, markups, translations, method, decoding.batch_size, device, max_gap)
+    outputs, _ = align_and_transfer(
+        model, tokenizer, markups, translations, method, decoding.batch_size, device, max_gap, teacher=teacher
+    )
     done = time.perf_counter()
     problems = [markup_problems(line, output, "html") for line, output in zip(lines, outputs)]
     tags_in = sum(_count_tags(line) for line in lines)
@@ -251,6 +253,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="for the spans (default: 0)")
     parser.add_argument("--max-gap", type=int, default=MAX_GAP, help=f"mt.inference.markup.place's max_gap (default: {MAX_GAP})")
     parser.add_argument("--no-eflomal", action="store_true", help="skip the eflomal row")
+    parser.add_argument(
+        "--adapt", action=argparse.BooleanOptionalAction, default=True,
+        help="an aligner with its teacher's priors adapts to the gold pairs, as mt-align does, and eflomal from those "
+        "priors gets a row (default: --adapt)",
+    )
     parser.add_argument("--multi30k", action="store_true", help="eflomal also learns from the Multi30k train bitext")
     parser.add_argument("--data-dir", default="data", help="Multi30k cache folder (default: data)")
     parser.add_argument("--device", default="cpu")
@@ -261,11 +268,13 @@ def main() -> None:
 
     import dataclasses
 
+    from mt.alignment.adapt import Teacher, teacher_word_links
     from mt.alignment.align import align, default_method, symmetrize_alignments
     from mt.model.checkpoint import load_for_inference
 
     model, tokenizer, info = load_for_inference(args.checkpoint, args.device)
     method = default_method(info)
+    teacher = Teacher.from_state(info["alignment_teacher"]) if args.adapt and method == "aligner" else None
     gold = load_gold(args.gold).oriented(info["src_lang"], info["tgt_lang"])
     n = len(gold) if args.limit is None else min(args.limit, len(gold))
     sources, targets = gold.src[:n], gold.tgt[:n]
@@ -275,12 +284,17 @@ def main() -> None:
 
     aligners: dict[str, list] = {}
     start = time.perf_counter()
-    forward = align(model, tokenizer, sources, targets, method=method, batch_size=args.batch_size, device=args.device)
-    name = f"checkpoint ({method})"
+    forward = align(model, tokenizer, sources, targets, method=method, batch_size=args.batch_size, device=args.device,
+                    teacher=teacher)  # fmt: skip
+    name = f"checkpoint ({method}{', adapting' if teacher else ''})"
     if args.reverse_checkpoint:
         reverse_model, reverse_tokenizer, reverse_info = load_for_inference(args.reverse_checkpoint, args.device)
-        reverse = align(reverse_model, reverse_tokenizer, targets, sources, method=default_method(reverse_info),
-                        batch_size=args.batch_size, device=args.device)
+        reverse_method = default_method(reverse_info)
+        reverse_teacher = (
+            Teacher.from_state(reverse_info["alignment_teacher"]) if args.adapt and reverse_method == "aligner" else None
+        )
+        reverse = align(reverse_model, reverse_tokenizer, targets, sources, method=reverse_method,
+                        batch_size=args.batch_size, device=args.device, teacher=reverse_teacher)  # fmt: skip
         forward = symmetrize_alignments(forward, reverse, "grow-diag-final-and")
         name = f"checkpoint ({method}, both directions, grow-diag-final-and)"
     aligners[name] = [a.links for a in forward]
@@ -289,6 +303,12 @@ def main() -> None:
         start = time.perf_counter()
         aligners["eflomal (grow-diag-final-and)"] = eflomal_links(gold, args.multi30k, args.data_dir)[:n]
         print(f"eflomal links: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    if teacher is not None:  # what the aligner adapts with, alone
+        start = time.perf_counter()
+        aligners[f"eflomal from the checkpoint's priors ({teacher.symmetrize})"] = teacher_word_links(
+            teacher, tokenizer, sources, targets
+        )
+        print(f"eflomal links from the priors: {time.perf_counter() - start:.1f} s", file=sys.stderr)
     aligners["diagonal"] = [diagonal(len(s.split()), len(t.split())) for s, t in zip(sources, targets)]
 
     results: dict = {"pairs": n, "seed": args.seed, "max_gap": args.max_gap, "method": method, "rows": {}}
@@ -302,8 +322,8 @@ def main() -> None:
 
     decoding = dataclasses.replace(info["decoding"], batch_size=args.batch_size)
     e2e = tagged[: args.end_to_end_limit]
-    results["end_to_end"] = end_to_end(model, tokenizer, e2e, decoding, method, args.device, args.max_gap)
-    results["hostile"] = end_to_end(model, tokenizer, HOSTILE, decoding, method, args.device, args.max_gap)
+    results["end_to_end"] = end_to_end(model, tokenizer, e2e, decoding, method, args.device, args.max_gap, teacher)
+    results["hostile"] = end_to_end(model, tokenizer, HOSTILE, decoding, method, args.device, args.max_gap, teacher)
 
     total = sum(len(s) for s in spans)
     gold_name = os.path.basename(args.gold)

@@ -67,7 +67,8 @@ def test_mt_align_reads_the_aligner_by_default_and_finds_crossing_links(stage, t
     _, align_dir = stage
     (tmp_path / "src.de").write_text("".join(src + "\n" for src, _ in SWAPPED_PAIRS), encoding="utf-8")
     (tmp_path / "tgt.en").write_text("".join(tgt + "\n" for _, tgt in SWAPPED_PAIRS), encoding="utf-8")
-    run("mt-align", align_dir, "--src", tmp_path / "src.de", "--tgt", tmp_path / "tgt.en", "--out", tmp_path / "out")
+    files = ["--src", tmp_path / "src.de", "--tgt", tmp_path / "tgt.en"]
+    run("mt-align", align_dir, *files, "--out", tmp_path / "out", "--no-adapt")
     lines = (tmp_path / "out" / "alignments.txt").read_text().splitlines()
     links = [{tuple(link) for link in parse_pharaoh(line)} for line in lines]
     assert len(links) == len(SWAPPED_PAIRS)
@@ -84,3 +85,64 @@ def test_mt_align_reads_the_aligner_by_default_and_finds_crossing_links(stage, t
     assert found >= 3 * len(SWAPPED_PAIRS) // 2, links
     precision = sum(len(pair_links & GOLD) for pair_links in links) / sum(len(pair_links) for pair_links in links)
     assert precision >= 0.75, links
+    # adapting (the default for a stage's checkpoint: eflomal is stochastic, so no exact links)
+    run("mt-align", align_dir, *files, "--out", tmp_path / "adapted")
+    lines = (tmp_path / "adapted" / "alignments.txt").read_text().splitlines()
+    adapted = [{tuple(link) for link in parse_pharaoh(line)} for line in lines]
+    assert sum(len(pair_links & CROSSING) for pair_links in adapted) >= 3 * len(SWAPPED_PAIRS) // 2, adapted
+
+
+def test_the_stage_keeps_its_teachers_priors_and_the_aligner_adapts_by_default(stage):
+    import gzip
+
+    import mt
+    from mt.alignment.adapt import Teacher
+
+    base_dir, align_dir = stage
+    saved = load_checkpoint(align_dir / "checkpoints" / "best.pt")["alignment_teacher"]
+    assert (saved["unit"], saved["symmetrize"]) == ("word", "grow-diag-final-and")  # experiment=align's data settings
+    priors = gzip.decompress(saved["priors"]).decode()
+    assert "LEX\thund\tdog\t" in priors  # learnt from the stage's training links, lowercased as eflomal reads
+    translator = mt.load(align_dir)
+    assert translator.teacher == Teacher.from_state(saved) and translator.adapting() == translator.teacher
+    translator.adapt = False
+    assert translator.adapting() is None
+    assert "alignment_teacher" not in load_checkpoint(base_dir / "checkpoints" / "best.pt")
+
+
+def test_adapt_on_a_checkpoint_without_a_teacher_is_a_one_line_error(stage):
+    base_dir, _ = stage
+    result = subprocess.run(
+        [str(BIN / "mt-align"), str(base_dir), "Ein Hund .", "A dog .", "--adapt"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("mt-align: error: --adapt: ") and "no aligner with eflomal priors" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bench_adapt_scores_each_row_against_the_gold_set(stage, tmp_path):
+    """scripts/bench_adapt.py's rows: the aligner's AER without adapting is mt-align --no-adapt's
+    on the same pairs, and every row scores pairs of the gold set (AER in [0, 100])."""
+    import json
+
+    from mt.alignment.aer import score_alignments
+
+    _, align_dir = stage
+    prefix = tmp_path / "deen"  # the name spells the languages
+    (tmp_path / "deen.src-tgt").write_text("".join(f"{s} ||| {t}\n" for s, t in SWAPPED_PAIRS), encoding="utf-8")
+    (tmp_path / "deen.talp").write_text("".join(" ".join(f"{i + 1}-{j + 1}" for i, j in sorted(GOLD)) + "\n" for _ in SWAPPED_PAIRS))
+    script = Path(__file__).parents[1] / "scripts" / "bench_adapt.py"
+    result = subprocess.run([sys.executable, str(script), str(align_dir), "--gold", str(prefix), "--chunks", "1,0"],
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    model, tokenizer, _ = load_for_inference(align_dir / "checkpoints" / "best.pt")
+    plain = align(model, tokenizer, [s for s, _ in SWAPPED_PAIRS], [t for _, t in SWAPPED_PAIRS], method="aligner")
+    gold = [set(GOLD) for _ in SWAPPED_PAIRS]
+    expected = 100 * score_alignments([a.links for a in plain], gold, gold).aer
+    assert report["rows"]["aligner, no adapting"]["aer"] == [pytest.approx(expected)]
+    assert set(report["rows"]) == {
+        "aligner, no adapting", "eflomal from the priors (grow-diag-final-and)",
+        "aligner, adapting 1 pairs at a time", f"aligner, adapting {len(SWAPPED_PAIRS)} pairs at a time",
+    }  # fmt: skip
+    assert all(0 <= aer <= 100 for row in report["rows"].values() for aer in row["aer"])

@@ -3,6 +3,7 @@ links file's errors, the cache, the kept-pair bookkeeping of prepare_data, and e
 
 from __future__ import annotations
 
+import gzip
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
@@ -17,6 +18,7 @@ from mt.alignment.targets import (
     save_links,
     segmentation_piece_links,
     training_links,
+    training_priors,
     unit_tokens,
     word_to_piece_links,
 )
@@ -203,6 +205,8 @@ def fake_aligner(monkeypatch):
     calls = []
     monkeypatch.setattr(alignment_targets, "_import_eflomal", lambda: None)
     monkeypatch.setattr(alignment_targets, "run_eflomal", fake_eflomal(calls))
+    # the priors of the links, as text that names the pairs' first words
+    monkeypatch.setattr(alignment_targets, "eflomal_priors", lambda src, tgt, fwd, rev: f"LEX\t{src[0][0]}\t{tgt[0][0]}\t1\n")
     return calls
 
 
@@ -223,6 +227,9 @@ def test_second_call_reads_the_cache(bilingual_tokenizer, fake_aligner, monkeypa
     src, tgt = ["Ein Hund rennt", "Zwei Männer"], ["A dog runs", "Two men"]
     first = training_links(cfg, src, tgt, bilingual_tokenizer, [0, 1], tmp_path)
     assert len(fake_aligner) == 1 and len(list(tmp_path.glob("alignments-*.npz"))) == 1
+    # the priors of those links are cached beside them, for the aligner's checkpoints
+    assert gzip.decompress(training_priors(cfg, src, tgt, bilingual_tokenizer, tmp_path)) == b"LEX\tEin\tA\t1\n"
+    assert training_priors(cfg, src, ["A dog runs", "Two men ."], bilingual_tokenizer, tmp_path) is None  # not computed
     monkeypatch.setattr(alignment_targets, "run_eflomal", lambda *args: pytest.fail("eflomal ran again"))
     second = training_links(cfg, src, tgt, bilingual_tokenizer, [0, 1], tmp_path)
     assert [pair.tolist() for pair in second] == [pair.tolist() for pair in first]

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mt.alignment.adapt import Teacher, adapted
 from mt.alignment.aer import AlignmentScores, GoldAlignment, score_alignments
 from mt.alignment.symmetrize import symmetrize
 from mt.alignment.teacher_forced import attend, segmented_aligner, segmented_attention
@@ -227,6 +228,7 @@ def align(
     progress: bool = False,
     keep_attention: bool = True,
     encoder_states: Sequence[tuple[Sequence[int], list[torch.Tensor]] | None] | None = None,
+    teacher: Teacher | None = None,
 ) -> list[PairAlignment]:
     """Align each (source, target) pair from the model's cross-attention.
 
@@ -238,11 +240,14 @@ def align(
     layer's cross-attention (for the files and the HTML view): ``PairAlignment.attention`` is
     then None and the pairs cost one teacher-forced pass instead of two. ``encoder_states``
     (per pair, as :func:`mt.alignment.teacher_forced.segmented_aligner` takes them: e.g. the
-    search's) spares the aligner method the encoder where the source ids match.
+    search's) spares the aligner method the encoder where the source ids match. ``teacher``
+    (the checkpoint's, :class:`mt.alignment.adapt.Teacher`) adapts the aligner's lexicon to
+    these pairs first (:func:`mt.alignment.adapt.adapted`); other methods ignore it.
 
     Raises:
         ValueError: an unknown method, ``layer`` or a head index out of range, or unequal
             numbers of texts.
+        ConfigError: a ``teacher`` for the aligner method, and eflomal not installed.
     """
     layer, heads = _check_choice(model, method, layer, heads)
     full_context = layer if method == "supervised" and model.cfg.alignment.full_context else None
@@ -255,7 +260,8 @@ def align(
         segmentations, attention = attend(model, tokenizer, src_texts, tgt_texts, batch_size, device, progress, full_context)
     aligner = [None] * len(segmentations)
     if method == "aligner":
-        aligner = segmented_aligner(model, segmentations, batch_size, device, encoder_states=encoder_states)
+        with adapted(model, tokenizer, teacher, segmentations, src_texts, tgt_texts):
+            aligner = segmented_aligner(model, segmentations, batch_size, device, encoder_states=encoder_states)
         matrices, links = aligner_word_links(segmentations, aligner, threshold, model.cfg.aligner.null)
     else:
         matrices, links = word_links(segmentations, attention, method, layer, heads, threshold)

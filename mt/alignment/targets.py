@@ -10,7 +10,9 @@ Where the links come from (``data.alignments``):
 - ``eflomal``: eflomal (Östling & Tiedemann 2016) aligns the training split both ways, on
   sentencepiece pieces or on whitespace words (``data.alignments_unit``), and the two directions
   are symmetrized (``data.alignments_symmetrize``, e.g. grow-diag-final-and, Koehn et al. 2003).
-  The result is cached in ``data.data_dir/cache`` under a hash of text, tokenizer and settings.
+  The result is cached in ``data.data_dir/cache`` under a hash of text, tokenizer and settings,
+  with eflomal's priors learnt from those links (:func:`eflomal_priors`), which the aligner's
+  checkpoints carry so that it can adapt to new text (:mod:`mt.alignment.adapt`).
 - ``file``: 0-based Pharaoh ``src_word-tgt_word`` links over whitespace words, one line per
   training pair (``data.alignments_path``).
 
@@ -22,6 +24,7 @@ words and glued punctuation land on the right word and a word with no pieces los
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -44,7 +47,7 @@ from mt.data.words import NO_WORD, Segmentation, piece_words, words_of
 log = logging.getLogger(__name__)
 
 Link = tuple[int, int]
-_CACHE_FORMAT = 1  # bump when the stored links change meaning
+_CACHE_FORMAT = 2  # bump when the stored links change meaning (2: eflomal's priors stored beside them)
 
 
 def word_to_piece_links(
@@ -231,6 +234,45 @@ def run_eflomal(
     return forward, reverse
 
 
+def eflomal_priors(
+    src_tokens: Sequence[Sequence[str]],
+    tgt_tokens: Sequence[Sequence[str]],
+    forward: Sequence[Sequence[Link]],
+    reverse: Sequence[Sequence[Link]],
+) -> str:
+    """eflomal's priors file learnt from aligned text (``eflomal.calculate_priors``, ``write_priors``:
+    the ``makepriors`` route of Östling & Tiedemann 2016): lexical counts of the forward links,
+    fertilities and jump lengths of both directions. Given to :func:`run_eflomal`, it aligns new
+    pairs as if that text were part of what eflomal learns from, without the text.
+
+    Args:
+        src_tokens, tgt_tokens: the tokens of each pair as :func:`run_eflomal` aligned them; a
+            pair that occurs several times counts once, as in the aligner's lexicon.
+        forward, reverse: :func:`run_eflomal`'s links of those pairs.
+
+    Returns: the priors file's text (tab-separated ``LEX``/``FERF``/``FERR``/``HMMF``/``HMMR``
+        lines), tokens lowercased as eflomal reads them.
+
+    Raises:
+        ConfigError: eflomal is not installed.
+    """
+    eflomal = _import_eflomal()
+    seen: set[tuple[str, str]] = set()
+    src_lines, tgt_lines, forward_lines, reverse_lines = [], [], [], []
+    for src, tgt, fwd, rev in zip(src_tokens, tgt_tokens, forward, reverse):
+        pair = " ".join(src).lower(), " ".join(tgt).lower()
+        if pair in seen:
+            continue
+        seen.add(pair)
+        src_lines.append(pair[0])
+        tgt_lines.append(pair[1])
+        forward_lines.append(" ".join(f"{i}-{j}" for i, j in fwd))
+        reverse_lines.append(" ".join(f"{i}-{j}" for i, j in rev))
+    text = io.StringIO()
+    eflomal.write_priors(text, *eflomal.calculate_priors(src_lines, tgt_lines, forward_lines, reverse_lines))
+    return text.getvalue()
+
+
 def compute_links(
     cfg: DataConfig, src_texts: Sequence[str], tgt_texts: Sequence[str], tokenizer: Tokenizer, n_file_pairs: int | None = None
 ) -> list[np.ndarray]:
@@ -247,17 +289,27 @@ def compute_links(
     Raises:
         DataError: ``file``: see :func:`read_word_links`.  ConfigError: eflomal missing.
     """
+    return _compute_links(cfg, src_texts, tgt_texts, tokenizer, n_file_pairs)[0]
+
+
+def _compute_links(
+    cfg: DataConfig, src_texts: Sequence[str], tgt_texts: Sequence[str], tokenizer: Tokenizer, n_file_pairs: int | None
+) -> tuple[list[np.ndarray], str | None]:
+    """:func:`compute_links`, and with ``eflomal`` the priors of its links (:func:`eflomal_priors`)."""
+    priors = None
     if cfg.alignments == "eflomal":
         log.info(
             "aligning %d training pairs with eflomal on %ss, both directions (1-2 minutes per 30k short pairs on 2 cores)",
             len(src_texts), cfg.alignments_unit,
         )
         start = time.perf_counter()
-        forward, reverse = run_eflomal(*unit_tokens(tokenizer, src_texts, tgt_texts, cfg.alignments_unit))
+        tokens = unit_tokens(tokenizer, src_texts, tgt_texts, cfg.alignments_unit)
+        forward, reverse = run_eflomal(*tokens)
         links = [symmetrize(f, r, cfg.alignments_symmetrize) for f, r in zip(forward, reverse)]
+        priors = eflomal_priors(*tokens, forward, reverse)
         log.info("eflomal aligned %d pairs in %.0f s", len(src_texts), time.perf_counter() - start)
         if cfg.alignments_unit == "piece":
-            return [_as_array(pair) for pair in links]
+            return [_as_array(pair) for pair in links], priors
     elif cfg.alignments == "file":
         links = read_word_links(cfg.alignments_path, src_texts, tgt_texts, n_file_pairs)
     else:
@@ -268,7 +320,7 @@ def compute_links(
         if (src, tgt) not in owners:
             owners[src, tgt] = piece_owners(tokenizer, src, tgt)
         piece_links.append(word_to_piece_links(word_links, *owners[src, tgt]))
-    return piece_links
+    return piece_links, priors
 
 
 def training_links(
@@ -303,11 +355,14 @@ def training_links(
         return None
     if cfg.alignments == "eflomal":
         _import_eflomal()  # fail before hashing the corpus
-    path = Path(cache_dir) / f"alignments-{_cache_key(cfg, src_texts, tgt_texts, tokenizer)}.npz"
+    path = _cache_path(cfg, src_texts, tgt_texts, tokenizer, cache_dir)
     if path.exists():
         log.info("alignment targets from the cache %s", path)
     else:
-        save_links(compute_links(cfg, src_texts, tgt_texts, tokenizer, n_file_pairs), path)
+        links, priors = _compute_links(cfg, src_texts, tgt_texts, tokenizer, n_file_pairs)
+        if priors is not None:  # first, so that the links' file means both are there
+            _write_atomically(_priors_path(path), gzip.compress(priors.encode(), mtime=0))
+        save_links(links, path)
     links = load_links(path)  # the same arrays whether computed now or cached
     kept_links = [links[i] for i in kept]
     n_links = sum(len(pair) for pair in kept_links)
@@ -323,9 +378,23 @@ def save_links(links: Sequence[np.ndarray], path: str | Path) -> None:
     offsets = np.cumsum([0, *(len(pair) for pair in links)], dtype=np.int64)  # (n_pairs + 1,)
     buffer = io.BytesIO()
     np.savez(buffer, links=flat.astype(dtype), offsets=offsets)
-    path = Path(path)
+    _write_atomically(Path(path), buffer.getvalue())
+
+
+def training_priors(
+    cfg: DataConfig, src_texts: Sequence[str], tgt_texts: Sequence[str], tokenizer: Tokenizer, cache_dir: str | Path
+) -> bytes | None:
+    """The eflomal priors (:func:`eflomal_priors`) of the links :func:`training_links` cached for
+    these texts, gzip-compressed; None unless ``data.alignments=eflomal`` and they are cached."""
+    if cfg.alignments != "eflomal":
+        return None
+    path = _priors_path(_cache_path(cfg, src_texts, tgt_texts, tokenizer, cache_dir))
+    return path.read_bytes() if path.exists() else None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(buffer.getvalue())
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
@@ -334,6 +403,16 @@ def load_links(path: str | Path) -> list[np.ndarray]:
     with np.load(path, allow_pickle=False) as stored:
         flat, offsets = stored["links"].astype(np.int64), stored["offsets"]  # int64: torch indexes with it
     return [flat[begin:end] for begin, end in zip(offsets[:-1], offsets[1:])]
+
+
+def _cache_path(
+    cfg: DataConfig, src_texts: Sequence[str], tgt_texts: Sequence[str], tokenizer: Tokenizer, cache_dir: str | Path
+) -> Path:
+    return Path(cache_dir) / f"alignments-{_cache_key(cfg, src_texts, tgt_texts, tokenizer)}.npz"
+
+
+def _priors_path(links_path: Path) -> Path:
+    return links_path.with_suffix(".priors.gz")
 
 
 def _cache_key(cfg: DataConfig, src_texts: Sequence[str], tgt_texts: Sequence[str], tokenizer: Tokenizer) -> str:

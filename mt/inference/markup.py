@@ -211,6 +211,7 @@ def align_and_transfer(
     device="cpu",
     max_gap: int = MAX_GAP,
     encoder_states: Sequence | None = None,
+    teacher=None,
 ) -> tuple[list[str], dict]:
     """Align each parsed source's text to its translation with the model, then :func:`transfer`.
 
@@ -220,6 +221,7 @@ def align_and_transfer(
         method: the alignment method (:func:`mt.alignment.align.default_method` of the checkpoint).
         encoder_states: per pair, (source ids, encoder outputs) of the search, or None
             (:func:`mt.alignment.align.align`).
+        teacher: the aligner adapts to the pairs (:mod:`mt.alignment.adapt`), or None.
 
     Returns: the translations with markup, and position → :class:`~mt.alignment.align.PairAlignment` for
         the pairs that have markup and words on both sides (the others need no links: a line
@@ -235,7 +237,7 @@ def align_and_transfer(
     alignments = align(
         model, tokenizer, [markups[k].text for k in todo], [translations[k] for k in todo],
         method=method, batch_size=batch_size, device=device, keep_attention=False,
-        encoder_states=[encoder_states[k] for k in todo] if encoder_states is not None else None,
+        encoder_states=[encoder_states[k] for k in todo] if encoder_states is not None else None, teacher=teacher,
     ) if todo else []
     by_position = dict(zip(todo, alignments))
     outputs = [
@@ -250,9 +252,9 @@ class MarkupTransfer:
     batch's hypotheses to their sources (reusing the search's encoder outputs) and puts each
     line's tags on every hypothesis."""
 
-    def __init__(self, model, tokenizer, markups, batch_size: int, device: str, method: str):
+    def __init__(self, model, tokenizer, markups, batch_size: int, device: str, method: str, teacher=None):
         self.model, self.tokenizer, self.markups = model, tokenizer, markups
-        self.batch_size, self.device, self.method = batch_size, device, method
+        self.batch_size, self.device, self.method, self.teacher = batch_size, device, method, teacher
         self.marked: dict[int, list[str]] = {}  # line index → its hypotheses with markup
         self.best: dict[int, object] = {}  # line index → alignment of its best hypothesis
 
@@ -270,7 +272,7 @@ class MarkupTransfer:
         ]
         outputs, alignments = align_and_transfer(
             self.model, self.tokenizer, [self.markups[index] for index, _, _ in pairs], [text for _, _, text in pairs],
-            self.method, self.batch_size, self.device, encoder_states=encoder,
+            self.method, self.batch_size, self.device, encoder_states=encoder, teacher=self.teacher,
         )  # fmt: skip
         for position, ((index, _, _), output) in enumerate(zip(pairs, outputs)):
             if index not in self.marked and position in alignments:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mt.alignment.adapt import Teacher, eflomal_installed
 from mt.alignment.aer import GoldAlignment, format_pharaoh, load_gold
 from mt.alignment.align import (
     PairAlignment,
@@ -116,6 +118,11 @@ class Translator:
             sentences per batch): the checkpoint's, replaceable
             (``translator.decoding = translator.with_defaults(batch_size=8)``).
         device: where the model runs. precision: ``fp32``, ``bf16`` or ``int8``.
+        teacher: for an aligner with a lexicon, eflomal's priors from its training links
+            (:class:`mt.alignment.adapt.Teacher`), else None.
+        adapt: whether the aligner adapts its lexicon to the pairs it aligns
+            (:mod:`mt.alignment.adapt`): None (default) = where there is a teacher and eflomal
+            is installed; True = always (an error where it cannot); False = never.
     """
 
     def __init__(
@@ -124,6 +131,8 @@ class Translator:
         self.model, self.tokenizer, self.info = model, tokenizer, info
         self.decoding: DecodingConfig = info["decoding"]
         self.device, self.precision = device, precision
+        self.teacher = Teacher.from_state(info.get("alignment_teacher"))
+        self.adapt: bool | None = None
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", precision: str = "fp32") -> Translator:
@@ -174,6 +183,37 @@ class Translator:
     def default_layer(self) -> int:
         """The decoder layer the ``attention`` and ``shift`` methods read by default (the penultimate)."""
         return default_layer(len(self.model.decoder_layers))
+
+    def adapting(self) -> Teacher | None:
+        """The teacher the aligner adapts with (see ``adapt``), or None.
+
+        Raises:
+            ConfigError: ``adapt`` is True, and the checkpoint has no teacher or eflomal is not installed.
+
+        Examples:
+            >>> translator = mt.load(CHECKPOINT)  # no aligner: nothing to adapt
+            >>> translator.teacher is None and translator.adapting() is None
+            True
+            >>> translator.adapt = True
+            >>> translator.adapting()
+            Traceback (most recent call last):
+            mt.errors.ConfigError: --adapt: ...checkpoint-2dea679.pt has no aligner with eflomal priors (train one: ...)
+        """
+        if self.adapt is False:
+            return None
+        if self.teacher is None:
+            if self.adapt:
+                raise ConfigError(
+                    f"--adapt: {self.info['path']} has no aligner with eflomal priors "
+                    "(train one: mt-train experiment=align train.init_from=RUN_DIR)"
+                )
+            return None
+        if not eflomal_installed():
+            if self.adapt:
+                raise ConfigError("--adapt needs eflomal: pip install -e \".[baselines]\"")
+            _warn_once("eflomal is not installed: the aligner aligns without adapting to the text (--no-adapt)")
+            return None
+        return self.teacher
 
     # ------------------------------------------------------------------------------ translate
     def translate(
@@ -269,8 +309,9 @@ class Translator:
         transfer = None
         if markups is not None:  # each batch's hypotheses are aligned as it finishes, reusing its encoder pass
             transfer = MarkupTransfer(
-                self.model, self.tokenizer, markups, decoding.batch_size, self.device, self.default_method
-            )
+                self.model, self.tokenizer, markups, decoding.batch_size, self.device, self.default_method,
+                self.adapting(),
+            )  # fmt: skip
         try:
             nbest = translate_nbest(
                 self.model, self.tokenizer, sentences, decoding, n_best, self.device, progress, on_batch=transfer
@@ -299,6 +340,7 @@ class Translator:
         alignments = align_pairs(
             self.model, self.tokenizer, [sentences[i] for i in indices], [nbest[i][0].text for i in indices],
             method=self.default_method, batch_size=batch_size, device=self.device, keep_attention=False,
+            teacher=self.adapting(),
         )  # fmt: skip
         return dict(zip(indices, alignments))
 
@@ -369,9 +411,14 @@ class Translator:
             "device": self.device, "progress": progress,
         }  # fmt: skip
         try:
-            alignments = align_pairs(self.model, self.tokenizer, sources, targets, layer=layer, **options)
+            alignments = align_pairs(
+                self.model, self.tokenizer, sources, targets, layer=layer, teacher=self.adapting(), **options
+            )
             if reverse is not None:
-                backward = align_pairs(reverse.model, reverse.tokenizer, targets, sources, layer=reverse_layer, **options)
+                backward = align_pairs(
+                    reverse.model, reverse.tokenizer, targets, sources, layer=reverse_layer, teacher=reverse.adapting(),
+                    **options,
+                )  # fmt: skip
                 alignments = symmetrize_alignments(alignments, backward, symmetrize)
         except ValueError as error:
             raise MtError(str(error)) from None
@@ -495,3 +542,12 @@ def _parse_lines(lines: Sequence[str], mode: str | None) -> tuple[list[Markup | 
             errors[index] = f"line {index + 1}: {error}"
             markups.append(None)
     return markups, errors
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logging.getLogger(__name__).warning(message)

@@ -36,8 +36,9 @@ few passes: which rare words the teacher linked to which.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -244,6 +245,29 @@ class Lexicon(nn.Module):
         device = self.weights.device
         self.keys, self.counts, self.source_counts = keys.to(device), counts.to(device), dense.to(device)
         return keys.numel()
+
+    @contextlib.contextmanager
+    def extra_counts(
+        self, keys: torch.Tensor, counts: torch.Tensor, source_keys: torch.Tensor, source_counts: torch.Tensor
+    ) -> Iterator[None]:
+        """Within the block, c(s, t) and c(s) are the stored counts plus these (e.g. the teacher's
+        links of the pairs being aligned, :mod:`mt.alignment.adapt`); afterwards, the stored ones.
+
+        Args: as :func:`count_links` returns them: keys (n,) int64 sorted, counts (n,) float32,
+            source_keys (n_sources,) int64, source_counts (n_sources,) float32.
+        """
+        saved = self.keys, self.counts, self.source_counts
+        merged, inverse = torch.unique(torch.cat([self.keys, keys.to(self.keys.device)]), return_inverse=True)
+        summed = torch.zeros(merged.numel(), device=self.counts.device).index_add_(
+            0, inverse, torch.cat([self.counts, counts.to(self.counts.device)])
+        )
+        dense = self.source_counts.clone()
+        dense.index_add_(0, source_keys.to(dense.device), source_counts.to(dense.device))
+        self.keys, self.counts, self.source_counts = merged, summed, dense
+        try:
+            yield
+        finally:
+            self.keys, self.counts, self.source_counts = saved
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in self._buffers:  # sizes come from the data: take the saved ones

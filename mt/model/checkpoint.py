@@ -102,7 +102,8 @@ def load_for_inference(
     Returns:
         model, tokenizer, info with ``src_lang``, ``tgt_lang``, ``decoding``
         (:class:`~mt.config.DecodingConfig`), ``step``, ``path``, ``alignment_supervised``
-        (trained with ``train.alignment_weight`` > 0) and ``aligner`` (the model has one).
+        (trained with ``train.alignment_weight`` > 0), ``aligner`` (the model has one) and
+        ``alignment_teacher`` (its teacher's priors, or None).
 
     Raises:
         CheckpointError: see :func:`load_checkpoint`.
@@ -128,5 +129,7 @@ def load_for_inference(
         "alignment_supervised": state.get("config", {}).get("train", {}).get("alignment_weight", 0.0) > 0
         and model.aligner is None,
         "aligner": model.aligner is not None,  # mt-align reads the aligner by default
+        # eflomal's priors from the aligner's training links (mt.alignment.adapt.Teacher.state), or None
+        "alignment_teacher": state.get("alignment_teacher"),
     }
     return model, tokenizer, info

@@ -74,6 +74,7 @@ from mt.training.scoring import score_test
 from mt.training.state import LossMeter, Run, TrainState, early_stop
 from mt.training.step import build_optimization, epoch_updates, train_step
 from mt.training.training_data import TrainingData, prepare_data
+from mt.alignment.adapt import Teacher
 from mt.training.validation import record_validation, save_checkpoints, validate, validate_translation
 
 log = logging.getLogger(__name__)
@@ -275,7 +276,7 @@ def train(cfg: Config, out_dir: str | Path, command_line_keys: Sequence[str] = (
             sum(p.numel() for p in model.parameters()) / 1e6, sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
             device, precision, context.world_size, cfg.train.accum_steps,
         )  # fmt: skip
-        run = Run(cfg, out_dir, context, data, opt, monitor, static_state(cfg, data.tokenizer))
+        run = Run(cfg, out_dir, context, data, opt, monitor, static_state(cfg, data.tokenizer, data.teacher_priors))
         state = begin(run, resume)
         stop_reason = training_loop(run, state)
         training_seconds = state.elapsed()
@@ -362,16 +363,24 @@ def build_model(cfg: Config, data: TrainingData, device: torch.device, initial: 
     return model
 
 
-def static_state(cfg: Config, tokenizer: Tokenizer) -> dict:
+def static_state(cfg: Config, tokenizer: Tokenizer, teacher_priors: bytes | None = None) -> dict:
     """What every checkpoint holds besides weights and training state: the model config, the
-    tokenizer, the languages, the decoding defaults and the whole config."""
-    return {
+    tokenizer, the languages, the decoding defaults and the whole config; for an aligner with a
+    lexicon, its teacher (``alignment_teacher``: eflomal's priors and how its links were made,
+    :class:`mt.alignment.adapt.Teacher`), so that it can adapt to new text without the training text."""
+    state = {
         "model_config": to_dict(cfg.model),
         "tokenizer": tokenizer.state(),
         "data": {"src_lang": cfg.data.src_lang, "tgt_lang": cfg.data.tgt_lang},
         "decoding": to_dict(cfg.decoding),
         "config": to_dict(cfg),
     }
+    aligner = cfg.model.aligner
+    if aligner.enabled and aligner.lexicon and teacher_priors is not None:
+        state["alignment_teacher"] = Teacher(
+            teacher_priors, cfg.data.alignments_unit, cfg.data.alignments_symmetrize
+        ).state()
+    return state
 
 
 def begin(run: Run, resume: dict | None) -> TrainState:

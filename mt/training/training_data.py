@@ -159,6 +159,9 @@ class TrainingData:
             spread, with their training links as a gold set (imitation AER,
             :func:`mt.alignment.align.imitation_aer`), or None.
         imitation_segmentations: their pairs segmented into pieces and words, or None.
+        teacher_priors: with ``data.alignments=eflomal``, eflomal's priors learnt from the
+            training links, gzip-compressed (:func:`mt.alignment.targets.training_priors`): the
+            aligner's checkpoints carry them (:mod:`mt.alignment.adapt`); None otherwise.
         sampling: where training samples subwords (:func:`mt.config.subword_sampling`), the
             texts :meth:`resample` segments anew each epoch; None otherwise (every epoch reads
             the best segmentation).
@@ -176,6 +179,7 @@ class TrainingData:
     train_links: list[np.ndarray] | None = None
     imitation: GoldAlignment | None = None
     imitation_segmentations: list[Segmentation] | None = None
+    teacher_priors: bytes | None = None
     sampling: SubwordSampling | None = None
 
     def resample(self, seed: int, context: distributed.Context | None = None) -> float:
@@ -347,7 +351,7 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
         DataError: corpus files missing or inconsistent.  ConfigError: a gold set of another pair.
     """
     data_cfg = cfg.data
-    gold, train_links, imitation = None, None, None
+    gold, train_links, imitation, teacher_priors = None, None, None, None
     started = time.perf_counter()
     with distributed.main_first(context):
         splits = corpora.load_splits(data_cfg)  # train: an IterableDataset with data.streaming
@@ -377,6 +381,7 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
                 texts = list(splits["train"]["src"]), list(splits["train"]["tgt"])
                 train_links = alignment_targets.training_links(data_cfg, *texts, tokenizer, kept, cache_dir, n_corpus_pairs)
                 imitation = imitation_sample(texts, kept, train_links, tokenizer, data_cfg)
+                teacher_priors = alignment_targets.training_priors(data_cfg, *texts, tokenizer, cache_dir)
     valid_set = tokenize(splits["valid"], tokenizer)
     valid_src = [ids[: data_cfg.max_len] for ids in valid_set["src_ids"]]
     valid_tgt = [ids[: data_cfg.max_len] for ids in valid_set["tgt_ids"]]
@@ -412,6 +417,7 @@ def prepare_data(cfg: Config, context: distributed.Context, resume_state: dict |
         imitation_segmentations=(
             segment(tokenizer, imitation.src, imitation.tgt, cfg.model.max_positions - 1) if imitation else None
         ),
+        teacher_priors=teacher_priors,
         sampling=sampling,
     )
 

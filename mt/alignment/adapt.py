@@ -1,0 +1,167 @@
+"""The aligner adapts its lexicon to the text it aligns, with eflomal as the unsupervised part.
+
+The aligner's lexicon (:class:`mt.model.aligner.Lexicon`) holds the teacher's link counts of
+the training pairs only; on new text its rare words have no counts and the frozen states know
+little of them. eflomal (Östling & Tiedemann 2016) does what a statistical aligner does on new
+text: it re-estimates its lexicon on that very text. Here eflomal aligns the new pairs with
+priors learnt from the training links (eflomal's ``makepriors`` route; the align stage stores
+them in its checkpoints, so no training text is needed), the two directions are symmetrized as
+the stage's links were (``data.alignments_symmetrize``), the links' counts are added to the
+lexicon's for those pairs (:meth:`mt.model.aligner.Lexicon.extra_counts`), and the aligner
+aligns with that lexicon. The translation model and the aligner's weights are untouched.
+
+A pair aligned this way learns from its own teacher links: counted once per distinct pair, as
+in training (:func:`mt.model.aligner.count_links`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import importlib.util
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mt.alignment.symmetrize import symmetrize
+from mt.alignment.targets import (
+    piece_owners,
+    piece_to_word_links,
+    run_eflomal,
+    segmentation_piece_links,
+    unit_tokens,
+)
+from mt.data.tokenizer import Tokenizer
+from mt.data.words import Segmentation
+from mt.model.aligner import count_links
+from mt.model.transformer import Transformer
+
+log = logging.getLogger(__name__)
+
+# decided on CzEnAli's 501 held-out pairs (docs/results/alignment.md, "Adapting to new text")
+MIN_PAIRS = 1  # fewer pairs than this at once are aligned without adapting
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """How the aligner's training links were made, enough to make them for new pairs.
+
+    Attributes:
+        priors: eflomal's priors file learnt from the training links, gzip-compressed
+            (:func:`mt.alignment.targets.eflomal_priors`).
+        unit: what eflomal aligned, ``word`` or ``piece`` (``data.alignments_unit``).
+        symmetrize: how the two directions were combined (``data.alignments_symmetrize``).
+    """
+
+    priors: bytes
+    unit: str
+    symmetrize: str
+    _lines: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def state(self) -> dict:
+        """Plain data for a checkpoint's ``alignment_teacher``."""
+        return {"priors": self.priors, "unit": self.unit, "symmetrize": self.symmetrize}
+
+    @classmethod
+    def from_state(cls, state: dict | None) -> Teacher | None:
+        """Inverse of :meth:`state`; None for a checkpoint without one."""
+        return cls(state["priors"], state["unit"], state["symmetrize"]) if state else None
+
+    def priors_lines(self) -> list[str]:
+        """The priors file's lines (decompressed once)."""
+        if not self._lines:
+            self._lines.extend(gzip.decompress(self.priors).decode().splitlines(keepends=True))
+        return self._lines
+
+
+def teacher_piece_links(
+    teacher: Teacher, tokenizer: Tokenizer, segmentations: Sequence[Segmentation], src_texts: Sequence[str],
+    tgt_texts: Sequence[str],
+) -> list[np.ndarray]:
+    """eflomal's symmetrized links of the pairs, aligned with the teacher's priors, as piece links.
+
+    Args:
+        segmentations: the pairs as :func:`mt.data.words.segment` cut them (pieces past the
+            model's length get no links).
+        src_texts, tgt_texts: their texts.
+
+    Returns: per pair, (n_links, 2) int64 (src_piece, tgt_piece) positions in its segmentation.
+
+    Raises:
+        ConfigError: eflomal is not installed.
+    """
+    links = _unit_links(teacher, tokenizer, src_texts, tgt_texts)
+    out = []
+    for seg, pair in zip(segmentations, links):
+        if teacher.unit == "word":
+            out.append(segmentation_piece_links(seg, pair).astype(np.int64))
+        else:  # pieces as the tokenizer cut them, minus those the segmentation cut off
+            kept = [(s, t) for s, t in sorted(pair) if s < len(seg.src_pieces) and t < len(seg.tgt_pieces)]
+            out.append(np.array(kept, dtype=np.int64).reshape(-1, 2))
+    return out
+
+
+def teacher_word_links(
+    teacher: Teacher, tokenizer: Tokenizer, src_texts: Sequence[str], tgt_texts: Sequence[str]
+) -> list[list[tuple[int, int]]]:
+    """The teacher alone on the pairs: eflomal's symmetrized links from the priors, as sorted
+    0-based ``(src_word, tgt_word)`` links (piece links become the links of their words).
+
+    Raises:
+        ConfigError: eflomal is not installed.
+    """
+    links = _unit_links(teacher, tokenizer, src_texts, tgt_texts)
+    if teacher.unit == "word":
+        return [sorted(pair) for pair in links]
+    return [
+        sorted(piece_to_word_links(np.array(sorted(pair), dtype=np.int64).reshape(-1, 2), *piece_owners(tokenizer, s, t)))
+        for pair, s, t in zip(links, src_texts, tgt_texts)
+    ]
+
+
+def _unit_links(teacher: Teacher, tokenizer: Tokenizer, src_texts: Sequence[str], tgt_texts: Sequence[str]) -> list:
+    forward, reverse = run_eflomal(*unit_tokens(tokenizer, src_texts, tgt_texts, teacher.unit), teacher.priors_lines())
+    return [symmetrize(f, r, teacher.symmetrize) for f, r in zip(forward, reverse)]
+
+
+@contextlib.contextmanager
+def adapted(
+    model: Transformer, tokenizer: Tokenizer, teacher: Teacher | None, segmentations: Sequence[Segmentation],
+    src_texts: Sequence[str], tgt_texts: Sequence[str], min_pairs: int = MIN_PAIRS,
+) -> Iterator[bool]:
+    """Within the block, the aligner's lexicon also counts eflomal's links of these pairs.
+
+    Nothing changes (and the block gets False) without a teacher, for a model whose aligner has
+    no lexicon, or for fewer than ``min_pairs`` pairs.
+
+    Args:
+        teacher: the checkpoint's (:class:`Teacher`), or None.
+        segmentations, src_texts, tgt_texts: the pairs to align, as :func:`teacher_piece_links`.
+
+    Yields: whether the lexicon was adapted.
+
+    Raises:
+        ConfigError: eflomal is not installed.
+    """
+    lexicon = model.aligner.lexicon if model.aligner is not None else None
+    if teacher is None or lexicon is None or len(segmentations) < min_pairs or not segmentations:
+        yield False
+        return
+    started = time.perf_counter()
+    links = teacher_piece_links(teacher, tokenizer, segmentations, src_texts, tgt_texts)
+    counts = count_links(
+        [[p.id for p in seg.src_pieces] for seg in segmentations],
+        [[p.id for p in seg.tgt_pieces] for seg in segmentations],
+        links, tokenizer.eos_id, lexicon.tgt_vocab, model.cfg.aligner.null,
+    )  # fmt: skip
+    log.info("adapted the aligner's lexicon to %d pairs in %.1f s", len(segmentations), time.perf_counter() - started)
+    with lexicon.extra_counts(*counts):
+        yield True
+
+
+def eflomal_installed() -> bool:
+    """Whether eflomal can be imported (``pip install -e ".[baselines]"``)."""
+    return importlib.util.find_spec("eflomal") is not None
