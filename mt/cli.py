@@ -8,6 +8,7 @@ training run), without a traceback; ``HYDRA_FULL_ERROR=1`` shows the traceback i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -64,6 +65,16 @@ def train_main() -> None:
 
 
 # ------------------------------------------------------------------------ shared CLI pieces
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -94,6 +105,10 @@ def _add_adapt_option(parser: argparse.ArgumentParser) -> None:
         "priors of the aligner's training links, and their counts join the lexicon (default: where the checkpoint "
         "has the priors and eflomal is installed)",
     )
+    parser.add_argument(
+        "--adapt-weight", type=_positive_float, metavar="W",
+        help="with adapting: how many times each new pair's eflomal links count in the lexicon (default: 8)",
+    )
 
 
 def _load(args: argparse.Namespace):
@@ -105,6 +120,8 @@ def _load(args: argparse.Namespace):
     translator = mt.load(args.checkpoint, args.device, getattr(args, "precision", "fp32"))
     translator.decoding = translator.with_defaults(args.beam_size, args.length_penalty, args.batch_size)
     translator.adapt = getattr(args, "adapt", None)
+    if getattr(args, "adapt_weight", None) is not None and translator.teacher is not None:
+        translator.teacher = dataclasses.replace(translator.teacher, weight=args.adapt_weight)
     return translator
 
 

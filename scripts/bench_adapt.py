@@ -11,8 +11,11 @@ one run on the same pairs:
   a batch of lines.
 
 Each row: AER in % and seconds per 1,000 pairs (eflomal is stochastic: ``--repeats`` runs).
+``--weights`` instead compares how many times the new pairs' links count (``--adapt-weight``):
+eflomal aligns all pairs once, and the aligner adapts to them with each weight in turn.
 
     python scripts/bench_adapt.py outputs/align-heldout-en-cs --gold data/czenali-last501/encs --chunks 1,8,32,0
+    python scripts/bench_adapt.py outputs/align-m30k-en-cs --gold data/czenali-first2000/encs --weights 1,2,4,8,16
 
 Prints a Markdown table, then one JSON object of every number.
 """
@@ -20,6 +23,7 @@ Prints a Markdown table, then one JSON object of every number.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -34,6 +38,8 @@ def main() -> None:
     parser.add_argument("--gold", required=True, help="gold set PREFIX (PREFIX.src-tgt, PREFIX.talp)")
     parser.add_argument("--chunks", default="0", help="comma-separated pairs adapted at once; 0 = all (default: 0)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each stochastic row (default: 1)")
+    parser.add_argument("--weight", type=float, help="--adapt-weight of the adapting rows (default: the teacher's, 8)")
+    parser.add_argument("--weights", help="comma-separated --adapt-weight values: all pairs at once, one eflomal run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per aligner batch (default: 32)")
     args = parser.parse_args()
@@ -48,6 +54,8 @@ def main() -> None:
     teacher = Teacher.from_state(info["alignment_teacher"])
     if model.aligner is None or teacher is None:
         sys.exit(f"{args.checkpoint}: no aligner with eflomal priors (mt-train experiment=align train.init_from=RUN)")
+    if args.weight is not None:
+        teacher = dataclasses.replace(teacher, weight=args.weight)
     gold = load_gold(args.gold).oriented(info["src_lang"], info["tgt_lang"])
     src, tgt = list(gold.src), list(gold.tgt)
     per_1000 = 1000 / len(src)
@@ -66,6 +74,9 @@ def main() -> None:
             links += [pair.links for pair in pairs]
         return links, time.perf_counter() - started
 
+    if args.weights:
+        print(json.dumps(weight_rows(model, tokenizer, teacher, gold, [float(w) for w in args.weights.split(",")])))
+        return
     rows: dict[str, dict] = {}
     links, seconds = aligner_links(None)
     rows["aligner, no adapting"] = {"aer": [aer(links)], "seconds_per_1000": [seconds * per_1000]}
@@ -92,6 +103,33 @@ def main() -> None:
         print(f"| {name} | {statistics.mean(row['aer']):.2f} | {runs} | {statistics.mean(row['seconds_per_1000']):.1f} |")
     print(json.dumps({"checkpoint": info["path"], "gold": args.gold, "pairs": len(src), "rows": rows}))
 
+
+def weight_rows(model, tokenizer, teacher, gold, weights: list[float]) -> dict:
+    """AER in % of the aligner adapting to all of ``gold``'s pairs at once with each weight, from
+    one eflomal run: its links' counts (:func:`mt.alignment.adapt.adapted`'s), times each weight."""
+    from mt.alignment.adapt import teacher_piece_links
+    from mt.alignment.aer import score_alignments
+    from mt.alignment.align import aligner_word_links
+    from mt.alignment.teacher_forced import segmented_aligner
+    from mt.data.words import segment
+    from mt.model.aligner import count_links
+
+    src, tgt = list(gold.src), list(gold.tgt)
+    segmentations = segment(tokenizer, src, tgt, model.cfg.max_positions - 1)
+    links = teacher_piece_links(teacher, tokenizer, segmentations, src, tgt)
+    lexicon = model.aligner.lexicon
+    keys, counts, source_keys, source_counts = count_links(
+        [[p.id for p in seg.src_pieces] for seg in segmentations], [[p.id for p in seg.tgt_pieces] for seg in segmentations],
+        links, tokenizer.eos_id, lexicon.tgt_vocab, model.cfg.aligner.null,
+    )  # fmt: skip
+    rows = {}
+    for weight in weights:
+        with lexicon.extra_counts(keys, counts * weight, source_keys, source_counts * weight):
+            matrices = segmented_aligner(model, segmentations)
+        _, pair_links = aligner_word_links(segmentations, matrices, None, model.cfg.aligner.null)
+        rows[f"weight {weight:g}"] = round(100 * score_alignments(pair_links, gold.sure, gold.possible).aer, 2)
+        print(f"| adapting all {len(src)} pairs, weight {weight:g} | {rows[f'weight {weight:g}']:.2f} |")
+    return rows
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,7 @@ from mt.model.transformer import Transformer
 from conftest import VOCAB, tiny_config
 from test_aligner import LEXICON_PAIRS
 
-TEACHER = Teacher(gzip.compress(b""), "word", "grow-diag-final-and")
+TEACHER = Teacher(gzip.compress(b""), "word", "grow-diag-final-and", weight=2.5)
 
 
 def lexicon_of(pairs) -> Lexicon:
@@ -113,11 +113,12 @@ def test_the_lexicon_adds_the_teachers_links_of_the_pairs_for_the_block_only(mod
         assert src_tokens == [SOURCES[0].split()] and tgt_tokens == [TARGETS[0].split()] and priors == []
         expected = dict(stored)
         for key, value in piece_counts(segmentations[0], CROSSWISE, tokenizer.eos_id).items():
-            expected[key] = expected.get(key, 0.0) + value
+            expected[key] = expected.get(key, 0.0) + TEACHER.weight * value
         assert table(lexicon) == pytest.approx(expected)
         added = lexicon.source_counts - stored_sources
         for s in range(len(added)):
-            assert float(added[s]) == pytest.approx(sum(v for (s2, _), v in piece_counts(segmentations[0], CROSSWISE, tokenizer.eos_id).items() if s2 == s))
+            new = piece_counts(segmentations[0], CROSSWISE, tokenizer.eos_id)
+            assert float(added[s]) == pytest.approx(TEACHER.weight * sum(v for (s2, _), v in new.items() if s2 == s))
     assert table(lexicon) == stored and torch.equal(lexicon.source_counts, stored_sources)
 
 
@@ -164,3 +165,33 @@ def test_eflomals_priors_align_new_pairs_as_the_text_they_were_learnt_from():
     for (src, _), links in zip(new, forward):
         reversed_links = {(i, len(src) - 1 - i) for i in range(len(src))}
         assert len(set(links) & reversed_links) >= len(src) - 1, (src, links)
+
+
+@pytest.mark.parametrize("weight", ["0", "-1", "inf", "nan", "four"])
+def test_a_bad_adapt_weight_is_a_usage_error_naming_the_flag(weight, capsys):
+    from mt.cli import align_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        align_main(["run", "Ein Hund .", "A dog .", "--adapt-weight", weight])
+    assert exit_info.value.code == 2
+    assert "argument --adapt-weight: must be a finite number > 0" in capsys.readouterr().err
+
+
+def test_adapt_weight_reaches_the_translators_teacher(monkeypatch):
+    """mt-align --adapt-weight W: the loaded translator's teacher counts each new pair W times."""
+    import mt
+    from mt import cli
+
+    class Loaded:
+        teacher = TEACHER
+        adapt = None
+        decoding = None
+
+        def with_defaults(self, *args):
+            return None
+
+    monkeypatch.setattr(mt, "load", lambda *args: Loaded())
+    args = cli._align_arguments(["run", "Ein Hund .", "A dog .", "--adapt-weight", "7.5", "--no-adapt"])
+    translator = cli._load(args)
+    assert translator.teacher.weight == 7.5 and translator.teacher.priors == TEACHER.priors
+    assert translator.adapt is False

@@ -41,8 +41,9 @@ from mt.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
 
-# decided on CzEnAli's 501 held-out pairs (docs/results/alignment.md, "Adapting to new text")
+# decided on CzEnAli (docs/results/alignment.md, "Adapting to new text")
 MIN_PAIRS = 1  # fewer pairs than this at once are aligned without adapting
+WEIGHT = 8.0  # each new pair's links count this many times
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,14 @@ class Teacher:
             (:func:`mt.alignment.targets.eflomal_priors`).
         unit: what eflomal aligned, ``word`` or ``piece`` (``data.alignments_unit``).
         symmetrize: how the two directions were combined (``data.alignments_symmetrize``).
+        weight: how many times each new pair's links count (not stored: ``mt-align --adapt-weight``,
+            or ``dataclasses.replace(translator.teacher, weight=W)``).
     """
 
     priors: bytes
     unit: str
     symmetrize: str
+    weight: float = WEIGHT
     _lines: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def state(self) -> dict:
@@ -132,7 +136,8 @@ def adapted(
     model: Transformer, tokenizer: Tokenizer, teacher: Teacher | None, segmentations: Sequence[Segmentation],
     src_texts: Sequence[str], tgt_texts: Sequence[str], min_pairs: int = MIN_PAIRS,
 ) -> Iterator[bool]:
-    """Within the block, the aligner's lexicon also counts eflomal's links of these pairs.
+    """Within the block, the aligner's lexicon also counts eflomal's links of these pairs,
+    ``teacher.weight`` times each.
 
     Nothing changes (and the block gets False) without a teacher, for a model whose aligner has
     no lexicon, or for fewer than ``min_pairs`` pairs.
@@ -158,7 +163,8 @@ def adapted(
         links, tokenizer.eos_id, lexicon.tgt_vocab, model.cfg.aligner.null,
     )  # fmt: skip
     log.info("adapted the aligner's lexicon to %d pairs in %.1f s", len(segmentations), time.perf_counter() - started)
-    with lexicon.extra_counts(*counts):
+    keys, pair_counts, source_keys, source_counts = counts
+    with lexicon.extra_counts(keys, pair_counts * teacher.weight, source_keys, source_counts * teacher.weight):
         yield True
 
 
