@@ -322,3 +322,16 @@ def test_a_run_resumed_across_an_option_removal_still_averages(tmp_path):
     save_checkpoint(on, tmp_path / "on.pt")
     with pytest.raises(ConfigError, match="word_lexicon"):
         average_checkpoints([old_path, tmp_path / "on.pt"])
+
+
+def test_an_aligners_teacher_priors_survive_averaging(tmp_path, tokenizer):
+    """A stage's checkpoints carry eflomal's priors (mt/alignment/adapt.py); its average must too,
+    or mt-align on it could no longer adapt."""
+    teacher = {"priors": b"\x1f\x8bpriors", "unit": "word", "symmetrize": "grow-diag-final-and"}
+    paths = []
+    for step in (100, 200):
+        paths.append(tmp_path / f"step-{step}.pt")
+        save_checkpoint({**training_state(tokenizer, 0, step), "alignment_teacher": teacher}, paths[-1])
+    assert average_checkpoints(paths)["alignment_teacher"] == teacher
+    save_checkpoint(training_state(tokenizer, 0, 300), tmp_path / "plain.pt")
+    assert "alignment_teacher" not in average_checkpoints([tmp_path / "plain.pt"])

@@ -36,7 +36,7 @@ OUTPUT_NAMES = {"last": "averaged.pt", "best": "averaged_best.pt"}
 # What an averaged checkpoint carries over from the newest one besides its weights: what
 # inference needs, the run's config and step. Resume-only state (optimizer, scheduler, scaler,
 # RNG states, counters) and per-checkpoint scores (val_bleu) describe one checkpoint, not the mean.
-KEPT = ("model_config", "tokenizer", "data", "decoding", "config", "step")
+KEPT = ("model_config", "tokenizer", "data", "decoding", "config", "step", "alignment_teacher")
 # Keys that must be identical in every averaged checkpoint (the average of two different
 # architectures or vocabularies means nothing).
 MUST_MATCH = ("model_config", "tokenizer", "data")
@@ -80,7 +80,7 @@ def average_checkpoints(paths: list[str | Path]) -> dict:
     Returns:
         A self-describing inference checkpoint (for :func:`mt.model.checkpoint.save_checkpoint`):
         the last checkpoint's static fields (``model_config``, ``tokenizer``, ``data``,
-        ``decoding``, ``config``) and ``step``, the averaged ``model`` state dict, and
+        ``decoding``, ``config``, an aligner's ``alignment_teacher``) and ``step``, the averaged ``model`` state dict, and
         ``averaged_from``: ``[{"file": name, "step": step}, …]`` in the order given. Everything
         else (optimizer, scheduler, RNG states, counters, val_bleu) is dropped: the result is
         for inference, not for resuming.
