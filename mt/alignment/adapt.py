@@ -10,8 +10,9 @@ the stage's links were (``data.alignments_symmetrize``), the links' counts are a
 lexicon's for those pairs (:meth:`mt.model.aligner.Lexicon.extra_counts`), and the aligner
 aligns with that lexicon. The translation model and the aligner's weights are untouched.
 
-A pair aligned this way learns from its own teacher links: counted once per distinct pair, as
-in training (:func:`mt.model.aligner.count_links`).
+A pair aligned this way counts its own teacher links, as each training pair's counts held its
+own in training (:func:`mt.model.aligner.count_links`); a new pair's count ``Teacher.weight``
+(8) times, which a dev set chose over once (docs/results/alignment.md).
 """
 
 from __future__ import annotations
