@@ -107,21 +107,17 @@ def main() -> None:
 def weight_rows(model, tokenizer, teacher, gold, weights: list[float]) -> dict:
     """AER in % of the aligner adapting to all of ``gold``'s pairs at once with each weight, from
     one eflomal run: its links' counts (:func:`mt.alignment.adapt.adapted`'s), times each weight."""
-    from mt.alignment.adapt import teacher_piece_links
+    from mt.alignment.adapt import teacher_counts, teacher_piece_links
     from mt.alignment.aer import score_alignments
     from mt.alignment.align import aligner_word_links
     from mt.alignment.teacher_forced import segmented_aligner
     from mt.data.words import segment
-    from mt.model.aligner import count_links
 
     src, tgt = list(gold.src), list(gold.tgt)
     segmentations = segment(tokenizer, src, tgt, model.cfg.max_positions - 1)
     links = teacher_piece_links(teacher, tokenizer, segmentations, src, tgt)
     lexicon = model.aligner.lexicon
-    keys, counts, source_keys, source_counts = count_links(
-        [[p.id for p in seg.src_pieces] for seg in segmentations], [[p.id for p in seg.tgt_pieces] for seg in segmentations],
-        links, tokenizer.eos_id, lexicon.tgt_vocab, model.cfg.aligner.null,
-    )  # fmt: skip
+    keys, counts, source_keys, source_counts = teacher_counts(model, tokenizer, links, segmentations)
     rows = {}
     for weight in weights:
         with lexicon.extra_counts(keys, counts * weight, source_keys, source_counts * weight):
