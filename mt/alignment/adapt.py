@@ -132,7 +132,9 @@ def _unit_links(teacher: Teacher, tokenizer: Tokenizer, src_texts: Sequence[str]
     return [symmetrize(f, r, teacher.symmetrize) for f, r in zip(forward, reverse)]
 
 
-def teacher_counts(model: Transformer, tokenizer: Tokenizer, links: Sequence[np.ndarray], segmentations: Sequence[Segmentation]):
+def teacher_counts(
+    model: Transformer, tokenizer: Tokenizer, links: Sequence[np.ndarray], segmentations: Sequence[Segmentation]
+) -> tuple:
     """:func:`mt.model.aligner.count_links` of the pairs' piece links (:func:`teacher_piece_links`),
     keyed as the model's lexicon, each counted once."""
     return count_links(
@@ -167,7 +169,8 @@ def adapted(
         yield False
         return
     started = time.perf_counter()
-    counts = teacher_counts(model, tokenizer, teacher_piece_links(teacher, tokenizer, segmentations, src_texts, tgt_texts), segmentations)
+    links = teacher_piece_links(teacher, tokenizer, segmentations, src_texts, tgt_texts)
+    counts = teacher_counts(model, tokenizer, links, segmentations)
     log.info("adapted the aligner's lexicon to %d pairs in %.1f s", len(segmentations), time.perf_counter() - started)
     keys, pair_counts, source_keys, source_counts = counts
     with lexicon.extra_counts(keys, pair_counts * teacher.weight, source_keys, source_counts * teacher.weight):
