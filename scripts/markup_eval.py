@@ -228,7 +228,7 @@ def end_to_end(model, tokenizer, lines: list[str], decoding, method: str, device
     tags_out = sum(_count_tags(output) for output in outputs)
     return {
         "lines": len(lines),
-        "complete": sum(not p for p in problems) / len(lines),
+        "complete": sum(not p for p in problems) / max(len(lines), 1),
         "tags_in": tags_in,
         "tags_out": tags_out,
         "seconds_translate": translated - parsed,
