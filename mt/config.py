@@ -361,11 +361,6 @@ class DataConfig:
         alignments_unit: ``eflomal``: align sentencepiece pieces directly (``piece``) or
             whitespace words whose links then cover all their pieces (``word``: on CzEnAli as
             good at grow-diag-final-and and faster, see the README).
-        alignments_samples: ``eflomal``: how many times eflomal aligns the training text (it
-            is stochastic); the targets pool every run's links, so a target piece's weight on
-            a source piece is the share of the runs' links that join them (soft targets; 1 =
-            one run's hard links). The priors kept for adapting (``alignment_teacher``) are
-            the first run's.
     """
 
     source: str = "multi30k"
@@ -398,7 +393,6 @@ class DataConfig:
     alignments_path: str | None = None
     alignments_symmetrize: str = "grow-diag-final-and"
     alignments_unit: str = "word"
-    alignments_samples: int = 1
 
 
 def _check_data_source(data: DataConfig) -> None:
@@ -466,7 +460,6 @@ def _check_alignment_targets(data: DataConfig) -> None:
         data.alignments_unit,
         "allowed: " + ", ".join(ALIGNMENT_UNITS),
     )
-    require(data.alignments_samples >= 1, "data.alignments_samples", data.alignments_samples, "must be at least 1")
 
 
 def _check_data(data: DataConfig, max_positions: int) -> None:

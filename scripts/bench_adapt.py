@@ -40,7 +40,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each stochastic row (default: 1)")
     parser.add_argument("--weight", type=float, help="--adapt-weight of the adapting rows (default: the teacher's, 8)")
     parser.add_argument("--weights", help="comma-separated --adapt-weight values: all pairs at once, one eflomal run")
-    parser.add_argument("--samples", type=int, default=1, help="eflomal runs the adapting rows pool (default: 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per aligner batch (default: 32)")
     args = parser.parse_args()
@@ -57,7 +56,6 @@ def main() -> None:
         sys.exit(f"{args.checkpoint}: no aligner with eflomal priors (mt-train experiment=align train.init_from=RUN)")
     if args.weight is not None:
         teacher = dataclasses.replace(teacher, weight=args.weight)
-    teacher = dataclasses.replace(teacher, samples=args.samples)
     gold = load_gold(args.gold).oriented(info["src_lang"], info["tgt_lang"])
     src, tgt = list(gold.src), list(gold.tgt)
     per_1000 = 1000 / len(src)

@@ -6,12 +6,10 @@ from __future__ import annotations
 import gzip
 import numpy as np
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 
 from mt.alignment import targets as alignment_targets
 from mt.alignment.targets import (
-    _cache_path,
     compute_links,
     load_links,
     piece_owners,
@@ -28,9 +26,7 @@ from mt.config import Config, DataConfig, TokenizerConfig, from_hydra
 from mt.training.distributed import Context
 from mt.errors import ConfigError, DataError
 from mt.training.training_data import prepare_data
-from mt.data.batching import alignment_targets as alignment_targets_matrix
 from mt.data.tokenizer import Piece
-from mt.model.aligner import count_links
 from mt.data.words import NO_WORD, piece_words, segment, words_of
 
 from conftest import REPO
@@ -54,7 +50,6 @@ def grid(src_pieces, tgt_pieces) -> set[tuple[int, int]]:
         (["++data.alignments=file"], "data.alignments_path"),
         (["++data.alignments_symmetrize=gdfa"], "data.alignments_symmetrize"),
         (["++data.alignments_unit=char"], "data.alignments_unit"),
-        (["++data.alignments_samples=0"], "data.alignments_samples"),
         (["data=files", "data.path=/corpus", "data.streaming=true", "++data.alignments=eflomal"], "data.alignments"),
     ],
 )
@@ -350,50 +345,3 @@ def test_eflomal_aligns_multi30k_pairs(multi30k_mirror, tmp_path):
             assert pair.shape[1] == 2 and pair.dtype == np.int32
             if len(pair):
                 assert pair[:, 0].max() < len(src_ids) and pair[:, 1].max() < len(tgt_ids)
-
-
-# ------------------------------------------------------------------------------ several eflomal runs
-
-
-def test_several_runs_pool_their_links_into_soft_targets(bilingual_tokenizer, monkeypatch, tmp_path):
-    """data.alignments_samples=3: three different runs' links, each once per run that has it;
-    G̃'s rows and the lexicon's counts are the share of a target piece's links going to each
-    source piece, checked against a direct count over the three runs."""
-    word_runs = [[(0, 0), (1, 1)], [(0, 0), (0, 1)], [(0, 0)]]  # the one pair's word links per run
-    runs = iter(word_runs)
-
-    def run(src_tokens, tgt_tokens):
-        links = [next(runs)]
-        return links, links
-
-    monkeypatch.setattr(alignment_targets, "_import_eflomal", lambda: None)
-    monkeypatch.setattr(alignment_targets, "run_eflomal", run)
-    monkeypatch.setattr(alignment_targets, "eflomal_priors", lambda src, tgt, fwd, rev: f"LEX\t{fwd[0]}\n")
-    cfg = DataConfig(alignments="eflomal", alignments_unit="word", alignments_samples=3)
-    src, tgt = ["Hund rennt"], ["dog runs"]
-    owners = piece_owners(bilingual_tokenizer, src[0], tgt[0])
-    per_run = [sorted(map(tuple, word_to_piece_links(r, *owners).tolist())) for r in word_runs]
-    (links,) = training_links(cfg, src, tgt, bilingual_tokenizer, [0], tmp_path)
-    assert sorted(map(tuple, links.tolist())) == sorted(link for r in per_run for link in r)
-    # the priors kept for adapting are the first run's
-    assert gzip.decompress(training_priors(cfg, src, tgt, bilingual_tokenizer, tmp_path)) == b"LEX\t[(0, 0), (1, 1)]\n"
-    # one run's cache is another entry (its key is as before the setting existed)
-    one_run = DataConfig(alignments="eflomal", alignments_unit="word")
-    assert _cache_path(cfg, src, tgt, bilingual_tokenizer, tmp_path) != _cache_path(one_run, src, tgt, bilingual_tokenizer, tmp_path)
-
-    src_len, tgt_len = len(owners[0]) + 1, len(owners[1]) + 1
-    share = {}  # (t, s) → share of target piece t's pooled links that go to s
-    for t in range(tgt_len):
-        row = [s for r in per_run for s, u in r if u == t]
-        for s in row:
-            share[t, s] = row.count(s) / len(row)
-    expected = torch.zeros(1, tgt_len, src_len)
-    for (t, s), value in share.items():
-        expected[0, t, s] = value
-    assert torch.allclose(alignment_targets_matrix([links.tolist()], tgt_len, src_len), expected)
-    first_run = alignment_targets_matrix([per_run[0]], tgt_len, src_len)
-    assert not torch.allclose(expected, first_run)  # pooling matters here, or the test proves nothing
-    src_ids, tgt_ids = list(range(10, 10 + src_len - 1)), list(range(50, 50 + tgt_len - 1))
-    keys, counts, _, _ = count_links([src_ids], [tgt_ids], [links], eos_unit=2, key_base=100, null=False)
-    counted = dict(zip(keys.tolist(), counts.tolist()))
-    assert counted == pytest.approx({src_ids[s] * 100 + tgt_ids[t]: v for (t, s), v in share.items()})

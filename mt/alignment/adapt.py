@@ -58,15 +58,12 @@ class Teacher:
         symmetrize: how the two directions were combined (``data.alignments_symmetrize``).
         weight: how many times each new pair's links count (not stored: ``mt-align --adapt-weight``,
             or ``dataclasses.replace(translator.teacher, weight=W)``).
-        samples: how many eflomal runs adapting pools (not stored; as ``data.alignments_samples``:
-            each run's links count ``weight / samples`` times).
     """
 
     priors: bytes
     unit: str
     symmetrize: str
     weight: float = WEIGHT
-    samples: int = 1
     _lines: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def state(self) -> dict:
@@ -96,24 +93,19 @@ def teacher_piece_links(
             model's length get no links).
         src_texts, tgt_texts: their texts.
 
-    Returns: per pair, (n_links, 2) int64 (src_piece, tgt_piece) positions in its segmentation;
-        with ``teacher.samples`` > 1, every run's links one after the other.
+    Returns: per pair, (n_links, 2) int64 (src_piece, tgt_piece) positions in its segmentation.
 
     Raises:
         ConfigError: eflomal is not installed.
     """
-    runs = [_unit_links(teacher, tokenizer, src_texts, tgt_texts) for _ in range(teacher.samples)]
+    links = _unit_links(teacher, tokenizer, src_texts, tgt_texts)
     out = []
-    for seg, *pair_runs in zip(segmentations, *runs):
+    for seg, pair in zip(segmentations, links):
         if teacher.unit == "word":
-            piece_runs = [segmentation_piece_links(seg, pair) for pair in pair_runs]
+            out.append(segmentation_piece_links(seg, pair).astype(np.int64))
         else:  # pieces as the tokenizer cut them, minus those the segmentation cut off
-            piece_runs = [
-                np.array([(s, t) for s, t in sorted(pair) if s < len(seg.src_pieces) and t < len(seg.tgt_pieces)])
-                for pair in pair_runs
-            ]
-        # several runs pooled: a link once per run that has it (count_links weighs it by its share)
-        out.append(np.concatenate([r.reshape(-1, 2) for r in piece_runs]).astype(np.int64))
+            kept = [(s, t) for s, t in sorted(pair) if s < len(seg.src_pieces) and t < len(seg.tgt_pieces)]
+            out.append(np.array(kept, dtype=np.int64).reshape(-1, 2))
     return out
 
 

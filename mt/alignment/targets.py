@@ -304,27 +304,22 @@ def _compute_links(
         )
         start = time.perf_counter()
         tokens = unit_tokens(tokenizer, src_texts, tgt_texts, cfg.alignments_unit)
-        samples = []
-        for _ in range(cfg.alignments_samples):
-            forward, reverse = run_eflomal(*tokens)
-            samples.append([symmetrize(f, r, cfg.alignments_symmetrize) for f, r in zip(forward, reverse)])
-            if priors is None:  # the first run's: what adapting re-aligns new text with
-                priors = eflomal_priors(*tokens, forward, reverse)
-        log.info("eflomal aligned %d pairs %d time(s) in %.0f s", len(src_texts), len(samples), time.perf_counter() - start)
+        forward, reverse = run_eflomal(*tokens)
+        links = [symmetrize(f, r, cfg.alignments_symmetrize) for f, r in zip(forward, reverse)]
+        priors = eflomal_priors(*tokens, forward, reverse)
+        log.info("eflomal aligned %d pairs in %.0f s", len(src_texts), time.perf_counter() - start)
         if cfg.alignments_unit == "piece":
-            return [_pooled(pair_samples) for pair_samples in zip(*samples)], priors
-        links = list(zip(*samples))
+            return [_as_array(pair) for pair in links], priors
     elif cfg.alignments == "file":
-        links = [(pair,) for pair in read_word_links(cfg.alignments_path, src_texts, tgt_texts, n_file_pairs)]
+        links = read_word_links(cfg.alignments_path, src_texts, tgt_texts, n_file_pairs)
     else:
         raise ValueError(f"no links to compute for data.alignments={cfg.alignments!r}")
     owners: dict[tuple[str, str], tuple[list[int], list[int]]] = {}  # gold copies repeat their texts
     piece_links = []
-    for src, tgt, pair_samples in zip(src_texts, tgt_texts, links):
+    for src, tgt, word_links in zip(src_texts, tgt_texts, links):
         if (src, tgt) not in owners:
             owners[src, tgt] = piece_owners(tokenizer, src, tgt)
-        piece_samples = [word_to_piece_links(word_links, *owners[src, tgt]) for word_links in pair_samples]
-        piece_links.append(piece_samples[0] if len(piece_samples) == 1 else _pooled(a.tolist() for a in piece_samples))
+        piece_links.append(word_to_piece_links(word_links, *owners[src, tgt]))
     return piece_links, priors
 
 
@@ -424,8 +419,6 @@ def _cache_key(cfg: DataConfig, src_texts: Sequence[str], tgt_texts: Sequence[st
     settings = {"format": _CACHE_FORMAT, "alignments": cfg.alignments}
     if cfg.alignments == "eflomal":
         settings |= {"unit": cfg.alignments_unit, "symmetrize": cfg.alignments_symmetrize}
-        if cfg.alignments_samples != 1:  # one run's caches keep their keys
-            settings["samples"] = cfg.alignments_samples
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     if cfg.alignments == "file" and Path(cfg.alignments_path).is_file():
         digest.update(Path(cfg.alignments_path).read_bytes())
@@ -456,12 +449,6 @@ def _pieces_of(owner: Sequence[int]) -> dict[int, list[int]]:
 
 def _as_array(links: Iterable[Link]) -> np.ndarray:
     return np.array(sorted(links), dtype=np.int32).reshape(-1, 2)
-
-
-def _pooled(samples: Iterable[Iterable[Link]]) -> np.ndarray:
-    """Several runs' links of one pair as one sorted (n_links, 2) int32 array in which a link
-    occurs once per run that has it (``data.alignments_samples``; one run: its links)."""
-    return _as_array(link for sample in samples for link in sample)
 
 
 def _import_eflomal():

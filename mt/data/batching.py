@@ -84,14 +84,11 @@ def collate(
 def alignment_targets(links: Sequence[Sequence[tuple[int, int]]], tgt_len: int, src_len: int) -> torch.Tensor:
     """Gold piece links → G̃: (batch, tgt_len, src_len) float32, G̃[b, t, s] = 1 / (links of target
     piece t) when source piece s is one of them, rows without links all zero (Garg et al. 2019, §4).
-
-    A link listed k times counts k times (``data.alignments_samples``: pooled runs, so G̃[b, t, s]
-    is the share of target piece t's links, over the runs, that go to s).
     """
     out = torch.zeros(len(links), tgt_len, src_len)
     for row, pair_links in enumerate(links):
         for s, t in pair_links:
-            out[row, t, s] += 1.0
+            out[row, t, s] = 1.0
     return out / out.sum(-1, keepdim=True).clamp_min(1.0)
 
 

@@ -27,8 +27,7 @@ from mt.training.training_data import SAMPLING_KEYS
 # model keys a run started from a checkpoint may change: they leave the weights' meaning alone
 _INIT_CHANGEABLE = ("dropout", "ffn_dropout")
 # data keys that describe this run, not the data the checkpoint learnt from: never inherited
-_RUN_DATA_KEYS = ("data_dir", "mirror", "alignments", "alignments_path", "alignments_symmetrize", "alignments_unit",
-                  "alignments_samples")
+_RUN_DATA_KEYS = ("data_dir", "mirror", "alignments", "alignments_path", "alignments_symmetrize", "alignments_unit")
 
 
 def init_config(checkpoint: dict, cfg: Config, given: Sequence[str], source: str) -> Config:
