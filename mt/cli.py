@@ -99,6 +99,8 @@ def _add_precision_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_adapt_option(parser: argparse.ArgumentParser) -> None:
+    from mt.config import SYMMETRIZATION_HEURISTICS
+
     parser.add_argument(
         "--adapt", action=argparse.BooleanOptionalAction, default=None,
         help="the aligner (experiment=align) adapts its lexicon to the pairs it aligns: eflomal aligns them with the "
@@ -108,6 +110,11 @@ def _add_adapt_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--adapt-weight", type=_positive_float, metavar="W",
         help="with adapting: how many times each new pair's eflomal links count in the lexicon (default: 8)",
+    )
+    parser.add_argument(
+        "--adapt-links", choices=("aligner", *SYMMETRIZATION_HEURISTICS), default=None,
+        help="with adapting: the links given out: the adapted aligner's (aligner), or combined with eflomal's links of "
+        "the same pairs (intersect: the links both make; union; grow-diag-final-and) (default: aligner)",
     )
 
 
@@ -122,6 +129,8 @@ def _load(args: argparse.Namespace):
     translator.adapt = getattr(args, "adapt", None)
     if getattr(args, "adapt_weight", None) is not None and translator.teacher is not None:
         translator.teacher = dataclasses.replace(translator.teacher, weight=args.adapt_weight)
+    if getattr(args, "adapt_links", None) is not None and translator.teacher is not None:
+        translator.teacher = dataclasses.replace(translator.teacher, links=args.adapt_links)
     return translator
 
 

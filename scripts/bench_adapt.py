@@ -8,7 +8,8 @@ one run on the same pairs:
   priors, both directions and their ``data.alignments_symmetrize`` (what the lexicon adds);
 - ``aligner, adapting k pairs at a time``: the pairs cut into chunks of ``k`` (``--chunks``; 0 =
   all at once), each adapted and aligned alone, as ``mt-align`` and ``--markup`` see a file or
-  a batch of lines.
+  a batch of lines; with ``--links``, a row for each ``--adapt-links`` value (``intersect``:
+  the adapted aligner's links that eflomal's run also makes).
 
 Each row: AER in % and seconds per 1,000 pairs (eflomal is stochastic: ``--repeats`` runs).
 ``--weights`` instead compares how many times the new pairs' links count (``--adapt-weight``):
@@ -40,6 +41,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each stochastic row (default: 1)")
     parser.add_argument("--weight", type=float, help="--adapt-weight of the adapting rows (default: the teacher's, 8)")
     parser.add_argument("--weights", help="comma-separated --adapt-weight values: all pairs at once, one eflomal run")
+    parser.add_argument(
+        "--links", default="aligner",
+        help="comma-separated --adapt-links values: a row of each adapting size for each (default: aligner)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per aligner batch (default: 32)")
     args = parser.parse_args()
@@ -63,14 +68,14 @@ def main() -> None:
     def aer(links) -> float:
         return 100 * score_alignments(links, gold.sure, gold.possible).aer
 
-    def aligner_links(k: int | None) -> tuple[list, float]:
+    def aligner_links(k: int | None, teacher: Teacher | None = None) -> tuple[list, float]:
         started = time.perf_counter()
         links = []
         size = len(src) if not k else k
         for begin in range(0, len(src), size):
             chunk = slice(begin, begin + size)
             pairs = align(model, tokenizer, src[chunk], tgt[chunk], method="aligner", batch_size=args.batch_size,
-                          teacher=None if k is None else teacher)  # fmt: skip
+                          teacher=teacher)  # fmt: skip
             links += [pair.links for pair in pairs]
         return links, time.perf_counter() - started
 
@@ -87,10 +92,10 @@ def main() -> None:
         row = rows.setdefault(f"eflomal from the priors ({teacher.symmetrize})", {"aer": [], "seconds_per_1000": []})
         row["aer"].append(aer(words))
         row["seconds_per_1000"].append(seconds * per_1000)
-    for k in (int(c) for c in args.chunks.split(",")):
-        name = f"aligner, adapting {k or len(src)} pairs at a time"
+    for k, choice in ((int(c), x) for c in args.chunks.split(",") for x in args.links.split(",")):
+        name = f"aligner, adapting {k or len(src)} pairs at a time" + (f", links {choice}" if choice != "aligner" else "")
         for _ in range(args.repeats):
-            links, seconds = aligner_links(k)
+            links, seconds = aligner_links(k, dataclasses.replace(teacher, links=choice))
             row = rows.setdefault(name, {"aer": [], "seconds_per_1000": []})
             row["aer"].append(aer(links))
             row["seconds_per_1000"].append(seconds * per_1000)

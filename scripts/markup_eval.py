@@ -258,6 +258,10 @@ def main() -> None:
         help="an aligner with its teacher's priors adapts to the gold pairs, as mt-align does, and eflomal from those "
         "priors gets a row (default: --adapt)",
     )
+    parser.add_argument(
+        "--adapt-links", choices=("aligner", "intersect", "union", "grow-diag-final-and"), default="aligner",
+        help="with --adapt: mt-align's --adapt-links (default: aligner)",
+    )
     parser.add_argument("--multi30k", action="store_true", help="eflomal also learns from the Multi30k train bitext")
     parser.add_argument("--data-dir", default="data", help="Multi30k cache folder (default: data)")
     parser.add_argument("--device", default="cpu")
@@ -275,6 +279,8 @@ def main() -> None:
     model, tokenizer, info = load_for_inference(args.checkpoint, args.device)
     method = default_method(info)
     teacher = Teacher.from_state(info["alignment_teacher"]) if args.adapt and method == "aligner" else None
+    if teacher is not None:
+        teacher = dataclasses.replace(teacher, links=args.adapt_links)
     gold = load_gold(args.gold).oriented(info["src_lang"], info["tgt_lang"])
     n = len(gold) if args.limit is None else min(args.limit, len(gold))
     sources, targets = gold.src[:n], gold.tgt[:n]
@@ -286,13 +292,15 @@ def main() -> None:
     start = time.perf_counter()
     forward = align(model, tokenizer, sources, targets, method=method, batch_size=args.batch_size, device=args.device,
                     teacher=teacher)  # fmt: skip
-    name = f"checkpoint ({method}{', adapting' if teacher else ''})"
+    name = f"checkpoint ({method}{f', adapting, links {teacher.links}' if teacher else ''})"
     if args.reverse_checkpoint:
         reverse_model, reverse_tokenizer, reverse_info = load_for_inference(args.reverse_checkpoint, args.device)
         reverse_method = default_method(reverse_info)
         reverse_teacher = (
             Teacher.from_state(reverse_info["alignment_teacher"]) if args.adapt and reverse_method == "aligner" else None
         )
+        if reverse_teacher is not None:
+            reverse_teacher = dataclasses.replace(reverse_teacher, links=args.adapt_links)
         reverse = align(reverse_model, reverse_tokenizer, targets, sources, method=reverse_method,
                         batch_size=args.batch_size, device=args.device, teacher=reverse_teacher)  # fmt: skip
         forward = symmetrize_alignments(forward, reverse, "grow-diag-final-and")

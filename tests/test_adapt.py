@@ -2,6 +2,7 @@
 counts are exactly the teacher's links of those pairs, they go away afterwards, they move the
 alignment towards those links, and eflomal's priors carry what it learnt to new text."""
 
+import dataclasses
 import gzip
 import random
 
@@ -108,7 +109,7 @@ def test_the_lexicon_adds_the_teachers_links_of_the_pairs_for_the_block_only(mod
     stored, stored_sources = table(lexicon), lexicon.source_counts.clone()
     segmentations = segment(tokenizer, SOURCES, TARGETS, 63)
     with adapted(model, tokenizer, TEACHER, segmentations, SOURCES, TARGETS) as on:
-        assert on
+        assert on == [sorted(CROSSWISE)]  # the teacher's word links of the same run, for Teacher.links
         [(src_tokens, tgt_tokens, priors)] = calls
         assert src_tokens == [SOURCES[0].split()] and tgt_tokens == [TARGETS[0].split()] and priors == []
         expected = dict(stored)
@@ -128,7 +129,7 @@ def test_nothing_is_adapted_without_a_teacher_or_below_the_floor(model_and_token
     stored = table(model.aligner.lexicon)
     for teacher, floor in ((None, 1), (TEACHER, 2)):
         with adapted(model, tokenizer, teacher, segmentations, SOURCES, TARGETS, min_pairs=floor) as on:
-            assert not on and table(model.aligner.lexicon) == stored
+            assert on is None and table(model.aligner.lexicon) == stored
     assert calls == []
 
 
@@ -177,8 +178,9 @@ def test_a_bad_adapt_weight_is_a_usage_error_naming_the_flag(weight, capsys):
     assert "argument --adapt-weight: must be a finite number > 0" in capsys.readouterr().err
 
 
-def test_adapt_weight_reaches_the_translators_teacher(monkeypatch):
-    """mt-align --adapt-weight W: the loaded translator's teacher counts each new pair W times."""
+def test_adapt_weight_and_links_reach_the_translators_teacher(monkeypatch):
+    """mt-align --adapt-weight W: the loaded translator's teacher counts each new pair W times;
+    --adapt-links chooses the links it gives out."""
     import mt
     from mt import cli
 
@@ -195,3 +197,24 @@ def test_adapt_weight_reaches_the_translators_teacher(monkeypatch):
     translator = cli._load(args)
     assert translator.teacher.weight == 7.5 and translator.teacher.priors == TEACHER.priors
     assert translator.adapt is False
+    assert translator.teacher.links == "aligner"  # the default
+    args = cli._align_arguments(["run", "Ein Hund .", "A dog .", "--adapt-links", "intersect"])
+    assert cli._load(args).teacher.links == "intersect"
+    with pytest.raises(SystemExit):  # not a heuristic: a usage error
+        cli._align_arguments(["run", "Ein Hund .", "A dog .", "--adapt-links", "both"])
+
+
+def test_adapt_links_combine_the_aligners_links_with_the_teachers_of_the_same_run(model_and_tokenizer):
+    """--adapt-links: intersect keeps the adapted aligner's links that the teacher also makes,
+    union adds the teacher's; the word matrix stays the aligner's."""
+    model, tokenizer, _ = model_and_tokenizer
+    own = align(model, tokenizer, SOURCES, TARGETS, method="aligner", teacher=TEACHER)[0]
+    combined = {
+        choice: align(model, tokenizer, SOURCES, TARGETS, method="aligner", teacher=dataclasses.replace(TEACHER, links=choice))[0]
+        for choice in ("intersect", "union")
+    }
+    assert combined["intersect"].links == sorted(set(own.links) & set(CROSSWISE))
+    assert combined["union"].links == sorted(set(own.links) | set(CROSSWISE))
+    assert combined["intersect"].links != combined["union"].links  # the aligner's own links are not the teacher's
+    for pair in combined.values():
+        np.testing.assert_array_equal(pair.word_matrix, own.word_matrix)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mt.alignment.symmetrize import symmetrize
+from mt.alignment.symmetrize import HEURISTICS, symmetrize
 from mt.alignment.targets import (
     piece_owners,
     piece_to_word_links,
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 # decided on CzEnAli (docs/results/alignment.md, "Adapting to new text")
 MIN_PAIRS = 1  # fewer pairs than this at once are aligned without adapting
 WEIGHT = 8.0  # each new pair's links count this many times
+LINKS = "aligner"  # the links given out: the aligner's, or combined with the teacher's (Teacher.links)
+LINK_CHOICES = ("aligner", *HEURISTICS)
 
 
 @dataclass(frozen=True)
@@ -58,12 +60,18 @@ class Teacher:
         symmetrize: how the two directions were combined (``data.alignments_symmetrize``).
         weight: how many times each new pair's links count (not stored: ``mt-align --adapt-weight``,
             or ``dataclasses.replace(translator.teacher, weight=W)``).
+        links: the links given out (not stored: ``mt-align --adapt-links``): ``aligner``, the
+            adapted aligner's; or a heuristic of :data:`mt.alignment.symmetrize.HEURISTICS`
+            combining them with the teacher's links of the same pairs, the aligner's taken as
+            the forward direction (``intersect``: the links both make). The word matrices stay
+            the aligner's.
     """
 
     priors: bytes
     unit: str
     symmetrize: str
     weight: float = WEIGHT
+    links: str = LINKS
     _lines: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def state(self) -> dict:
@@ -98,15 +106,7 @@ def teacher_piece_links(
     Raises:
         ConfigError: eflomal is not installed.
     """
-    links = _unit_links(teacher, tokenizer, src_texts, tgt_texts)
-    out = []
-    for seg, pair in zip(segmentations, links):
-        if teacher.unit == "word":
-            out.append(segmentation_piece_links(seg, pair).astype(np.int64))
-        else:  # pieces as the tokenizer cut them, minus those the segmentation cut off
-            kept = [(s, t) for s, t in sorted(pair) if s < len(seg.src_pieces) and t < len(seg.tgt_pieces)]
-            out.append(np.array(kept, dtype=np.int64).reshape(-1, 2))
-    return out
+    return _piece_links(teacher, segmentations, _unit_links(teacher, tokenizer, src_texts, tgt_texts))
 
 
 def teacher_word_links(
@@ -118,7 +118,23 @@ def teacher_word_links(
     Raises:
         ConfigError: eflomal is not installed.
     """
-    links = _unit_links(teacher, tokenizer, src_texts, tgt_texts)
+    return _word_links(teacher, tokenizer, src_texts, tgt_texts, _unit_links(teacher, tokenizer, src_texts, tgt_texts))
+
+
+def _piece_links(teacher: Teacher, segmentations: Sequence[Segmentation], links: list) -> list[np.ndarray]:
+    out = []
+    for seg, pair in zip(segmentations, links):
+        if teacher.unit == "word":
+            out.append(segmentation_piece_links(seg, pair).astype(np.int64))
+        else:  # pieces as the tokenizer cut them, minus those the segmentation cut off
+            kept = [(s, t) for s, t in sorted(pair) if s < len(seg.src_pieces) and t < len(seg.tgt_pieces)]
+            out.append(np.array(kept, dtype=np.int64).reshape(-1, 2))
+    return out
+
+
+def _word_links(
+    teacher: Teacher, tokenizer: Tokenizer, src_texts: Sequence[str], tgt_texts: Sequence[str], links: list
+) -> list[list[tuple[int, int]]]:
     if teacher.unit == "word":
         return [sorted(pair) for pair in links]
     return [
@@ -148,33 +164,45 @@ def teacher_counts(
 def adapted(
     model: Transformer, tokenizer: Tokenizer, teacher: Teacher | None, segmentations: Sequence[Segmentation],
     src_texts: Sequence[str], tgt_texts: Sequence[str], min_pairs: int = MIN_PAIRS,
-) -> Iterator[bool]:
+) -> Iterator[list[list[tuple[int, int]]] | None]:
     """Within the block, the aligner's lexicon also counts eflomal's links of these pairs,
     ``teacher.weight`` times each.
 
-    Nothing changes (and the block gets False) without a teacher, for a model whose aligner has
+    Nothing changes (and the block gets None) without a teacher, for a model whose aligner has
     no lexicon, or for fewer than ``min_pairs`` pairs.
 
     Args:
         teacher: the checkpoint's (:class:`Teacher`), or None.
         segmentations, src_texts, tgt_texts: the pairs to align, as :func:`teacher_piece_links`.
 
-    Yields: whether the lexicon was adapted.
+    Yields: the teacher's links of the pairs as :func:`teacher_word_links` gives them (the same
+        eflomal run as the counts: for ``teacher.links``), or None where nothing was adapted.
 
     Raises:
         ConfigError: eflomal is not installed.
     """
     lexicon = model.aligner.lexicon if model.aligner is not None else None
     if teacher is None or lexicon is None or len(segmentations) < min_pairs or not segmentations:
-        yield False
+        yield None
         return
     started = time.perf_counter()
-    links = teacher_piece_links(teacher, tokenizer, segmentations, src_texts, tgt_texts)
-    counts = teacher_counts(model, tokenizer, links, segmentations)
+    unit_links = _unit_links(teacher, tokenizer, src_texts, tgt_texts)
+    counts = teacher_counts(model, tokenizer, _piece_links(teacher, segmentations, unit_links), segmentations)
     log.info("adapted the aligner's lexicon to %d pairs in %.1f s", len(segmentations), time.perf_counter() - started)
     keys, pair_counts, source_keys, source_counts = counts
     with lexicon.extra_counts(keys, pair_counts * teacher.weight, source_keys, source_counts * teacher.weight):
-        yield True
+        yield _word_links(teacher, tokenizer, src_texts, tgt_texts, unit_links)
+
+
+def combined_links(
+    teacher: Teacher, aligner_links: Sequence[Sequence[tuple[int, int]]], teacher_links: Sequence[Sequence[tuple[int, int]]]
+) -> list[list[tuple[int, int]]]:
+    """The links given out under ``teacher.links``: the aligner's as they are (``aligner``), or
+    combined with the teacher's by that heuristic (:func:`mt.alignment.symmetrize.symmetrize`,
+    the aligner's as the forward direction). All 0-based ``(src_word, tgt_word)``, sorted."""
+    if teacher.links == "aligner":
+        return [sorted(pair) for pair in aligner_links]
+    return [sorted(symmetrize(a, t, teacher.links)) for a, t in zip(aligner_links, teacher_links)]
 
 
 def eflomal_installed() -> bool:

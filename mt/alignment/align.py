@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mt.alignment.adapt import Teacher, adapted
+from mt.alignment.adapt import Teacher, adapted, combined_links
 from mt.alignment.aer import AlignmentScores, GoldAlignment, score_alignments
 from mt.alignment.symmetrize import symmetrize
 from mt.alignment.teacher_forced import attend, segmented_aligner, segmented_attention
@@ -242,7 +242,9 @@ def align(
     (per pair, as :func:`mt.alignment.teacher_forced.segmented_aligner` takes them: e.g. the
     search's) spares the aligner method the encoder where the source ids match. ``teacher``
     (the checkpoint's, :class:`mt.alignment.adapt.Teacher`) adapts the aligner's lexicon to
-    these pairs first (:func:`mt.alignment.adapt.adapted`); other methods ignore it.
+    these pairs first (:func:`mt.alignment.adapt.adapted`), and its ``links`` setting may combine
+    the aligner's links with eflomal's of the same run (:func:`mt.alignment.adapt.combined_links`);
+    other methods ignore it.
 
     Raises:
         ValueError: an unknown method, ``layer`` or a head index out of range, or unequal
@@ -260,9 +262,11 @@ def align(
         segmentations, attention = attend(model, tokenizer, src_texts, tgt_texts, batch_size, device, progress, full_context)
     aligner = [None] * len(segmentations)
     if method == "aligner":
-        with adapted(model, tokenizer, teacher, segmentations, src_texts, tgt_texts):
+        with adapted(model, tokenizer, teacher, segmentations, src_texts, tgt_texts) as teacher_links:
             aligner = segmented_aligner(model, segmentations, batch_size, device, encoder_states=encoder_states)
         matrices, links = aligner_word_links(segmentations, aligner, threshold, model.cfg.aligner.null)
+        if teacher_links is not None:
+            links = combined_links(teacher, links, teacher_links)
     else:
         matrices, links = word_links(segmentations, attention, method, layer, heads, threshold)
     return [
