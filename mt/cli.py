@@ -114,7 +114,7 @@ def _add_adapt_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--adapt-links", choices=("aligner", *SYMMETRIZATION_HEURISTICS), default=None,
         help="with adapting: the links given out: the adapted aligner's (aligner), or combined with eflomal's links of "
-        "the same pairs (intersect: the links both make; union; grow-diag-final-and) (default: aligner)",
+        "the same pairs (intersect: the links both make; union; grow-diag-final-and) (default: grow-diag-final-and)",
     )
 
 

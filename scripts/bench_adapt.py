@@ -34,6 +34,8 @@ import torch
 
 
 def main() -> None:
+    from mt.alignment.adapt import LINKS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="checkpoint file or run dir with an aligner (experiment=align)")
     parser.add_argument("--gold", required=True, help="gold set PREFIX (PREFIX.src-tgt, PREFIX.talp)")
@@ -42,8 +44,8 @@ def main() -> None:
     parser.add_argument("--weight", type=float, help="--adapt-weight of the adapting rows (default: the teacher's, 8)")
     parser.add_argument("--weights", help="comma-separated --adapt-weight values: all pairs at once, one eflomal run")
     parser.add_argument(
-        "--links", default="aligner",
-        help="comma-separated --adapt-links values: a row of each adapting size for each (default: aligner)",
+        "--links", default=LINKS,
+        help=f"comma-separated --adapt-links values: a row of each adapting size for each (default: {LINKS})",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per aligner batch (default: 32)")
@@ -93,7 +95,7 @@ def main() -> None:
         row["aer"].append(aer(words))
         row["seconds_per_1000"].append(seconds * per_1000)
     for k, choice in ((int(c), x) for c in args.chunks.split(",") for x in args.links.split(",")):
-        name = f"aligner, adapting {k or len(src)} pairs at a time" + (f", links {choice}" if choice != "aligner" else "")
+        name = f"aligner, adapting {k or len(src)} pairs at a time, links {choice}"
         for _ in range(args.repeats):
             links, seconds = aligner_links(k, dataclasses.replace(teacher, links=choice))
             row = rows.setdefault(name, {"aer": [], "seconds_per_1000": []})

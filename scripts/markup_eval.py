@@ -259,8 +259,8 @@ def main() -> None:
         "priors gets a row (default: --adapt)",
     )
     parser.add_argument(
-        "--adapt-links", choices=("aligner", "intersect", "union", "grow-diag-final-and"), default="aligner",
-        help="with --adapt: mt-align's --adapt-links (default: aligner)",
+        "--adapt-links", choices=("aligner", "intersect", "union", "grow-diag-final-and"),
+        help="with --adapt: mt-align's --adapt-links (default: mt-align's)",
     )
     parser.add_argument("--multi30k", action="store_true", help="eflomal also learns from the Multi30k train bitext")
     parser.add_argument("--data-dir", default="data", help="Multi30k cache folder (default: data)")
@@ -279,7 +279,7 @@ def main() -> None:
     model, tokenizer, info = load_for_inference(args.checkpoint, args.device)
     method = default_method(info)
     teacher = Teacher.from_state(info["alignment_teacher"]) if args.adapt and method == "aligner" else None
-    if teacher is not None:
+    if teacher is not None and args.adapt_links:
         teacher = dataclasses.replace(teacher, links=args.adapt_links)
     gold = load_gold(args.gold).oriented(info["src_lang"], info["tgt_lang"])
     n = len(gold) if args.limit is None else min(args.limit, len(gold))
@@ -299,7 +299,7 @@ def main() -> None:
         reverse_teacher = (
             Teacher.from_state(reverse_info["alignment_teacher"]) if args.adapt and reverse_method == "aligner" else None
         )
-        if reverse_teacher is not None:
+        if reverse_teacher is not None and args.adapt_links:
             reverse_teacher = dataclasses.replace(reverse_teacher, links=args.adapt_links)
         reverse = align(reverse_model, reverse_tokenizer, targets, sources, method=reverse_method,
                         batch_size=args.batch_size, device=args.device, teacher=reverse_teacher)  # fmt: skip

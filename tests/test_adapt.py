@@ -13,6 +13,7 @@ import torch
 from mt.alignment import adapt
 from mt.alignment.adapt import Teacher, adapted
 from mt.alignment.align import align
+from mt.alignment.symmetrize import symmetrize
 from mt.config import AlignerConfig
 from mt.data.batching import collate
 from mt.data.words import segment
@@ -197,7 +198,7 @@ def test_adapt_weight_and_links_reach_the_translators_teacher(monkeypatch):
     translator = cli._load(args)
     assert translator.teacher.weight == 7.5 and translator.teacher.priors == TEACHER.priors
     assert translator.adapt is False
-    assert translator.teacher.links == "aligner"  # the default
+    assert translator.teacher.links == "grow-diag-final-and"  # the default
     args = cli._align_arguments(["run", "Ein Hund .", "A dog .", "--adapt-links", "intersect"])
     assert cli._load(args).teacher.links == "intersect"
     with pytest.raises(SystemExit):  # not a heuristic: a usage error
@@ -206,15 +207,18 @@ def test_adapt_weight_and_links_reach_the_translators_teacher(monkeypatch):
 
 def test_adapt_links_combine_the_aligners_links_with_the_teachers_of_the_same_run(model_and_tokenizer):
     """--adapt-links: intersect keeps the adapted aligner's links that the teacher also makes,
-    union adds the teacher's; the word matrix stays the aligner's."""
+    union adds the teacher's, grow-diag-final-and grows from the one into the other (the
+    aligner's as the forward direction); the word matrix stays the aligner's."""
     model, tokenizer, _ = model_and_tokenizer
-    own = align(model, tokenizer, SOURCES, TARGETS, method="aligner", teacher=TEACHER)[0]
+    own = align(model, tokenizer, SOURCES, TARGETS, method="aligner", teacher=dataclasses.replace(TEACHER, links="aligner"))[0]
     combined = {
         choice: align(model, tokenizer, SOURCES, TARGETS, method="aligner", teacher=dataclasses.replace(TEACHER, links=choice))[0]
-        for choice in ("intersect", "union")
+        for choice in ("intersect", "union", "grow-diag-final-and")
     }
     assert combined["intersect"].links == sorted(set(own.links) & set(CROSSWISE))
     assert combined["union"].links == sorted(set(own.links) | set(CROSSWISE))
     assert combined["intersect"].links != combined["union"].links  # the aligner's own links are not the teacher's
+    assert combined["grow-diag-final-and"].links == sorted(symmetrize(own.links, CROSSWISE, "grow-diag-final-and"))
+    assert TEACHER.links == "grow-diag-final-and"  # the default (a dev set chose it)
     for pair in combined.values():
         np.testing.assert_array_equal(pair.word_matrix, own.word_matrix)

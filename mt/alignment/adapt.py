@@ -12,7 +12,10 @@ aligns with that lexicon. The translation model and the aligner's weights are un
 
 A pair aligned this way counts its own teacher links, as each training pair's counts held its
 own in training (:func:`mt.model.aligner.count_links`); a new pair's count ``Teacher.weight``
-(8) times, which a dev set chose over once (docs/results/alignment.md).
+(8) times, which a dev set chose over once (docs/results/alignment.md). The links given out
+then combine the adapted aligner's with eflomal's of the same run, grow-diag-final-and
+(Koehn et al. 2003) with the aligner's as the forward direction (``Teacher.links``): on the
+same dev set ahead of the aligner's alone, of the intersection and of the union.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ log = logging.getLogger(__name__)
 # decided on CzEnAli (docs/results/alignment.md, "Adapting to new text")
 MIN_PAIRS = 1  # fewer pairs than this at once are aligned without adapting
 WEIGHT = 8.0  # each new pair's links count this many times
-LINKS = "aligner"  # the links given out: the aligner's, or combined with the teacher's (Teacher.links)
+LINKS = "grow-diag-final-and"  # the links given out: the aligner's combined with the teacher's (Teacher.links)
 LINK_CHOICES = ("aligner", *HEURISTICS)
 
 
