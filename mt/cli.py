@@ -126,12 +126,18 @@ def _load(args: argparse.Namespace):
     check_device(args.device, "--device")  # the message names the flag, not the Python argument
     translator = mt.load(args.checkpoint, args.device, getattr(args, "precision", "fp32"))
     translator.decoding = translator.with_defaults(args.beam_size, args.length_penalty, args.batch_size)
+    _set_adapt(translator, args)
+    return translator
+
+
+def _set_adapt(translator, args: argparse.Namespace) -> None:
+    """The --adapt, --adapt-weight and --adapt-links flags onto a loaded translator (the forward
+    model's, and mt-align's --reverse-checkpoint's)."""
     translator.adapt = getattr(args, "adapt", None)
     if getattr(args, "adapt_weight", None) is not None and translator.teacher is not None:
         translator.teacher = dataclasses.replace(translator.teacher, weight=args.adapt_weight)
     if getattr(args, "adapt_links", None) is not None and translator.teacher is not None:
         translator.teacher = dataclasses.replace(translator.teacher, links=args.adapt_links)
-    return translator
 
 
 def _read_text(path: str) -> list[str]:
@@ -391,7 +397,7 @@ def align_main(argv: Sequence[str] | None = None) -> None:
         reverse = mt.load(args.reverse_checkpoint, args.device) if args.reverse_checkpoint else None
         if reverse is not None:
             translator.check_reverse(reverse)
-            reverse.adapt = args.adapt
+            _set_adapt(reverse, args)
         args.method = args.method or translator.default_method
         gold = _gold(translator, args.gold, "--gold") if args.gold else None
         dev_gold = _gold(translator, args.dev_gold, "--dev-gold") if args.dev_gold else None

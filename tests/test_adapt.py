@@ -222,3 +222,39 @@ def test_adapt_links_combine_the_aligners_links_with_the_teachers_of_the_same_ru
     assert TEACHER.links == "grow-diag-final-and"  # the default (a dev set chose it)
     for pair in combined.values():
         np.testing.assert_array_equal(pair.word_matrix, own.word_matrix)
+
+
+def test_the_reverse_checkpoint_gets_the_adapt_flags_too(monkeypatch):
+    """mt-align --reverse-checkpoint: the reverse model adapts with the same --adapt, --adapt-weight
+    and --adapt-links as the forward one (it used to keep its defaults)."""
+    import mt
+    from mt import cli
+
+    class Stop(Exception):
+        pass
+
+    loaded = []
+
+    class Loaded:
+        def __init__(self):
+            self.teacher, self.adapt, self.decoding = TEACHER, None, None
+            loaded.append(self)
+
+        def with_defaults(self, *args):
+            return None
+
+        def check_reverse(self, reverse):
+            pass
+
+        @property
+        def default_method(self):  # read right after the flags are set: stop there
+            raise Stop
+
+    monkeypatch.setattr(mt, "load", lambda *args, **kwargs: Loaded())
+    with pytest.raises(Stop):
+        cli.align_main(["fwd", "Ein Hund .", "A dog .", "--reverse-checkpoint", "rev", "--adapt",
+                        "--adapt-weight", "3", "--adapt-links", "intersect"])  # fmt: skip
+    forward, reverse = loaded
+    for translator in (forward, reverse):
+        assert translator.adapt is True
+        assert (translator.teacher.weight, translator.teacher.links) == (3.0, "intersect")
