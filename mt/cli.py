@@ -112,9 +112,10 @@ def _add_adapt_option(parser: argparse.ArgumentParser) -> None:
         help="with adapting: how many times each new pair's eflomal links count in the lexicon (default: 8)",
     )
     parser.add_argument(
-        "--adapt-links", choices=("aligner", *SYMMETRIZATION_HEURISTICS), default=None,
+        "--adapt-links", choices=("auto", "aligner", *SYMMETRIZATION_HEURISTICS), default=None,
         help="with adapting: the links given out: the adapted aligner's (aligner), or combined with eflomal's links of "
-        "the same pairs (intersect: the links both make; union; grow-diag-final-and) (default: grow-diag-final-and)",
+        "the same pairs (intersect: the links both make; union; grow-diag-final-and); auto: grow-diag-final-and, but "
+        "the aligner's where --reverse-checkpoint's links are symmetrized with them (default: auto)",
     )
 
 

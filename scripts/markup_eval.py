@@ -259,7 +259,7 @@ def main() -> None:
         "priors gets a row (default: --adapt)",
     )
     parser.add_argument(
-        "--adapt-links", choices=("aligner", "intersect", "union", "grow-diag-final-and"),
+        "--adapt-links", choices=("auto", "aligner", "intersect", "union", "grow-diag-final-and"),
         help="with --adapt: mt-align's --adapt-links (default: mt-align's)",
     )
     parser.add_argument("--multi30k", action="store_true", help="eflomal also learns from the Multi30k train bitext")
@@ -290,8 +290,9 @@ def main() -> None:
 
     aligners: dict[str, list] = {}
     start = time.perf_counter()
+    forward_teacher = teacher.for_symmetrizing() if teacher and args.reverse_checkpoint else teacher
     forward = align(model, tokenizer, sources, targets, method=method, batch_size=args.batch_size, device=args.device,
-                    teacher=teacher)  # fmt: skip
+                    teacher=forward_teacher)  # fmt: skip
     name = f"checkpoint ({method}{f', adapting, links {teacher.links}' if teacher else ''})"
     if args.reverse_checkpoint:
         reverse_model, reverse_tokenizer, reverse_info = load_for_inference(args.reverse_checkpoint, args.device)
@@ -301,6 +302,7 @@ def main() -> None:
         )
         if reverse_teacher is not None and args.adapt_links:
             reverse_teacher = dataclasses.replace(reverse_teacher, links=args.adapt_links)
+        reverse_teacher = reverse_teacher and reverse_teacher.for_symmetrizing()
         reverse = align(reverse_model, reverse_tokenizer, targets, sources, method=reverse_method,
                         batch_size=args.batch_size, device=args.device, teacher=reverse_teacher)  # fmt: skip
         forward = symmetrize_alignments(forward, reverse, "grow-diag-final-and")

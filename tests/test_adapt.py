@@ -198,7 +198,7 @@ def test_adapt_weight_and_links_reach_the_translators_teacher(monkeypatch):
     translator = cli._load(args)
     assert translator.teacher.weight == 7.5 and translator.teacher.priors == TEACHER.priors
     assert translator.adapt is False
-    assert translator.teacher.links == "grow-diag-final-and"  # the default
+    assert translator.teacher.links == "auto"  # the default
     args = cli._align_arguments(["run", "Ein Hund .", "A dog .", "--adapt-links", "intersect"])
     assert cli._load(args).teacher.links == "intersect"
     with pytest.raises(SystemExit):  # not a heuristic: a usage error
@@ -219,7 +219,11 @@ def test_adapt_links_combine_the_aligners_links_with_the_teachers_of_the_same_ru
     assert combined["union"].links == sorted(set(own.links) | set(CROSSWISE))
     assert combined["intersect"].links != combined["union"].links  # the aligner's own links are not the teacher's
     assert combined["grow-diag-final-and"].links == sorted(symmetrize(own.links, CROSSWISE, "grow-diag-final-and"))
-    assert TEACHER.links == "grow-diag-final-and"  # the default (a dev set chose it)
+    auto = align(model, tokenizer, SOURCES, TARGETS, method="aligner", teacher=TEACHER)[0]
+    assert TEACHER.links == "auto" and auto.links == combined["grow-diag-final-and"].links  # the default
+    # where a reverse model's links get symmetrized with these, auto gives the aligner's alone
+    assert TEACHER.for_symmetrizing().links == "aligner"
+    assert dataclasses.replace(TEACHER, links="intersect").for_symmetrizing().links == "intersect"  # a choice stays
     for pair in combined.values():
         np.testing.assert_array_equal(pair.word_matrix, own.word_matrix)
 

@@ -143,7 +143,7 @@ def test_bench_adapt_scores_each_row_against_the_gold_set(stage, tmp_path):
     assert report["rows"]["aligner, no adapting"]["aer"] == [pytest.approx(expected)]
     assert set(report["rows"]) == {
         "aligner, no adapting", "eflomal from the priors (grow-diag-final-and)",
-        "aligner, adapting 1 pairs at a time, links grow-diag-final-and",
-        f"aligner, adapting {len(SWAPPED_PAIRS)} pairs at a time, links grow-diag-final-and",
+        "aligner, adapting 1 pairs at a time, links auto",
+        f"aligner, adapting {len(SWAPPED_PAIRS)} pairs at a time, links auto",
     }  # fmt: skip
     assert all(0 <= aer <= 100 for row in report["rows"].values() for aer in row["aer"])

@@ -411,12 +411,14 @@ class Translator:
             "device": self.device, "progress": progress,
         }  # fmt: skip
         try:
-            alignments = align_pairs(
-                self.model, self.tokenizer, sources, targets, layer=layer, teacher=self.adapting(), **options
-            )
+            teacher, reverse_teacher = self.adapting(), reverse.adapting() if reverse is not None else None
+            if reverse is not None:  # both directions' links get symmetrized: Teacher.for_symmetrizing
+                teacher = teacher and teacher.for_symmetrizing()
+                reverse_teacher = reverse_teacher and reverse_teacher.for_symmetrizing()
+            alignments = align_pairs(self.model, self.tokenizer, sources, targets, layer=layer, teacher=teacher, **options)
             if reverse is not None:
                 backward = align_pairs(
-                    reverse.model, reverse.tokenizer, targets, sources, layer=reverse_layer, teacher=reverse.adapting(),
+                    reverse.model, reverse.tokenizer, targets, sources, layer=reverse_layer, teacher=reverse_teacher,
                     **options,
                 )  # fmt: skip
                 alignments = symmetrize_alignments(alignments, backward, symmetrize)
