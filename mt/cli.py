@@ -99,7 +99,7 @@ def _add_precision_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_adapt_option(parser: argparse.ArgumentParser) -> None:
-    from mt.config import SYMMETRIZATION_HEURISTICS
+    from mt.config import SYMMETRIZATION_HEURISTICS  # light: mt.alignment.adapt.LINK_CHOICES would import torch
 
     parser.add_argument(
         "--adapt", action=argparse.BooleanOptionalAction, default=None,

@@ -34,7 +34,7 @@ import torch
 
 
 def main() -> None:
-    from mt.alignment.adapt import LINKS
+    from mt.alignment.adapt import LINK_CHOICES, LINKS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="checkpoint file or run dir with an aligner (experiment=align)")
@@ -50,6 +50,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per aligner batch (default: 32)")
     args = parser.parse_args()
+    unknown = set(args.links.split(",")) - set(LINK_CHOICES)
+    if unknown:
+        parser.error(f"--links: {', '.join(sorted(unknown))} is not one of {', '.join(LINK_CHOICES)}")
     torch.set_num_threads(args.threads)
 
     from mt.alignment.adapt import Teacher, teacher_word_links

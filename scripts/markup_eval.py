@@ -38,6 +38,7 @@ import sys
 import time
 from collections import Counter
 
+from mt.alignment.adapt import LINK_CHOICES
 from mt.alignment.aer import load_gold
 from mt.inference.markup import MAX_GAP, align_and_transfer, markup_problems, parse, transfer
 
@@ -259,7 +260,7 @@ def main() -> None:
         "priors gets a row (default: --adapt)",
     )
     parser.add_argument(
-        "--adapt-links", choices=("auto", "aligner", "intersect", "union", "grow-diag-final-and"),
+        "--adapt-links", choices=LINK_CHOICES,
         help="with --adapt: mt-align's --adapt-links (default: mt-align's)",
     )
     parser.add_argument("--multi30k", action="store_true", help="eflomal also learns from the Multi30k train bitext")

@@ -210,11 +210,14 @@ def adapted(
 
 
 def combined_links(
-    teacher: Teacher, aligner_links: Sequence[Sequence[tuple[int, int]]], teacher_links: Sequence[Sequence[tuple[int, int]]]
+    teacher: Teacher,
+    aligner_links: Sequence[Sequence[tuple[int, int]]],
+    teacher_links: Sequence[Sequence[tuple[int, int]]],
 ) -> list[list[tuple[int, int]]]:
     """The links given out under ``teacher.links``: the aligner's as they are (``aligner``), or
-    combined with the teacher's by that heuristic (``auto``: grow-diag-final-and) (:func:`mt.alignment.symmetrize.symmetrize`,
-    the aligner's as the forward direction). All 0-based ``(src_word, tgt_word)``, sorted."""
+    combined with the teacher's by that heuristic (``auto``: grow-diag-final-and), the aligner's
+    as the forward direction (:func:`mt.alignment.symmetrize.symmetrize`). All 0-based
+    ``(src_word, tgt_word)``, sorted."""
     links = AUTO_LINKS if teacher.links == "auto" else teacher.links
     if links == "aligner":
         return [sorted(pair) for pair in aligner_links]
