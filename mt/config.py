@@ -34,6 +34,7 @@ LANGUAGES = ("de", "en", "fr", "cs")  # Multi30k's
 DATA_SOURCES = ("multi30k", "hf", "files")
 FILE_FORMATS = ("text", "tsv", "jsonl")
 POSITIONAL_EMBEDDINGS = ("sinusoidal", "learned", "none")
+DROPOUT_MASKS = ("bits", "bernoulli")  # how dropout draws its masks (mt.model.dropout)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TRAINABLE = ("all", "alignment")
 ALIGNER_INPUTS = ("shift", "predict", "both")
@@ -243,6 +244,13 @@ class ModelConfig:
         dropout: dropout on embeddings and sublayer outputs (residual dropout).
         ffn_dropout: dropout on the feed-forward activation (fairseq's activation_dropout);
             off by default: on CPU the random masks cost more than they bring on small models.
+        dropout_masks: how every dropout of the model (residual, embedding, attention weights,
+            FFN, aligner) draws its masks on the CPU: ``bits`` (16 random bits per element
+            from one 64-bit draw, the drop probability rounded to a multiple of 2⁻¹⁶; half the
+            cost of a training step's masks) or ``bernoulli`` (``torch.nn.functional.dropout``,
+            the masks of runs trained before ``bits``). The same distribution either way; CUDA
+            and ``train.compile`` use torch's own (:mod:`mt.model.dropout`). A training
+            setting: a run started from a checkpoint may change it.
         activation: ``relu`` or ``gelu``.
         max_positions: longest sequence (in subword tokens, EOS included) the model accepts.
         share_embeddings: one embedding matrix for source and target (needs a joint vocabulary).
@@ -256,6 +264,7 @@ class ModelConfig:
     positional_embedding: str = "sinusoidal"
     dropout: float = 0.1
     ffn_dropout: float = 0.0
+    dropout_masks: str = "bits"
     activation: str = "relu"
     max_positions: int = 256
     share_embeddings: bool = True
@@ -274,6 +283,7 @@ def _check_model(model: ModelConfig) -> None:
     require(model.max_positions > 1, "model.max_positions", model.max_positions, "must be > 1")
     require(0 <= model.dropout < 1, "model.dropout", model.dropout, "must be in [0, 1)")
     require(0 <= model.ffn_dropout < 1, "model.ffn_dropout", model.ffn_dropout, "must be in [0, 1)")
+    require(model.dropout_masks in DROPOUT_MASKS, "model.dropout_masks", model.dropout_masks, "allowed: " + ", ".join(DROPOUT_MASKS))
     for side, n_layers in (("encoder", model.encoder.n_layers), ("decoder", model.decoder.n_layers)):
         require(n_layers > 0, f"model.{side}.n_layers", n_layers, "must be > 0")
     require(

@@ -7,6 +7,7 @@
     python scripts/bench_train.py --alignment-weight 0.1 [--full-context] --steps 100  # guided alignment's cost
     python scripts/bench_train.py --layers 6+1 --steps 100                     # another depth (deep encoder, shallow decoder)
     python scripts/bench_train.py --ffn-dim 2048 --steps 100                   # another width (also --d-model)
+    python scripts/bench_train.py --dropout-masks bernoulli --steps 20         # torch's dropout masks (model.dropout_masks)
     python scripts/bench_train.py --minutes 10                                # resident memory over time
 
 Both systems train on the same real Multi30k de→en batches, read by the trainer's own data
@@ -101,7 +102,7 @@ import time
 
 import torch
 
-from mt.config import Config, DataConfig, ModelConfig, TrainConfig, model_preset, validate
+from mt.config import DROPOUT_MASKS, Config, DataConfig, ModelConfig, TrainConfig, model_preset, validate
 from mt.errors import ConfigError
 
 SYSTEMS = {
@@ -339,6 +340,7 @@ def run_system(system: str, batches_path: str, args: argparse.Namespace) -> dict
     command += ["--optimizer-impl", args.optimizer_impl]
     command += ["--profile"] if args.profile else []
     command += ["--attention-dropout", str(args.attention_dropout)] if args.attention_dropout is not None else []
+    command += ["--dropout-masks", args.dropout_masks]
     command += ["--layers", "+".join(map(str, args.layers))] if args.layers else []
     command += ["--d-model", str(args.d_model)] if args.d_model else []
     command += ["--ffn-dim", str(args.ffn_dim)] if args.ffn_dim else []
@@ -419,6 +421,7 @@ def measure_one(system: str, args: argparse.Namespace) -> dict:
     if train_cfg.onednn_cache_capacity >= 0:  # as the trainer does, before the first matmul
         set_onednn_cache_capacity(train_cfg.onednn_cache_capacity)
     cfg = model_config(args.model, args.attention_dropout, args.layers, args.d_model, args.ffn_dim)
+    cfg.dropout_masks = args.dropout_masks
     cfg.alignment.full_context = guided and args.full_context
     if system == "hf":
         import transformers  # noqa: F401  (imported before the baseline: its import cost is not the model's)
@@ -541,6 +544,10 @@ def main() -> None:
         "--attention-dropout", type=float, help="dropout on the attention weights of every site (default: the config's)"
     )
     parser.add_argument(
+        "--dropout-masks", choices=DROPOUT_MASKS, default=ModelConfig().dropout_masks,
+        help="how ours draws its dropout masks, as model.dropout_masks (default: the model's default)",
+    )
+    parser.add_argument(
         "--optimizer-impl", choices=["fused", "foreach", "for-loop"], default=TrainConfig().optimizer_impl,
         help="AdamW kernel, as train.optimizer_impl (default: the trainer's default)",
     )
@@ -581,6 +588,7 @@ def main() -> None:
         if value < least:
             parser.error(f"{flag} must be >= {least}, got {value}")
     cfg = model_config(args.model, args.attention_dropout, args.layers, args.d_model, args.ffn_dim)
+    cfg.dropout_masks = args.dropout_masks
     try:  # the trainer's own checks (e.g. --d-model a multiple of the heads)
         validate(Config(model=cfg))
     except ConfigError as error:
@@ -689,6 +697,7 @@ def main() -> None:
                 "compile": args.compile,
                 "optimizer_impl": args.optimizer_impl,
                 "attention_dropout": args.attention_dropout,
+                "dropout_masks": args.dropout_masks,
                 "d_model": cfg.d_model,
                 "ffn_dim": cfg.ffn_dim,
                 "threads": ours["threads"],

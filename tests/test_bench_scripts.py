@@ -228,3 +228,35 @@ def test_bench_train_tokens_per_s_is_the_timed_target_tokens_over_the_timed_time
     assert steps >= 1 and tokens == steps * step_tokens
     seconds = tokens / json.loads(result.stdout.strip().splitlines()[-1])["tokens_per_s"]
     assert 60 * MINUTES <= seconds < wall_seconds
+
+
+def test_bench_levers_times_every_batch_with_both_settings_in_alternating_order(monkeypatch):
+    """Each timed batch is trained once per setting, today's first on even batches; the
+    warm-up is not timed; the dropout switch reaches every dropout and attention site."""
+    import bench_levers
+
+    from mt.config import ModelConfig, TrainConfig
+    from mt.model.attention import MultiHeadAttention
+    from mt.model.dropout import Dropout
+    from mt.training.step import build_optimization
+
+    cfg = ModelConfig(d_model=16, ffn_dim=32)
+    model = Transformer(cfg, VOCAB, VOCAB, 0).train()
+    bench_levers.set_dropout_masks(model, "bernoulli")
+    assert {m.masks for m in model.modules() if isinstance(m, Dropout)} == {"bernoulli"}
+    assert {m.dropout_masks for m in model.modules() if isinstance(m, MultiHeadAttention)} == {"bernoulli"}
+
+    calls = []
+    monkeypatch.setitem(bench_levers.LEVERS, "dropout_masks", ("bernoulli", "bits", lambda m, value: calls.append(value)))
+    torch.manual_seed(0)
+    batches = []
+    for length in (5, 7, 6, 4):
+        src_ids = torch.randint(3, VOCAB, (2, length))
+        tgt_out = torch.randint(3, VOCAB, (2, length))
+        tgt_out[1, -2:] = 0  # padding
+        batches.append((src_ids, tgt_out, tgt_out, None))
+    opt = build_optimization(model, TrainConfig(), torch.device("cpu"), "fp32")
+    run = bench_levers.paired_steps(model, opt, batches, 1, "dropout_masks", 0)
+    assert calls == ["bernoulli", "bits", "bits", "bernoulli", "bernoulli", "bits", "bits", "bernoulli"]
+    assert [len(run["times"][v]) for v in ("bernoulli", "bits")] == [3, 3]
+    assert run["tokens"] == [int((b[1] != 0).sum()) for b in batches[1:]]

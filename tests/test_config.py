@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from mt.data.batching import collate
 from mt.config import (
     Config,
+    ModelConfig,
     from_hydra,
     model_config_from_dict,
     model_preset,
@@ -278,6 +279,8 @@ def test_a_checkpoint_saved_before_options_were_removed_still_gives_its_model_co
     expected = copy.deepcopy(saved)
     for key in REMOVED_MODEL_KEYS:
         del expected["aligner"][key]
+    assert "dropout_masks" not in saved  # a key added since: its default
+    expected["dropout_masks"] = ModelConfig().dropout_masks
     assert to_dict(model_config_from_dict(saved)) == expected
     assert all(key in saved["aligner"] for key in REMOVED_MODEL_KEYS)  # the checkpoint's dict is left as it was
 

@@ -173,9 +173,10 @@ def test_model_keys_given_on_the_command_line_must_agree_with_the_checkpoint():
         "config": {"data": {"src_lang": "fr", "tgt_lang": "en", "max_len": 40, "data_dir": "elsewhere"}},
     }
     cfg = Config()
-    cfg.model.d_model, cfg.model.dropout, cfg.data.max_len = 64, 0.3, 50
-    result = init_config(checkpoint, cfg, ["model.dropout", "data.max_len"], "ckpt.pt")
+    cfg.model.d_model, cfg.model.dropout, cfg.model.dropout_masks, cfg.data.max_len = 64, 0.3, "bernoulli", 50
+    result = init_config(checkpoint, cfg, ["model.dropout", "model.dropout_masks", "data.max_len"], "ckpt.pt")
     assert result.model.d_model == 32 and result.model.dropout == 0.3  # dropout may change, the shape comes along
+    assert result.model.dropout_masks == "bernoulli"
     assert (result.data.src_lang, result.data.max_len, result.data.data_dir) == ("fr", 50, "data")
     assert result.decoding.beam_size == 3
     with pytest.raises(ConfigError, match="config key 'model.d_model' = 64 contradicts train.init_from=ckpt.pt"):

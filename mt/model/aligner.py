@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mt.config import AlignerConfig, AttentionConfig
+from mt.model.dropout import Dropout
 from mt.model.layers import DecoderLayer
 
 LEXICON_SMOOTHING = 0.1  # added to every link count c(s, t): an unseen pair scores log 0.1
@@ -84,10 +85,18 @@ class Aligner(nn.Module):
         n_src_states, n_tgt_states: how many state tensors each side of
             :meth:`mt.model.transformer.Transformer.layer_states` returns (layers + 1).
         src_vocab, tgt_vocab: vocabulary sizes, for ``cfg.lexicon``.
+        dropout_masks: how its dropout masks are drawn (``model.dropout_masks``).
     """
 
     def __init__(
-        self, cfg: AlignerConfig, d_model: int, n_src_states: int, n_tgt_states: int, src_vocab: int, tgt_vocab: int
+        self,
+        cfg: AlignerConfig,
+        d_model: int,
+        n_src_states: int,
+        n_tgt_states: int,
+        src_vocab: int,
+        tgt_vocab: int,
+        dropout_masks: str = "bits",
     ):
         super().__init__()
         self.cfg = cfg
@@ -97,14 +106,15 @@ class Aligner(nn.Module):
         self.predict_proj = nn.Linear(d_model, d_model) if cfg.inputs in ("predict", "both") else None
         context = AttentionConfig(n_heads=cfg.n_heads, dropout=cfg.dropout)
         self.layers = nn.ModuleList(
-            DecoderLayer(d_model, cfg.ffn_dim, cfg.dropout, 0.0, "relu", context, context) for _ in range(cfg.n_layers)
+            DecoderLayer(d_model, cfg.ffn_dim, cfg.dropout, 0.0, "relu", context, context, dropout_masks)
+            for _ in range(cfg.n_layers)
         )
         self.query_norm = nn.LayerNorm(d_model)
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.n_heads = cfg.align_heads
         self.head_dim = d_model // cfg.align_heads
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout, dropout_masks)
         # per alignment head, softplus(·) = how much one unit of distance from the diagonal costs
         self.diagonal = nn.Parameter(torch.zeros(cfg.align_heads)) if cfg.position_bias else None
         self.lexicon = Lexicon(src_vocab, tgt_vocab) if cfg.lexicon else None

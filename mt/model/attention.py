@@ -5,8 +5,8 @@ head_dim = d_model / n_heads.
 
 Mask convention everywhere: bool, True = may attend (as ``scaled_dot_product_attention``).
 
-A variant is a *kernel*: a function ``(q, k, v, mask, causal, dropout_p, need_weights) ->
-(out, weights)`` that sees only already-projected heads; its own knobs (``window``,
+A variant is a *kernel*: a function ``(q, k, v, mask, causal, dropout_p, need_weights, *,
+dropout_masks) -> (out, weights)`` that sees only already-projected heads; its own knobs (``window``,
 ``top_k``) are bound from the site's config by its entry in :data:`KERNELS`, the one dispatch
 point. The schema names the variants, where each may run and its knobs
 (:data:`mt.config.ATTENTION_TYPES`, ``SELF_ATTENTION_ONLY``, ``ATTENTION_KNOBS``) and checks
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mt.config import ATTENTION_TYPES, AttentionConfig
+from mt.model.dropout import dropout, uses_bits
 
 
 class KVCache:
@@ -90,7 +91,7 @@ class KVCache:
 
 
 Cache = dict[str, "torch.Tensor | KVCache"]  # self-attention: {"kv": KVCache}; cross-attention: {"k", "v"}
-Kernel = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]  # (q, k, v, mask, causal, dropout_p, need_weights)
+Kernel = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]  # (q, k, v, mask, causal, dropout_p, need_weights, *, dropout_masks)
 SHORT_QUERIES = 8  # full_attention: up to this many queries per row, without dropout, skip the fused kernel
 
 
@@ -125,6 +126,8 @@ def full_attention(
     causal: bool,
     dropout_p: float,
     need_weights: bool,
+    *,
+    dropout_masks: str = "bits",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scaled dot-product attention, softmax(q kᵀ / √head_dim) v (Vaswani et al. 2017, §3.2.1).
 
@@ -138,7 +141,10 @@ def full_attention(
         need_weights: also return the attention weights. Without it the fused
             ``torch.nn.functional.scaled_dot_product_attention`` kernel runs and no
             (tgt_len, src_len) matrix is kept, unless there are at most :data:`SHORT_QUERIES`
-            queries and no dropout (a decoding step), where two matmuls are faster.
+            queries and no dropout (a decoding step), where two matmuls are faster, or the
+            dropout draws ``bits`` masks (:mod:`mt.model.dropout`; with dropout the fused
+            kernel falls back to its own unfused math on the CPU anyway).
+        dropout_masks: ``model.dropout_masks``, how the dropout masks are drawn.
 
     Returns:
         out: (batch, n_heads, tgt_len, head_dim).
@@ -151,14 +157,15 @@ def full_attention(
     # a decoding step (one query per row, or the beams of a sentence side by side): two small
     # matmuls beat the fused kernel, whose set-up costs more than it saves (4x in bf16 on CPU)
     few_queries = tgt_len <= SHORT_QUERIES and dropout_p == 0.0
-    if causal and (need_weights or few_queries or mask is not None or tgt_len != src_len):
+    fused = not (need_weights or few_queries or uses_bits(q, dropout_p, dropout_masks))
+    if causal and (not fused or mask is not None or tgt_len != src_len):
         # SDPA's is_causal aligns to the first key and cannot be combined with a mask
         mask, causal = _with_causal(mask, tgt_len, src_len, q.device), False
-    if not (need_weights or few_queries):
+    if fused:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
         return out, None
     weights = _masked_scores(q, k, mask).float().softmax(dim=-1).to(q.dtype)  # (batch, n_heads, tgt_len, src_len)
-    out = F.dropout(weights, p=dropout_p) @ v  # (batch, n_heads, tgt_len, head_dim)
+    out = dropout(weights, dropout_p, masks=dropout_masks) @ v  # (batch, n_heads, tgt_len, head_dim)
     return out, weights if need_weights else None
 
 
@@ -196,6 +203,7 @@ def local_attention(
     need_weights: bool,
     *,
     window: int,
+    dropout_masks: str = "bits",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sliding-window attention: each query sees keys within ``window`` positions
     (Longformer's sliding window, Beltagy et al. 2020); causal at decoder self-attention.
@@ -214,10 +222,12 @@ def local_attention(
         key_mask = mask[:, 0, 0, :]  # (batch, src_len): a padding mask
     banded = not need_weights and tgt_len == src_len and src_len > 2 * window + 1
     if banded and (mask is None or key_mask is not None):
-        return _sliding_chunks(q, k, v, key_mask, window, causal, dropout_p), None
+        return _sliding_chunks(q, k, v, key_mask, window, causal, dropout_p, dropout_masks), None
     allowed = band_mask(tgt_len, src_len, window, causal, q.device)
     allowed = allowed if mask is None else mask & allowed
-    return full_attention(q, k, v, _with_fallback_rows(allowed), False, dropout_p, need_weights)
+    return full_attention(
+        q, k, v, _with_fallback_rows(allowed), False, dropout_p, need_weights, dropout_masks=dropout_masks
+    )
 
 
 def _sliding_chunks(
@@ -228,6 +238,7 @@ def _sliding_chunks(
     window: int,
     causal: bool,
     dropout_p: float,
+    dropout_masks: str,
 ) -> torch.Tensor:
     """Banded attention in blocks of ``window`` queries, each against 3 blocks of keys.
 
@@ -262,7 +273,7 @@ def _sliding_chunks(
         allowed = allowed & keys[:, None, :, None, :]
     allowed = _with_fallback_rows(allowed)
     weights = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
-    out = F.dropout(weights, p=dropout_p) @ v_blocks  # (batch, n_heads, n_blocks, block, head_dim)
+    out = dropout(weights, dropout_p, masks=dropout_masks) @ v_blocks  # (batch, n_heads, n_blocks, block, head_dim)
     return out.view(batch, n_heads, padded, head_dim)[:, :, :length]
 
 
@@ -276,6 +287,7 @@ def topk_attention(
     need_weights: bool,
     *,
     top_k: int,
+    dropout_masks: str = "bits",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Explicit sparse attention: keep the ``top_k`` largest scores per query, mask the rest
     before the softmax (Zhao et al. 2019, "Explicit Sparse Transformer").
@@ -294,7 +306,7 @@ def topk_attention(
         kth = scores.topk(top_k, dim=-1).values[..., -1:]  # (batch, n_heads, tgt_len, 1)
         scores = scores.masked_fill(scores < kth, float("-inf"))
     weights = scores.softmax(dim=-1)
-    out = F.dropout(weights, p=dropout_p) @ v
+    out = dropout(weights, dropout_p, masks=dropout_masks) @ v
     return out, weights if need_weights else None
 
 
@@ -342,12 +354,14 @@ class MultiHeadAttention(nn.Module):
             positions), as :func:`mt.config.check_attention_site` accepts it
             (``mt.config.validate`` checks every site at start-up).
         causal: self-attention that may not look ahead (decoder self-attention).
+        dropout_masks: how the weights' dropout masks are drawn (``model.dropout_masks``,
+            :mod:`mt.model.dropout`).
 
     Raises:
         ValueError: unknown ``cfg.type`` (the message lists the valid ones).
     """
 
-    def __init__(self, d_model: int, cfg: AttentionConfig, causal: bool = False):
+    def __init__(self, d_model: int, cfg: AttentionConfig, causal: bool = False, dropout_masks: str = "bits"):
         super().__init__()
         if cfg.type not in KERNELS:
             raise ValueError(f"unknown attention type {cfg.type!r}; valid: {', '.join(KERNELS)}")
@@ -356,6 +370,7 @@ class MultiHeadAttention(nn.Module):
         self.n_kv_heads = n_kv_heads
         self.head_dim = d_model // cfg.n_heads
         self.dropout = cfg.dropout
+        self.dropout_masks = dropout_masks
         self.causal = causal
         self.rope = cfg.positions == "rope"
         self.kernel = KERNELS[cfg.type](cfg)
@@ -432,7 +447,7 @@ class MultiHeadAttention(nn.Module):
         if group > 1:  # the queries of a group side by side: (batch / group, n_heads, group * tgt_len, head_dim)
             q = q.view(batch // group, group, self.n_heads, tgt_len, self.head_dim).transpose(1, 2)
             q = q.reshape(batch // group, self.n_heads, group * tgt_len, self.head_dim)
-        out, weights = self.kernel(q, k, v, mask, causal, dropout_p, need_weights)
+        out, weights = self.kernel(q, k, v, mask, causal, dropout_p, need_weights, dropout_masks=self.dropout_masks)
         if group > 1:
             out = out.view(batch // group, self.n_heads, group, tgt_len, self.head_dim).transpose(1, 2)
             if weights is not None:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mt.model.attention import Cache, MultiHeadAttention
+from mt.model.dropout import Dropout
 from mt.config import AttentionConfig
 
 
@@ -33,12 +34,13 @@ def sinusoidal_positions(n_positions: int, d_model: int) -> torch.Tensor:
 class FeedForward(nn.Module):
     """Position-wise feed-forward block: Linear(d_model→ffn_dim) → activation → Linear(ffn_dim→d_model)."""
 
-    def __init__(self, d_model: int, ffn_dim: int, dropout: float, activation: str):
-        """``dropout`` applies to the activation (inner width); 0 skips it."""
+    def __init__(self, d_model: int, ffn_dim: int, dropout: float, activation: str, dropout_masks: str = "bits"):
+        """``dropout`` applies to the activation (inner width); 0 skips it. ``dropout_masks``:
+        how its masks are drawn (:mod:`mt.model.dropout`)."""
         super().__init__()
         self.in_proj = nn.Linear(d_model, ffn_dim)
         self.out_proj = nn.Linear(ffn_dim, d_model)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout, dropout_masks) if dropout > 0 else nn.Identity()
         self.activation = F.gelu if activation == "gelu" else F.relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,13 +59,14 @@ class EncoderLayer(nn.Module):
         ffn_dropout: float,
         activation: str,
         self_attention: AttentionConfig,
+        dropout_masks: str = "bits",
     ):
         super().__init__()
         self.self_attention_norm = nn.LayerNorm(d_model)
-        self.self_attention = MultiHeadAttention(d_model, self_attention)
+        self.self_attention = MultiHeadAttention(d_model, self_attention, dropout_masks=dropout_masks)
         self.ffn_norm = nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model, ffn_dim, ffn_dropout, activation)
-        self.dropout = nn.Dropout(dropout)
+        self.ffn = FeedForward(d_model, ffn_dim, ffn_dropout, activation, dropout_masks)
+        self.dropout = Dropout(dropout, dropout_masks)
 
     def forward(self, x: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
         """x: (batch, src_len, d_model); src_mask: (batch, src_len) bool, True = real token."""
@@ -84,15 +87,16 @@ class DecoderLayer(nn.Module):
         activation: str,
         self_attention: AttentionConfig,
         cross_attention: AttentionConfig,
+        dropout_masks: str = "bits",
     ):
         super().__init__()
         self.self_attention_norm = nn.LayerNorm(d_model)
-        self.self_attention = MultiHeadAttention(d_model, self_attention, causal=True)
+        self.self_attention = MultiHeadAttention(d_model, self_attention, causal=True, dropout_masks=dropout_masks)
         self.cross_attention_norm = nn.LayerNorm(d_model)
-        self.cross_attention = MultiHeadAttention(d_model, cross_attention)
+        self.cross_attention = MultiHeadAttention(d_model, cross_attention, dropout_masks=dropout_masks)
         self.ffn_norm = nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model, ffn_dim, ffn_dropout, activation)
-        self.dropout = nn.Dropout(dropout)
+        self.ffn = FeedForward(d_model, ffn_dim, ffn_dropout, activation, dropout_masks)
+        self.dropout = Dropout(dropout, dropout_masks)
 
     def forward(
         self,

@@ -9,6 +9,7 @@ from torch import nn
 
 from mt.model.aligner import Aligner, target_pieces
 from mt.model.attention import Cache, KVCache
+from mt.model.dropout import Dropout
 from mt.config import ModelConfig
 from mt.model.layers import DecoderLayer, EncoderLayer, sinusoidal_positions
 from mt.data.tokenizer import EOS_ID
@@ -45,10 +46,16 @@ class Transformer(nn.Module):
             self.learned_positions = nn.Embedding(cfg.max_positions, cfg.d_model)
         elif cfg.positional_embedding == "sinusoidal":
             self.register_buffer("positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False)
-        self.embedding_dropout = nn.Dropout(cfg.dropout)
+        self.embedding_dropout = Dropout(cfg.dropout, cfg.dropout_masks)
         self.encoder_layers = nn.ModuleList(
             EncoderLayer(
-                cfg.d_model, cfg.ffn_dim, cfg.dropout, cfg.ffn_dropout, cfg.activation, cfg.encoder.self_attention
+                cfg.d_model,
+                cfg.ffn_dim,
+                cfg.dropout,
+                cfg.ffn_dropout,
+                cfg.activation,
+                cfg.encoder.self_attention,
+                cfg.dropout_masks,
             )
             for _ in range(cfg.encoder.n_layers)
         )
@@ -62,6 +69,7 @@ class Transformer(nn.Module):
                 cfg.activation,
                 cfg.decoder.self_attention,
                 cfg.decoder.cross_attention,
+                cfg.dropout_masks,
             )
             for _ in range(cfg.decoder.n_layers)
         )
@@ -69,7 +77,15 @@ class Transformer(nn.Module):
         self.output_proj = nn.Linear(cfg.d_model, tgt_vocab_size, bias=False)
         # the word aligner on top (mt/model/aligner.py), reading the embeddings and every layer's output
         self.aligner = (
-            Aligner(cfg.aligner, cfg.d_model, cfg.encoder.n_layers + 1, cfg.decoder.n_layers + 1, src_vocab_size, tgt_vocab_size)
+            Aligner(
+                cfg.aligner,
+                cfg.d_model,
+                cfg.encoder.n_layers + 1,
+                cfg.decoder.n_layers + 1,
+                src_vocab_size,
+                tgt_vocab_size,
+                cfg.dropout_masks,
+            )
             if cfg.aligner.enabled
             else None
         )

@@ -25,7 +25,7 @@ from mt.errors import ConfigError
 from mt.training.training_data import SAMPLING_KEYS
 
 # model keys a run started from a checkpoint may change: they leave the weights' meaning alone
-_INIT_CHANGEABLE = ("dropout", "ffn_dropout")
+_INIT_CHANGEABLE = ("dropout", "ffn_dropout", "dropout_masks")
 # data keys that describe this run, not the data the checkpoint learnt from: never inherited
 _RUN_DATA_KEYS = ("data_dir", "mirror", "alignments", "alignments_path", "alignments_symmetrize", "alignments_unit")
 
@@ -34,7 +34,7 @@ def init_config(checkpoint: dict, cfg: Config, given: Sequence[str], source: str
     """The config of a run that starts from a checkpoint (``train.init_from``, or resuming such
     a run): ``cfg`` with the checkpoint's ``model``, ``tokenizer``, ``data`` and ``decoding``.
 
-    - ``model``: the checkpoint's, with the dropout rates the command line set; any other model
+    - ``model``: the checkpoint's, with the dropout rates and masks the command line set; any other model
       key the command line set must agree with the checkpoint's;
     - ``model.aligner``: ``cfg``'s when ``cfg.model.aligner.enabled`` (e.g. ``experiment=align``:
       every key applied), else the checkpoint's; then a ``model.aligner.*`` key the command line

@@ -1,0 +1,159 @@
+"""A training-throughput lever against today's setting, each batch timed with both in one process.
+
+    python scripts/bench_levers.py dropout_masks --steps 20            # bits masks vs bernoulli_
+    python scripts/bench_levers.py dropout_masks --precision bf16 --steps 40 --warmup 5
+
+On a shared host the speed of the machine drifts by a third between runs of a minute (the peak
+matmul rate ``bench_train.py`` measures moved from 107 to 168 GFLOP/s on one 2-core AMD EPYC
+within ten minutes), more than most levers move it. So this script trains *one* model on the
+same batches as ``scripts/bench_train.py`` (the trainer's data path, ``train_step`` on an
+``Optimization`` from ``TrainConfig``) and makes two updates from every timed batch: one with
+the lever's *today* setting and one with its *new* setting, in alternating order (today, new;
+new, today; …) so that neither side always runs on a warm cache. Each update's wall time is
+recorded; the report gives target tokens/s of each side over all its updates, their ratio
+(new / today) and the median and quartiles of the per-batch ratios. Only the lever's setting
+changes between the two updates of a batch; the weights evolve over both, which does not change
+what an update costs.
+
+Levers (``LEVERS``; switched on the built model, without rebuilding it):
+
+- ``dropout_masks``: ``model.dropout_masks`` ``bernoulli`` (today: ``torch.nn.functional.dropout``)
+  against ``bits`` (:mod:`mt.model.dropout`) at every dropout of the model.
+
+The last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train.py: the data and the model configs
+from bench_train import apply_device_and_threads, load_training_data, model_config, sync, training_batches  # noqa: E402
+
+
+def set_dropout_masks(model: torch.nn.Module, masks: str) -> None:
+    """``model.dropout_masks = masks`` on a built model: every dropout module and attention site."""
+    from mt.model.attention import MultiHeadAttention
+    from mt.model.dropout import Dropout
+
+    for module in model.modules():
+        if isinstance(module, Dropout):
+            module.masks = masks
+        elif isinstance(module, MultiHeadAttention):
+            module.dropout_masks = masks
+
+
+# name -> (today's value, the new value, how to switch a built model to a value)
+LEVERS: dict[str, tuple[str, str, Callable[[torch.nn.Module, str], None]]] = {
+    "dropout_masks": ("bernoulli", "bits", set_dropout_masks),
+}
+
+
+def paired_steps(model, opt, batches, warmup: int, lever: str, pad_id: int) -> dict:
+    """Warm up on ``batches[:warmup]`` (each setting once), then two timed updates per batch.
+
+    Returns: per side the seconds and target tokens of every timed update, in batch order.
+    """
+    from mt.data.batching import Batch
+    from mt.training.step import train_step
+
+    today, new, switch = LEVERS[lever]
+    times: dict[str, list[float]] = {today: [], new: []}
+    tokens: list[int] = []
+    for i, (src_ids, tgt_in, tgt_out, _) in enumerate(batches):
+        n_tokens = int((tgt_out != pad_id).sum())
+        order = (today, new) if i % 2 == 0 else (new, today)
+        for value in order:
+            switch(model, value)
+            sync(opt.device)
+            start = time.perf_counter()
+            result = train_step(opt, [Batch(src_ids, tgt_in, tgt_out, [], None)], n_tokens)
+            sync(opt.device)
+            if not result.finite:
+                raise RuntimeError(f"non-finite gradient at batch {i + 1} ({lever}={value})")
+            if i >= warmup:
+                times[value].append(time.perf_counter() - start)
+        if i >= warmup:
+            tokens.append(n_tokens)
+    return {"times": times, "tokens": tokens}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("lever", choices=list(LEVERS), help="the lever to time against today's setting")
+    parser.add_argument("--model", choices=["default", "base"], default="default")
+    parser.add_argument("--steps", type=int, default=20, help="timed batches, each trained twice (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed batches before them, each trained twice (default 3)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--data-dir", default="data", help="corpus and cache folder, as data.data_dir (default: data)")
+    args = parser.parse_args()
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be >= 1 and --warmup >= 0")
+    apply_device_and_threads(parser, args)
+
+    from mt.config import TrainConfig
+    from mt.data.tokenizer import PAD_ID
+    from mt.errors import MtError
+    from mt.model.transformer import Transformer
+    from mt.training.memory import set_onednn_cache_capacity
+    from mt.training.step import build_optimization
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    train_cfg = TrainConfig()
+    try:
+        data, _ = load_training_data(args.data_dir, os.environ.get("MT_DATA_MIRROR") or None, train_cfg.batch_tokens)
+    except MtError as error:
+        sys.exit(f"bench_levers: error: {error}")
+    batches = training_batches(data, train_cfg, args.warmup + args.steps)
+    set_onednn_cache_capacity(train_cfg.onednn_cache_capacity)  # as the trainer does
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    cfg = model_config(args.model)
+    vocab = data.tokenizer.src_vocab_size
+    model = Transformer(cfg, vocab, vocab, PAD_ID).to(device).train()
+    opt = build_optimization(model, train_cfg, device, args.precision)
+    run = paired_steps(model, opt, batches, args.warmup, args.lever, PAD_ID)
+
+    today, new, _ = LEVERS[args.lever]
+    total = sum(run["tokens"])
+    rate = {value: total / sum(run["times"][value]) for value in (today, new)}
+    ratios = sorted(a / b for a, b in zip(run["times"][today], run["times"][new]))  # new's speed-up per batch
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    print(
+        f"model {args.model}, device {args.device}, precision {args.precision}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; {args.warmup} warm-up + {args.steps} timed batches, each trained with both settings"
+    )
+    print(f"{args.lever:<18} | {'tgt tokens/s':>12}")
+    for value in (today, new):
+        print(f"{value + (' (today)' if value == today else ''):<18} | {rate[value]:>12.0f}")
+    print(
+        f"{new}/{today}: {rate[new] / rate[today]:.3f}x over all batches; per batch median {quartiles[1]:.3f}x "
+        f"(quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f})"
+    )
+    print(
+        json.dumps(
+            {
+                "lever": args.lever, "today": today, "new": new,
+                "today_tokens_per_s": rate[today], "new_tokens_per_s": rate[new], "ratio": rate[new] / rate[today],
+                "median_batch_ratio": quartiles[1], "quartiles": [quartiles[0], quartiles[2]],
+                "precision": args.precision, "device": args.device, "threads": torch.get_num_threads(),
+                "steps": args.steps, "model": args.model,
+            }
+        )
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
