@@ -104,7 +104,9 @@ def test_translate_n_best_jsonl_with_alignments_of_mt_align(smoke_run):
 
 def test_export_to_ctranslate2_gives_mt_translate_greedy_pieces(smoke_run, tmp_path):
     """mt-export --format ctranslate2, then ctranslate2.Translator greedy on 100 validation
-    sentences: the same pieces as mt-translate --beam-size 1, with the same output limit."""
+    sentences: the same pieces as mt-translate --beam-size 1, with the same output limit, but
+    where the two part at a near tie (:func:`tie_gap`: the smoke model is barely trained, and
+    float32 sums in another order may pick either of two pieces within 1e-3 nats)."""
     ctranslate2 = pytest.importorskip("ctranslate2")
     run_dir, _, data_dir = smoke_run
     run("mt-export", run_dir, "--format", "ctranslate2", "--out", tmp_path / "ct2")
@@ -115,7 +117,7 @@ def test_export_to_ctranslate2_gives_mt_translate_greedy_pieces(smoke_run, tmp_p
 
     import sentencepiece
 
-    _, _, info = load_for_inference(run_dir)
+    model, tokenizer, info = load_for_inference(run_dir)
     decoding = info["decoding"]
     processor = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "ct2" / "sentencepiece.model"))
     translator = ctranslate2.Translator(str(tmp_path / "ct2"), device="cpu", compute_type="float32")
@@ -126,7 +128,23 @@ def test_export_to_ctranslate2_gives_mt_translate_greedy_pieces(smoke_run, tmp_p
         limit = int(max_lengths(src_ids, 0, decoding.max_len_a, decoding.max_len_b, 10**6))  # ours: EOS included
         result = translator.translate_batch([pieces], beam_size=1, max_decoding_length=limit - 1)
         theirs.append(result[0].hypotheses[0])
-    assert theirs == ours
+    parted = [(source, a, b) for source, a, b in zip(sources, theirs, ours) if a != b]
+    assert len(parted) <= 5, f"{len(parted)} of 100 sentences differ"
+    for source, a, b in parted:
+        assert tie_gap(model, tokenizer, source, a, b) < 1e-3, (source, a, b)
+
+
+def tie_gap(model, tokenizer, source: str, a: list[str], b: list[str]) -> float:
+    """|log p(a_t) − log p(b_t)| under ``model`` after the common prefix, t the first position
+    where the greedy target pieces ``a`` and ``b`` (without EOS) differ (an ended one: EOS)."""
+    a, b = a + ["</s>"], b + ["</s>"]
+    t = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    piece_id = lambda piece: tokenizer.eos_id if piece == "</s>" else tokenizer.tgt.piece_to_id(piece)  # noqa: E731
+    src_ids = torch.tensor([tokenizer.encode_src([source])[0] + [tokenizer.eos_id]])
+    tgt_in = torch.tensor([[tokenizer.bos_id] + [piece_id(piece) for piece in b[:t]]])
+    with torch.no_grad():
+        log_probs = model(src_ids, tgt_in).log_softmax(-1)[0, -1]
+    return abs(float(log_probs[piece_id(a[t])] - log_probs[piece_id(b[t])]))
 
 
 def test_evaluate_json_matches_sacrebleu_on_its_own_output(smoke_run, tmp_path):
