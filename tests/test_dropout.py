@@ -81,6 +81,8 @@ def test_bernoulli_masks_are_torchs_dropout_and_eval_or_zero_rate_is_the_identit
     assert dropout(x, 0.0) is x
     module = Dropout(0.1).eval()
     assert module(x) is x
+    nearly_all = dropout(torch.ones(1 << 20), 0.999999)  # rounds to 2⁻¹⁶ kept, not to all dropped
+    assert drop_probability(0.999999) == 1 - 2**-16 and torch.isfinite(nearly_all).all()
     with pytest.raises(ValueError, match="dropout masks 'coin'"):
         dropout(x, 0.1, masks="coin")
 

@@ -28,9 +28,14 @@ from mt.config import DROPOUT_MASKS
 LEVELS = 1 << 16  # the bits mask's resolution: 16 bits per element
 
 
+def _dropped_levels(p: float) -> int:
+    return min(round(p * LEVELS), LEVELS - 1)  # p < 1 stays < 1: something is always kept
+
+
 def drop_probability(p: float) -> float:
-    """The probability ``masks="bits"`` drops an element with: ``p`` rounded to a multiple of 2⁻¹⁶."""
-    return round(p * LEVELS) / LEVELS
+    """The probability ``masks="bits"`` drops an element with: ``p`` rounded to a multiple of
+    2⁻¹⁶, at most 1 − 2⁻¹⁶."""
+    return _dropped_levels(p) / LEVELS
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
@@ -44,7 +49,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
         n *= size
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)  # every bit uniform
     lanes = words.view(torch.int16)[:n].view(shape)  # uniform over [-2¹⁵, 2¹⁵)
-    return lanes >= round(p * LEVELS) - LEVELS // 2
+    return lanes >= _dropped_levels(p) - LEVELS // 2
 
 
 class _BitsDropout(torch.autograd.Function):
