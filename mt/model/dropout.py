@@ -83,9 +83,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True, masks: str = "bits
         raise ValueError(f"unknown dropout masks {masks!r}; allowed: {', '.join(DROPOUT_MASKS)}")
     if not training or p == 0.0:
         return x
-    if masks == "bernoulli" or x.device.type != "cpu" or torch.compiler.is_compiling():
-        return F.dropout(x, p, training=True)
-    return _BitsDropout.apply(x, p)
+    return _BitsDropout.apply(x, p) if uses_bits(x, p, masks) else F.dropout(x, p, training=True)
 
 
 def uses_bits(x: torch.Tensor, p: float, masks: str) -> bool:
