@@ -73,3 +73,22 @@ def test_without_gradients_it_builds_no_graph_and_gives_the_same_loss():
         loss = linear_cross_entropy(hidden, weight, target, 0.1, chunk_elements=7 * VOCAB)
     assert loss.grad_fn is None
     torch.testing.assert_close(loss, expected.detach())
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_logits_far_below_the_row_maximum_still_give_pytorchs_loss_and_gradients(label_smoothing):
+    # logits spread over hundreds of nats, as a trained model's are: most exp(z − max) underflow
+    # float32, which the chunked loss floors (mt.training.objective._EXP_FLOOR) to keep it fast
+    hidden, weight, target = inputs(2)
+    with torch.no_grad():
+        hidden *= 25.0
+    logits = F.linear(hidden, weight).detach()
+    spread = logits.max(1).values - logits.min(1).values
+    assert float(spread.min()) > 200  # every row has logits beyond exp's float32 range
+    expected = reference(hidden.double(), weight.double(), target, label_smoothing)
+    expected_grads = torch.autograd.grad(expected, [hidden, weight])
+    loss = linear_cross_entropy(hidden, weight, target, label_smoothing, chunk_elements=7 * VOCAB)
+    grads = torch.autograd.grad(loss, [hidden, weight])
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))

@@ -166,28 +166,58 @@ def linear_cross_entropy(
         return _chunked_loss(hidden.detach(), weight.detach(), target, label_smoothing, chunk_size, dtype, False)[0]
 
 
+# exp() of a float32 below about −87.3 is subnormal, and the CPU's vectorised exp computes such
+# results about 4× slower than normal ones (3.7 vs 0.9 ms for a 262 × 8,000 chunk of bf16
+# logits, 6% of them more than 87 below their row's maximum; 2-core AMD EPYC). Logits more than
+# ``_EXP_FLOOR`` below the row's maximum are raised to it: each then adds e⁻⁶⁴ ≈ 1.6e-28 to a sum
+# that is at least 1, so for any vocabulary under 10¹⁰ pieces neither the loss nor a gradient
+# changes beyond float32 rounding, and e⁻⁶⁴/V stays a normal float.
+_EXP_FLOOR = -64.0
+
+
 def _chunked_loss(hidden, weight, target, label_smoothing, chunk_size, dtype, with_grad):
     """The loss and, ``with_grad``, its gradients with respect to ``hidden`` and ``weight``
-    (float32, unscaled); see :func:`linear_cross_entropy`."""
+    (float32, unscaled); see :func:`linear_cross_entropy`.
+
+    Each chunk's (rows × V) float32 logits are worked on in place: shifted by the row's maximum
+    m, exponentiated once (``e = exp(z − m)``, floored as ``_EXP_FLOOR`` says), summed
+    (``lse = m + log Σe``) and, for the gradient, divided by that sum (softmax).
+    """
     vocab = weight.size(0)
     weight_c = weight.to(dtype)
     loss = hidden.new_zeros((), dtype=torch.float32)
     grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if with_grad else None
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grad else None
+    # one (rows × V) buffer per dtype for all chunks, worked on in place: the logits (then the
+    # gradient) in the projection's dtype, and their float32 copy. Fresh ones per chunk are fresh
+    # pages: converting a 1,048 × 8,000 chunk took 10–15 ms into new memory, 2.3 ms into these
+    # buffers (bf16 training, 2-core AMD EPYC)
+    rows = min(chunk_size, hidden.size(0))
+    buffer_c = torch.empty((rows, vocab), dtype=dtype, device=hidden.device)
+    buffer = buffer_c if dtype == torch.float32 else torch.empty_like(buffer_c, dtype=torch.float32)
     for start in range(0, hidden.size(0), chunk_size):
         h = hidden[start : start + chunk_size].to(dtype)  # (rows, d_model)
         y = target[start : start + chunk_size]
-        z = (h @ weight_c.T).float()  # (rows, V)
-        lse = torch.logsumexp(z, dim=1)  # (rows,)
-        z_y = z.gather(1, y[:, None]).squeeze(1)
-        loss += ((1 - label_smoothing) * (lse - z_y) + label_smoothing * (lse - z.mean(1))).sum()
+        n = h.size(0)
+        z_c = torch.mm(h, weight_c.T, out=buffer_c[:n])  # (rows, V) logits
+        z = z_c if buffer is buffer_c else buffer[:n].copy_(z_c)  # float32
+        z_max = z.amax(dim=1, keepdim=True)  # (rows, 1)
+        z_y = z.gather(1, y[:, None]).squeeze(1)  # (rows,)
+        z_mean = z.mean(1) if label_smoothing else None
+        e = z.sub_(z_max).clamp_min_(_EXP_FLOOR).exp_()  # exp(z − m), in z's memory
+        e_sum = e.sum(1)  # (rows,)
+        lse = z_max.squeeze(1) + e_sum.log()
+        rows_loss = (1 - label_smoothing) * (lse - z_y)
+        if label_smoothing:
+            rows_loss = rows_loss + label_smoothing * (lse - z_mean)
+        loss += rows_loss.sum()
         if with_grad:  # ∂loss/∂z = softmax(z) − q, q = (1 − ε)·onehot(y) + ε/V
-            g = z.sub_(lse[:, None]).exp_()
-            g.scatter_add_(1, y[:, None], g.new_full((y.size(0), 1), -(1 - label_smoothing)))
+            g = e.div_(e_sum[:, None])
+            g.scatter_add_(1, y[:, None], g.new_full((n, 1), -(1 - label_smoothing)))
             if label_smoothing:
                 g.sub_(label_smoothing / vocab)
-            g = g.to(dtype)
-            grad_hidden[start : start + chunk_size] = g @ weight_c
+            g = g if g is z_c else z_c.copy_(g)  # in the projection's dtype
+            grad_hidden[start : start + n] = g @ weight_c
             grad_weight += (g.T @ h).float()
     return loss, grad_hidden, grad_weight
 
