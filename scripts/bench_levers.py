@@ -2,6 +2,7 @@
 
     python scripts/bench_levers.py dropout_masks --steps 20            # bits masks vs bernoulli_
     python scripts/bench_levers.py dropout_masks --precision bf16 --steps 40 --warmup 5
+    python scripts/bench_levers.py code --against 83ea91e --swap mt.training.objective:_chunked_loss --precision bf16
 
 On a shared host the speed of the machine drifts by a third between runs of a minute (the peak
 matmul rate ``bench_train.py`` measures moved from 107 to 168 GFLOP/s on one 2-core AMD EPYC
@@ -19,6 +20,11 @@ Levers (``LEVERS``; switched on the built model, without rebuilding it):
 
 - ``dropout_masks``: ``model.dropout_masks`` ``bernoulli`` (today: ``torch.nn.functional.dropout``)
   against ``bits`` (:mod:`mt.model.dropout`) at every dropout of the model.
+- ``code``: a change of the code itself. ``--swap MODULE:NAME`` (repeatable; ``NAME`` may be
+  dotted, e.g. ``mt.model.attention:MultiHeadAttention.forward``) names what the change touched;
+  the *today* side runs those objects as the git revision ``--against`` has them (the module's
+  file at that revision, executed as a module of its own), the *new* side as this checkout has
+  them.
 
 The last stdout line is one JSON object.
 """
@@ -59,6 +65,49 @@ LEVERS: dict[str, tuple[str, str, Callable[[torch.nn.Module, str], None]]] = {
 }
 
 
+def code_lever(revision: str, swaps: list[str]) -> tuple[str, str, Callable[[torch.nn.Module, str], None]]:
+    """The ``code`` lever: ``revision``'s version of each ``MODULE:NAME`` in ``swaps`` against
+    this checkout's, switched by assigning one or the other in the live module (or class).
+
+    Raises:
+        SystemExit: a swap not of the form MODULE:NAME, a module outside this checkout, or a
+            name missing at either side (the message names it).
+    """
+    import importlib
+    import subprocess
+    import types
+
+    root = Path(__file__).resolve().parent.parent
+    sides: list[tuple[object, str, object, object]] = []  # (owner, attribute, revision's, checkout's)
+    for swap in swaps:
+        module_name, _, name = swap.partition(":")
+        if not module_name or not name:
+            sys.exit(f"bench_levers: error: --swap {swap!r}: expected MODULE:NAME, e.g. mt.training.objective:_chunked_loss")
+        module = importlib.import_module(module_name)
+        path = Path(module.__file__).resolve().relative_to(root).as_posix()
+        try:
+            source = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=root, check=True, capture_output=True, text=True).stdout
+        except subprocess.CalledProcessError as error:
+            sys.exit(f"bench_levers: error: --against {revision}: git show {revision}:{path}: {error.stderr.strip()}")
+        old = types.ModuleType(f"{module_name}@{revision}")
+        old.__file__ = f"{revision}:{path}"
+        exec(compile(source, old.__file__, "exec"), old.__dict__)
+        *owners, attribute = name.split(".")
+        try:
+            owner_old, owner_new = old, module
+            for part in owners:
+                owner_old, owner_new = getattr(owner_old, part), getattr(owner_new, part)
+            sides.append((owner_new, attribute, getattr(owner_old, attribute), getattr(owner_new, attribute)))
+        except AttributeError as error:
+            sys.exit(f"bench_levers: error: --swap {swap}: {error}")
+
+    def switch(model: torch.nn.Module, value: str) -> None:
+        for owner, attribute, at_revision, in_checkout in sides:
+            setattr(owner, attribute, at_revision if value == revision else in_checkout)
+
+    return revision, "checkout", switch
+
+
 def paired_steps(model, opt, batches, warmup: int, lever: str, pad_id: int) -> dict:
     """Warm up on ``batches[:warmup]`` (each setting once), then two timed updates per batch.
 
@@ -90,7 +139,9 @@ def paired_steps(model, opt, batches, warmup: int, lever: str, pad_id: int) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("lever", choices=list(LEVERS), help="the lever to time against today's setting")
+    parser.add_argument("lever", choices=[*LEVERS, "code"], help="the lever to time against today's setting")
+    parser.add_argument("--against", help="code: the git revision whose code is today's side")
+    parser.add_argument("--swap", action="append", default=[], metavar="MODULE:NAME", help="code: what the change touched (repeatable)")
     parser.add_argument("--model", choices=["default", "base"], default="default")
     parser.add_argument("--steps", type=int, default=20, help="timed batches, each trained twice (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches before them, each trained twice (default 3)")
@@ -101,6 +152,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
+    if (args.lever == "code") != bool(args.against and args.swap):
+        parser.error("--against and --swap go together, with the lever code only")
     apply_device_and_threads(parser, args)
 
     from mt.config import TrainConfig
@@ -111,6 +164,8 @@ def main() -> None:
     from mt.training.step import build_optimization
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.lever == "code":
+        LEVERS["code"] = code_lever(args.against, args.swap)
     train_cfg = TrainConfig()
     try:
         data, _ = load_training_data(args.data_dir, os.environ.get("MT_DATA_MIRROR") or None, train_cfg.batch_tokens)
@@ -149,7 +204,7 @@ def main() -> None:
                 "today_tokens_per_s": rate[today], "new_tokens_per_s": rate[new], "ratio": rate[new] / rate[today],
                 "median_batch_ratio": quartiles[1], "quartiles": [quartiles[0], quartiles[2]],
                 "precision": args.precision, "device": args.device, "threads": torch.get_num_threads(),
-                "steps": args.steps, "model": args.model,
+                "steps": args.steps, "model": args.model, "against": args.against, "swap": args.swap,
             }
         )
     )  # fmt: skip

@@ -260,3 +260,40 @@ def test_bench_levers_times_every_batch_with_both_settings_in_alternating_order(
     assert calls == ["bernoulli", "bits", "bits", "bernoulli", "bernoulli", "bits", "bits", "bernoulli"]
     assert [len(run["times"][v]) for v in ("bernoulli", "bits")] == [3, 3]
     assert run["tokens"] == [int((b[1] != 0).sum()) for b in batches[1:]]
+
+
+def test_bench_levers_code_lever_swaps_in_a_revisions_version_and_back():
+    """``code``: today's side runs the function as ``--against`` has it (compiled from that
+    revision's file), the new side this checkout's; a dotted name reaches a class's method."""
+    import bench_levers
+
+    from mt.model import attention
+    from mt.training import objective
+
+    checkout_loss, checkout_forward = objective._chunked_loss, attention.MultiHeadAttention.forward
+    today, new, switch = bench_levers.code_lever(
+        "HEAD", ["mt.training.objective:_chunked_loss", "mt.model.attention:MultiHeadAttention.forward"]
+    )
+    try:
+        switch(None, today)
+        assert objective._chunked_loss is not checkout_loss
+        assert objective._chunked_loss.__code__.co_filename == "HEAD:mt/training/objective.py"
+        assert attention.MultiHeadAttention.forward.__code__.co_filename == "HEAD:mt/model/attention.py"
+        hidden, weight, target = torch.randn(5, 4), torch.randn(9, 4), torch.randint(0, 9, (5,))
+        loss_at_head = objective._chunked_loss(hidden, weight, target, 0.1, 2, torch.float32, False)[0]
+        switch(None, new)
+        assert objective._chunked_loss is checkout_loss and attention.MultiHeadAttention.forward is checkout_forward
+        torch.testing.assert_close(loss_at_head, checkout_loss(hidden, weight, target, 0.1, 2, torch.float32, False)[0])
+    finally:
+        objective._chunked_loss, attention.MultiHeadAttention.forward = checkout_loss, checkout_forward
+
+
+@pytest.mark.parametrize(
+    "swap, message",
+    [("mt.training.objective", "expected MODULE:NAME"), ("mt.training.objective:no_such_function", "no_such_function")],
+)
+def test_bench_levers_code_lever_names_a_bad_swap(swap, message):
+    import bench_levers
+
+    with pytest.raises(SystemExit, match=message):
+        bench_levers.code_lever("HEAD", [swap])
