@@ -26,6 +26,9 @@ Levers (``LEVERS``; switched on the built model, without rebuilding it):
   file at that revision, executed as a module of its own), the *new* side as this checkout has
   them.
 
+``--init-from CHECKPOINT`` times a trained model instead of a new one: what the loss costs
+depends on how far apart a model's logits lie (``mt.training.objective._EXP_FLOOR``).
+
 The last stdout line is one JSON object.
 """
 
@@ -108,6 +111,25 @@ def code_lever(revision: str, swaps: list[str]) -> tuple[str, str, Callable[[tor
     return revision, "checkout", switch
 
 
+def trained_model(checkpoint: str, vocab: int) -> torch.nn.Module:
+    """``--init-from``: the model of a checkpoint (or run dir), in training mode.
+
+    Raises:
+        SystemExit: the checkpoint cannot be loaded, or its vocabulary is not the data's
+            ``vocab`` pieces (the message names the file).
+    """
+    from mt.errors import MtError
+    from mt.model.checkpoint import load_for_inference
+
+    try:
+        model = load_for_inference(checkpoint)[0]
+    except MtError as error:
+        sys.exit(f"bench_levers: error: {error}")
+    if model.output_proj.weight.size(0) != vocab:
+        sys.exit(f"bench_levers: error: --init-from {checkpoint}: vocabulary of {model.output_proj.weight.size(0)} pieces, the data's {vocab}")
+    return model.train()
+
+
 def paired_steps(model, opt, batches, warmup: int, lever: str, pad_id: int) -> dict:
     """Warm up on ``batches[:warmup]`` (each setting once), then two timed updates per batch.
 
@@ -148,6 +170,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--init-from", metavar="CHECKPOINT", help="start from this checkpoint's (or run dir's) model instead of a new one")
     parser.add_argument("--data-dir", default="data", help="corpus and cache folder, as data.data_dir (default: data)")
     args = parser.parse_args()
     if args.steps < 1 or args.warmup < 0:
@@ -177,7 +200,10 @@ def main() -> None:
     device = torch.device(args.device)
     cfg = model_config(args.model)
     vocab = data.tokenizer.src_vocab_size
-    model = Transformer(cfg, vocab, vocab, PAD_ID).to(device).train()
+    if args.init_from:  # a trained model: its logits spread over more nats than a new one's
+        model = trained_model(args.init_from, vocab).to(device).train()
+    else:
+        model = Transformer(cfg, vocab, vocab, PAD_ID).to(device).train()
     opt = build_optimization(model, train_cfg, device, args.precision)
     run = paired_steps(model, opt, batches, args.warmup, args.lever, PAD_ID)
 
@@ -187,7 +213,7 @@ def main() -> None:
     ratios = sorted(a / b for a, b in zip(run["times"][today], run["times"][new]))  # new's speed-up per batch
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     print(
-        f"model {args.model}, device {args.device}, precision {args.precision}, {torch.get_num_threads()} threads, "
+        f"model {args.init_from or args.model}, device {args.device}, precision {args.precision}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}; {args.warmup} warm-up + {args.steps} timed batches, each trained with both settings"
     )
     print(f"{args.lever:<18} | {'tgt tokens/s':>12}")
@@ -204,7 +230,7 @@ def main() -> None:
                 "today_tokens_per_s": rate[today], "new_tokens_per_s": rate[new], "ratio": rate[new] / rate[today],
                 "median_batch_ratio": quartiles[1], "quartiles": [quartiles[0], quartiles[2]],
                 "precision": args.precision, "device": args.device, "threads": torch.get_num_threads(),
-                "steps": args.steps, "model": args.model, "against": args.against, "swap": args.swap,
+                "steps": args.steps, "model": args.model, "against": args.against, "swap": args.swap, "init_from": args.init_from,
             }
         )
     )  # fmt: skip

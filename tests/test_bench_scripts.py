@@ -297,3 +297,21 @@ def test_bench_levers_code_lever_names_a_bad_swap(swap, message):
 
     with pytest.raises(SystemExit, match=message):
         bench_levers.code_lever("HEAD", [swap])
+
+
+def test_bench_levers_init_from_loads_a_checkpoints_model_and_names_a_vocabulary_mismatch():
+    import bench_levers
+
+    from mt.model.checkpoint import load_for_inference
+
+    checkpoint = Path(__file__).parent / "fixtures" / "checkpoint-2dea679.pt"
+    expected = load_for_inference(checkpoint)[0]
+    vocab = expected.output_proj.weight.size(0)
+    model = bench_levers.trained_model(str(checkpoint), vocab)
+    assert model.training
+    for (name, got), want in zip(model.state_dict().items(), expected.state_dict().values()):
+        assert torch.equal(got, want), name
+    with pytest.raises(SystemExit, match=f"checkpoint-2dea679.pt: vocabulary of {vocab} pieces, the data's {vocab + 1}"):
+        bench_levers.trained_model(str(checkpoint), vocab + 1)
+    with pytest.raises(SystemExit, match="not found"):
+        bench_levers.trained_model(str(checkpoint.with_name("missing.pt")), vocab)
