@@ -77,6 +77,7 @@ def code_lever(revision: str, swaps: list[str]) -> tuple[str, str, Callable[[tor
             name missing at either side (the message names it).
     """
     import importlib
+    import inspect
     import subprocess
     import types
 
@@ -86,8 +87,11 @@ def code_lever(revision: str, swaps: list[str]) -> tuple[str, str, Callable[[tor
         module_name, _, name = swap.partition(":")
         if not module_name or not name:
             sys.exit(f"bench_levers: error: --swap {swap!r}: expected MODULE:NAME, e.g. mt.training.objective:_chunked_loss")
-        module = importlib.import_module(module_name)
-        path = Path(module.__file__).resolve().relative_to(root).as_posix()
+        try:
+            module = importlib.import_module(module_name)
+            path = Path(module.__file__).resolve().relative_to(root).as_posix()
+        except (ImportError, TypeError, ValueError) as error:  # no such module; a built-in; one outside the checkout
+            sys.exit(f"bench_levers: error: --swap {swap}: not a module of this checkout ({error})")
         try:
             source = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=root, check=True, capture_output=True, text=True).stdout
         except subprocess.CalledProcessError as error:
@@ -100,7 +104,9 @@ def code_lever(revision: str, swaps: list[str]) -> tuple[str, str, Callable[[tor
             owner_old, owner_new = old, module
             for part in owners:
                 owner_old, owner_new = getattr(owner_old, part), getattr(owner_new, part)
-            sides.append((owner_new, attribute, getattr(owner_old, attribute), getattr(owner_new, attribute)))
+            # the attributes as stored (a class's staticmethod stays one when assigned back)
+            at_revision, in_checkout = inspect.getattr_static(owner_old, attribute), inspect.getattr_static(owner_new, attribute)
+            sides.append((owner_new, attribute, at_revision, in_checkout))
         except AttributeError as error:
             sys.exit(f"bench_levers: error: --swap {swap}: {error}")
 
@@ -175,8 +181,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
-    if (args.lever == "code") != bool(args.against and args.swap):
-        parser.error("--against and --swap go together, with the lever code only")
+    if args.lever == "code" and not (args.against and args.swap):
+        parser.error("the lever code needs --against REVISION and at least one --swap MODULE:NAME")
+    if args.lever != "code" and (args.against or args.swap):
+        parser.error(f"--against and --swap belong to the lever code, not {args.lever}")
     apply_device_and_threads(parser, args)
 
     from mt.config import TrainConfig

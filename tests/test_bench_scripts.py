@@ -290,7 +290,12 @@ def test_bench_levers_code_lever_swaps_in_a_revisions_version_and_back():
 
 @pytest.mark.parametrize(
     "swap, message",
-    [("mt.training.objective", "expected MODULE:NAME"), ("mt.training.objective:no_such_function", "no_such_function")],
+    [
+        ("mt.training.objective", "expected MODULE:NAME"),
+        ("mt.training.objective:no_such_function", "no_such_function"),
+        ("mt.no_such_module:f", "not a module of this checkout"),
+        ("json:dumps", "not a module of this checkout"),
+    ],
 )
 def test_bench_levers_code_lever_names_a_bad_swap(swap, message):
     import bench_levers
