@@ -26,8 +26,8 @@ Levers (``LEVERS``; switched on the built model, without rebuilding it):
   file at that revision, executed as a module of its own), the *new* side as this checkout has
   them.
 
-``--init-from CHECKPOINT`` times a trained model instead of a new one: what the loss costs
-depends on how far apart a model's logits lie (``mt.training.objective._EXP_FLOOR``).
+``--init-from CHECKPOINT`` times a trained model instead of a new one (a lever whose cost
+depends on the weights, e.g. on how far apart the logits lie).
 
 The last stdout line is one JSON object.
 """
@@ -208,7 +208,7 @@ def main() -> None:
     device = torch.device(args.device)
     cfg = model_config(args.model)
     vocab = data.tokenizer.src_vocab_size
-    if args.init_from:  # a trained model: its logits spread over more nats than a new one's
+    if args.init_from:
         model = trained_model(args.init_from, vocab).to(device).train()
     else:
         model = Transformer(cfg, vocab, vocab, PAD_ID).to(device).train()

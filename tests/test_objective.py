@@ -77,8 +77,8 @@ def test_without_gradients_it_builds_no_graph_and_gives_the_same_loss():
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 def test_logits_far_below_the_row_maximum_still_give_pytorchs_loss_and_gradients(label_smoothing):
-    # logits spread over hundreds of nats, as a trained model's are: most exp(z − max) underflow
-    # float32, which the chunked loss floors (mt.training.objective._EXP_FLOOR) to keep it fast
+    # logits spread over hundreds of nats: exp(z − max) underflows float32 for most of them, and
+    # the loss shifts and exponentiates in place (mt.training.objective._chunked_loss)
     hidden, weight, target = inputs(2)
     with torch.no_grad():
         hidden *= 25.0

@@ -166,22 +166,13 @@ def linear_cross_entropy(
         return _chunked_loss(hidden.detach(), weight.detach(), target, label_smoothing, chunk_size, dtype, False)[0]
 
 
-# exp() of a float32 below about −87.3 is subnormal, and the CPU's vectorised exp computes such
-# results about 4× slower than normal ones (3.7 vs 0.9 ms for a 262 × 8,000 chunk of bf16
-# logits, 6% of them more than 87 below their row's maximum; 2-core AMD EPYC). Logits more than
-# ``_EXP_FLOOR`` below the row's maximum are raised to it: each then adds e⁻⁶⁴ ≈ 1.6e-28 to a sum
-# that is at least 1, so for any vocabulary under 10¹⁰ pieces neither the loss nor a gradient
-# changes beyond float32 rounding, and e⁻⁶⁴/V stays a normal float.
-_EXP_FLOOR = -64.0
-
-
 def _chunked_loss(hidden, weight, target, label_smoothing, chunk_size, dtype, with_grad):
     """The loss and, ``with_grad``, its gradients with respect to ``hidden`` and ``weight``
     (float32, unscaled); see :func:`linear_cross_entropy`.
 
     Each chunk's (rows × V) float32 logits are worked on in place: shifted by the row's maximum
-    m, exponentiated once (``e = exp(z − m)``, floored as ``_EXP_FLOOR`` says), summed
-    (``lse = m + log Σe``) and, for the gradient, divided by that sum (softmax).
+    m, exponentiated once (``e = exp(z − m)``), summed (``lse = m + log Σe``, what
+    ``torch.logsumexp`` computes) and, for the gradient, divided by that sum (softmax).
     """
     vocab = weight.size(0)
     weight_c = weight.to(dtype)
@@ -204,7 +195,7 @@ def _chunked_loss(hidden, weight, target, label_smoothing, chunk_size, dtype, wi
         z_max = z.amax(dim=1, keepdim=True)  # (rows, 1)
         z_y = z.gather(1, y[:, None]).squeeze(1)  # (rows,)
         z_mean = z.mean(1) if label_smoothing else None
-        e = z.sub_(z_max).clamp_min_(_EXP_FLOOR).exp_()  # exp(z − m), in z's memory
+        e = z.sub_(z_max).exp_()  # exp(z − m), in z's memory
         e_sum = e.sum(1)  # (rows,)
         lse = z_max.squeeze(1) + e_sum.log()
         rows_loss = (1 - label_smoothing) * (lse - z_y)
