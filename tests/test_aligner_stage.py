@@ -85,11 +85,20 @@ def test_mt_align_reads_the_aligner_by_default_and_finds_crossing_links(stage, t
     assert found >= 3 * len(SWAPPED_PAIRS) // 2, links
     precision = sum(len(pair_links & GOLD) for pair_links in links) / sum(len(pair_links) for pair_links in links)
     assert precision >= 0.75, links
-    # adapting (the default for a stage's checkpoint: eflomal is stochastic, so no exact links)
-    run("mt-align", align_dir, *files, "--out", tmp_path / "adapted")
-    lines = (tmp_path / "adapted" / "alignments.txt").read_text().splitlines()
-    adapted = [{tuple(link) for link in parse_pharaoh(line)} for line in lines]
-    assert sum(len(pair_links & CROSSING) for pair_links in adapted) >= 3 * len(SWAPPED_PAIRS) // 2, adapted
+    # adapting (the default for a stage's checkpoint). eflomal has no seed: on this tiny stage about
+    # 1 run in 100 gives most pairs diagonal links (measured: 2 of 220 runs found fewer than 6 of the
+    # 8 crossing links, one CI run 2), so a miss is retried twice; a change that breaks adapting
+    # misses every time
+    misses = []
+    for attempt in range(3):
+        run("mt-align", align_dir, *files, "--out", tmp_path / f"adapted{attempt}")
+        lines = (tmp_path / f"adapted{attempt}" / "alignments.txt").read_text().splitlines()
+        adapted = [{tuple(link) for link in parse_pharaoh(line)} for line in lines]
+        if sum(len(pair_links & CROSSING) for pair_links in adapted) >= 3 * len(SWAPPED_PAIRS) // 2:
+            break
+        misses.append(adapted)
+    else:
+        raise AssertionError(f"adapting found too few crossing links in 3 runs: {misses}")
 
 
 def test_the_stage_keeps_its_teachers_priors_and_the_aligner_adapts_by_default(stage):
