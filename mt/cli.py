@@ -115,7 +115,7 @@ def _add_adapt_option(parser: argparse.ArgumentParser) -> None:
         "--adapt-links", choices=("auto", "aligner", *SYMMETRIZATION_HEURISTICS), default=None,
         help="with adapting: the links given out: the adapted aligner's (aligner), or combined with eflomal's links of "
         "the same pairs (intersect: the links both make; union; grow-diag-final-and); auto: grow-diag-final-and, but "
-        "the aligner's where --reverse-checkpoint's links are symmetrized with them (default: auto)",
+        "intersect where --reverse-checkpoint's links are symmetrized with them (default: auto)",
     )
 
 

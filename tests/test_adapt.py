@@ -221,8 +221,8 @@ def test_adapt_links_combine_the_aligners_links_with_the_teachers_of_the_same_ru
     assert combined["grow-diag-final-and"].links == sorted(symmetrize(own.links, CROSSWISE, "grow-diag-final-and"))
     auto = align(model, tokenizer, SOURCES, TARGETS, method="aligner", teacher=TEACHER)[0]
     assert TEACHER.links == "auto" and auto.links == combined["grow-diag-final-and"].links  # the default
-    # where a reverse model's links get symmetrized with these, auto gives the aligner's alone
-    assert TEACHER.for_symmetrizing().links == "aligner"
+    # where a reverse model's links get symmetrized with these, auto gives the intersection
+    assert TEACHER.for_symmetrizing().links == "intersect"
     assert dataclasses.replace(TEACHER, links="intersect").for_symmetrizing().links == "intersect"  # a choice stays
     for pair in combined.values():
         np.testing.assert_array_equal(pair.word_matrix, own.word_matrix)
