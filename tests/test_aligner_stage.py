@@ -86,9 +86,8 @@ def test_mt_align_reads_the_aligner_by_default_and_finds_crossing_links(stage, t
     precision = sum(len(pair_links & GOLD) for pair_links in links) / sum(len(pair_links) for pair_links in links)
     assert precision >= 0.75, links
     # adapting (the default for a stage's checkpoint). eflomal has no seed: on this tiny stage about
-    # 1 run in 100 gives most pairs diagonal links (measured: 2 of 220 runs found fewer than 6 of the
-    # 8 crossing links, one CI run 2), so a miss is retried twice; a change that breaks adapting
-    # misses every time
+    # 1 run in 100 misses (measured: 2 of 220 runs found 4 of the 8 crossing links; one CI run
+    # found 2), so a miss is retried twice; a change that breaks adapting misses every time
     misses = []
     for attempt in range(3):
         run("mt-align", align_dir, *files, "--out", tmp_path / f"adapted{attempt}")
