@@ -599,6 +599,13 @@ class TrainConfig:
         alignment_weight: λ of the guided-alignment loss (Garg et al. 2019) against the links of
             ``data.alignments``: on the aligner's attention where ``model.aligner.enabled``, else
             on the heads ``model.alignment`` names; 0 = off.
+        agreement_weight: λ of the aligner stage's agreement term (0 = off): the squared
+            difference between this aligner's piece matrix and the transposed one of the other
+            direction's aligner, ``agreement_with`` (Mask-Align, Chen et al. 2021; alignment by
+            agreement, Liang et al. 2006; :func:`mt.training.objective.agreement_loss`).
+        agreement_with: the other direction's aligner stage (checkpoint or run dir), frozen,
+            with the same sentencepiece model(s) the other way round; needed with
+            ``agreement_weight`` > 0.
         init_from: start from the weights of this checkpoint (or run dir: its best.pt), with
             its tokenizer, model config, data and decoding settings, and a new optimizer,
             schedule and step count (fine-tuning; OpenNMT-py's ``train_from`` with
@@ -666,6 +673,8 @@ class TrainConfig:
     weight_decay: float = 0.0001
     label_smoothing: float = 0.1
     alignment_weight: float = 0.0
+    agreement_weight: float = 0.0
+    agreement_with: str | None = None
     init_from: str | None = None
     trainable: str = "all"
     clip_norm: float = 1.0
@@ -779,6 +788,15 @@ def _check_alignment_training(train: TrainConfig, data: DataConfig, aligner: Ali
             "train.alignment_weight",
             train.alignment_weight,
             "must be > 0 with train.trainable=alignment (it is the aligner's only loss)",
+        )
+    require(train.agreement_weight >= 0, "train.agreement_weight", train.agreement_weight, "must be >= 0")
+    if train.agreement_weight > 0:
+        require(
+            train.trainable == "alignment" and bool(train.agreement_with),
+            "train.agreement_weight",
+            train.agreement_weight,
+            "trains an aligner stage against the other direction's: needs experiment=align and "
+            "train.agreement_with=REVERSE_STAGE_RUN_DIR",
         )
 
 

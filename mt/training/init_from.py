@@ -21,7 +21,10 @@ from mt.config import (
     to_dict,
     validate,
 )
-from mt.errors import ConfigError
+from mt.errors import CheckpointError, ConfigError
+from mt.data.tokenizer import Tokenizer
+from mt.model.checkpoint import load_for_inference
+from mt.model.transformer import Transformer
 from mt.training.training_data import SAMPLING_KEYS
 
 # model keys a run started from a checkpoint may change: they leave the weights' meaning alone
@@ -179,3 +182,30 @@ def _leaves(node: dict, prefix: str):
             yield from _leaves(value, f"{prefix}.{name}")
         else:
             yield f"{prefix}.{name}", value
+
+
+def agreement_partner(cfg: Config, tokenizer: Tokenizer, device) -> Transformer:
+    """``train.agreement_with``: the other direction's aligner stage, frozen, in eval mode.
+
+    Raises:
+        ConfigError: it cannot be read, has no aligner, translates another language pair, or
+            its sentencepiece models are not this run's the other way round (the agreement
+            term compares the two aligners piece by piece).
+    """
+    path = cfg.train.agreement_with
+    try:
+        partner, partner_tokenizer, info = load_for_inference(path, device)
+    except CheckpointError as error:
+        raise ConfigError(f"train.agreement_with={path}: {error}") from None
+    if not info["aligner"]:
+        raise ConfigError(f"train.agreement_with={path}: has no aligner (an experiment=align stage of the other direction)")
+    if (info["src_lang"], info["tgt_lang"]) != (cfg.data.tgt_lang, cfg.data.src_lang):
+        raise ConfigError(
+            f"train.agreement_with={path}: translates {info['src_lang']}→{info['tgt_lang']}, "
+            f"not {cfg.data.tgt_lang}→{cfg.data.src_lang}"
+        )
+    own, theirs = tokenizer.state(), partner_tokenizer.state()
+    if (own["src_model"], own["tgt_model"]) != (theirs["tgt_model"], theirs["src_model"]):
+        raise ConfigError(f"train.agreement_with={path}: its sentencepiece models differ from this run's, so its pieces do")
+    partner.requires_grad_(False)
+    return partner

@@ -16,6 +16,7 @@ import torch
 
 from mt.model.aligner import null_targets
 from mt.data.batching import Batch
+from mt.data.tokenizer import Tokenizer
 from mt.device import autocast
 from mt.model.transformer import Transformer
 
@@ -51,6 +52,11 @@ class Objective(torch.nn.Module):
         full_context: read the supervised weights from a pass without the future mask
             (:meth:`mt.model.transformer.Transformer.decode_with_alignment`).
         frozen: only the aligner learns (see above).
+        partner: the other direction's model with an aligner (``train.agreement_with``),
+            frozen; with ``agreement_weight`` > 0 the aligner's term gets the agreement term
+            ``agree`` (:func:`agreement_loss`) against the partner's aligner on the swapped
+            pair, and the total ``agreement_weight · agree`` more.
+        agreement_weight: λ of the agreement term.
     """
 
     def __init__(
@@ -62,8 +68,12 @@ class Objective(torch.nn.Module):
         alignment_heads: int = 1,
         full_context: bool = False,
         frozen: bool = False,
+        partner: Transformer | None = None,
+        agreement_weight: float = 0.0,
     ):
         super().__init__()
+        self.partner = partner
+        self.agreement_weight = agreement_weight
         self.model = model
         self.label_smoothing = label_smoothing
         self.alignment_weight = alignment_weight
@@ -121,6 +131,10 @@ class Objective(torch.nn.Module):
             alignment = null_targets(alignment, src_mask, real)
         weights = self.model.aligner(src_states, src_mask, tgt_states, tgt_in != self.model.pad_id, src_ids, tgt_out)
         align = alignment_loss(weights, alignment)
+        if self.partner is not None and self.agreement_weight > 0:
+            agree = agreement_loss(weights, partner_alignment(self.partner, src_ids, tgt_out), src_ids, tgt_out)
+            total = self.alignment_weight * align + self.agreement_weight * agree
+            return total, {"align": align, "agree": agree}, int(real.sum())
         if self.frozen:
             return self.alignment_weight * align, {"align": align}, int(real.sum())
         hidden = tgt_states[-1]  # (batch, tgt_len, d_model)
@@ -242,6 +256,61 @@ def alignment_loss(attention: torch.Tensor, alignment: torch.Tensor) -> torch.Te
     """
     # padded source columns have A = 0 and G̃ = 0: clamp so that 0 · log 0 is 0, not nan
     return -(alignment * attention.clamp_min(1e-9).log()).sum()
+
+
+def swapped_pair(src_ids: torch.Tensor, tgt_out: torch.Tensor, pad_id: int, bos_id: int, eos_id: int):
+    """The batch the other direction's model reads for the same pairs.
+
+    Args:
+        src_ids: (batch, src_len) source pieces + EOS, right-padded.
+        tgt_out: (batch, tgt_len) target pieces + EOS, right-padded.
+
+    Returns: (its src_ids, tgt_in, tgt_out): ``tgt_out`` itself (batch, tgt_len); BOS + the
+        source pieces (batch, src_len); ``src_ids`` itself (batch, src_len).
+    """
+    pieces = src_ids.masked_fill(src_ids == eos_id, pad_id)[:, :-1]  # (batch, src_len - 1)
+    bos = torch.full_like(src_ids[:, :1], bos_id)
+    return tgt_out, torch.cat([bos, pieces], dim=1), src_ids
+
+
+@torch.no_grad()
+def partner_alignment(partner: Transformer, src_ids: torch.Tensor, tgt_out: torch.Tensor) -> torch.Tensor:
+    """The other direction's aligner on the swapped pairs (:func:`swapped_pair`).
+
+    Args:
+        partner: a model translating target → source, with an aligner.
+        src_ids, tgt_out: as :meth:`Objective.forward` takes them.
+
+    Returns: (batch, src_len, tgt_len) float32: row s is the alignment of source piece s (EOS
+        last) over the target pieces and EOS.
+    """
+    rev_src, rev_tgt_in, rev_tgt_out = swapped_pair(src_ids, tgt_out, partner.pad_id, Tokenizer.bos_id, Tokenizer.eos_id)
+    src_states, src_mask, tgt_states = partner.layer_states(rev_src, rev_tgt_in)
+    return partner.aligner(src_states, src_mask, tgt_states, rev_tgt_in != partner.pad_id, rev_src, rev_tgt_out)
+
+
+def agreement_loss(
+    forward: torch.Tensor, reverse: torch.Tensor, src_ids: torch.Tensor, tgt_out: torch.Tensor,
+    pad_id: int = Tokenizer.pad_id, eos_id: int = Tokenizer.eos_id,
+) -> torch.Tensor:
+    """Σ_b Σ_t Σ_s (F[b, t, s] − R[b, s, t])² over real pieces (EOS and padding left out): how far
+    two directions' alignment matrices of the same pairs disagree (the agreement loss of
+    Mask-Align, Chen et al. 2021, "Mask-Align: Self-Supervised Neural Word Alignment", ACL §3.3;
+    after Liang, Taskar & Klein 2006, "Alignment by Agreement").
+
+    Args:
+        forward: (batch, tgt_len, src_len) F, this direction's aligner (rows: target pieces).
+        reverse: (batch, src_len, tgt_len) R, the other direction's (rows: source pieces).
+        src_ids: (batch, src_len) source pieces + EOS, right-padded.
+        tgt_out: (batch, tgt_len) target pieces + EOS, right-padded.
+
+    Returns: a 0-dim float32 tensor.
+    """
+    real_src = (src_ids != pad_id) & (src_ids != eos_id)  # (batch, src_len)
+    real_tgt = (tgt_out != pad_id) & (tgt_out != eos_id)  # (batch, tgt_len)
+    both = real_tgt[:, :, None] & real_src[:, None, :]  # (batch, tgt_len, src_len)
+    difference = forward.float() - reverse.float().transpose(1, 2)
+    return (difference.square() * both).sum()
 
 
 def sequence_loss(model: Transformer, batch: Batch, label_smoothing: float) -> tuple[torch.Tensor, int]:

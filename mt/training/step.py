@@ -75,6 +75,7 @@ def build_optimization(
     precision: str,
     context: distributed.Context = distributed.Context(),
     objective: torch.nn.Module | None = None,
+    partner: Transformer | None = None,
 ) -> Optimization:
     """The trainer's objective (DDP-wrapped under torchrun, compiled with ``train.compile``),
     AdamW, schedule and GradScaler for ``model`` (already on ``device``).
@@ -82,13 +83,15 @@ def build_optimization(
     Args:
         objective: None = ``Objective(model, train.label_smoothing)``; another module of the
             same call signature (e.g. a reference model's, in ``scripts/bench_train.py``).
+        partner: the other direction's aligner stage, for ``train.agreement_weight``
+            (:func:`mt.training.init_from.agreement_partner`).
     """
     optimizer, scheduler = build_optimizer(list(model.parameters()), cfg)
     if objective is None:
         alignment = model.cfg.alignment
         objective = Objective(
             model, cfg.label_smoothing, cfg.alignment_weight, alignment.layer, alignment.heads, alignment.full_context,
-            frozen=cfg.trainable == "alignment",
+            frozen=cfg.trainable == "alignment", partner=partner, agreement_weight=cfg.agreement_weight,
         )  # fmt: skip
     no_sync = contextlib.nullcontext
     if context.distributed:

@@ -66,7 +66,7 @@ from mt.model.checkpoint import load_checkpoint, save_checkpoint
 from mt.model.transformer import Transformer
 from mt.training import distributed
 from mt.training.guards import StopSignal, TrainingFailed, TrainingInterrupted, check_free_space, check_writable
-from mt.training.init_from import checkpoint_tokenizer, init_config
+from mt.training.init_from import agreement_partner, checkpoint_tokenizer, init_config
 from mt.training.memory import loaded_allocator, process_memory_mb, release_free_memory, set_onednn_cache_capacity
 from mt.training.monitor import TrainingMonitor, read_metrics
 from mt.training.schedule import AnnealedLR, budget_progress, check_resumable
@@ -270,7 +270,8 @@ def train(cfg: Config, out_dir: str | Path, command_line_keys: Sequence[str] = (
         data = prepare_data(cfg, context, resume or initial)
         model = build_model(cfg, data, device, initial, fill_lexicon=resume is None)
         del initial
-        opt = build_optimization(model, cfg.train, device, precision, context)
+        partner = agreement_partner(cfg, data.tokenizer, device) if cfg.train.agreement_weight > 0 else None
+        opt = build_optimization(model, cfg.train, device, precision, context, partner=partner)
         log.info(
             "model: %.2fM parameters (%.2fM trained), device %s, precision %s, %d process(es) × %d accumulated batch(es) per update",
             sum(p.numel() for p in model.parameters()) / 1e6, sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
