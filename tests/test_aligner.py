@@ -12,9 +12,10 @@ import torch
 from mt.alignment.aer import score_alignments
 from mt.data.batching import collate
 from mt.config import AlignerConfig
+from mt.data.tokenizer import Tokenizer
 from mt.model.transformer import Transformer
 from mt.model.aligner import null_targets
-from mt.training.objective import Objective, alignment_loss
+from mt.training.objective import Objective, agreement_loss, alignment_loss, swapped_pair
 
 from conftest import VOCAB, tiny_config
 
@@ -65,6 +66,57 @@ def test_frozen_objective_is_the_aligners_loss_and_reaches_only_the_aligner():
     torch.testing.assert_close(joint_terms["xent"], plain_terms["xent"])
     joint_terms["align"].backward()
     assert all(p.grad is None for name, p in model.named_parameters() if not name.startswith("aligner."))
+
+
+def test_the_swapped_pair_is_the_batch_of_the_pieces_the_other_way_round():
+    src, tgt = [[5, 6, 7, 8], [9, 10], [11]], [[12, 13], [14, 15, 16], [17, 18, 19, 20, 21]]
+    batch, other_way = collate(src, tgt, [0, 1, 2]), collate(tgt, src, [0, 1, 2])
+    rev_src, rev_tgt_in = swapped_pair(batch.src_ids, batch.tgt_out)
+    assert torch.equal(rev_src, other_way.src_ids)
+    assert torch.equal(rev_tgt_in, other_way.tgt_in)
+
+
+def test_agreement_loss_is_the_naive_sum_over_real_pieces_only():
+    torch.manual_seed(0)
+    batch = collate([[5, 6, 7, 8], [9, 10]], [[11, 12, 13], [14]], [0, 1])  # src_len 5, tgt_len 4
+    forward, reverse = torch.rand(2, 4, 5), torch.rand(2, 5, 4)
+    naive = 0.0
+    for b, (m, n) in enumerate([(4, 3), (2, 1)]):  # real source and target pieces, EOS excluded
+        for t in range(n):
+            for s in range(m):
+                naive += (forward[b, t, s] - reverse[b, s, t]).item() ** 2
+    loss = agreement_loss(forward, reverse, batch.src_ids, batch.tgt_out)
+    assert loss.item() == pytest.approx(naive, rel=1e-5)
+    # EOS rows and columns and padding count for nothing: perturbing them leaves the loss alone
+    real = ((batch.tgt_out != 0) & (batch.tgt_out != Tokenizer.eos_id))[:, :, None] & (
+        (batch.src_ids != 0) & (batch.src_ids != Tokenizer.eos_id)
+    )[:, None, :]
+    noisy_forward = torch.where(real, forward, torch.rand(2, 4, 5))
+    noisy_reverse = torch.where(real.transpose(1, 2), reverse, torch.rand(2, 5, 4))
+    assert agreement_loss(noisy_forward, noisy_reverse, batch.src_ids, batch.tgt_out).item() == pytest.approx(naive, rel=1e-5)
+    # two directions that agree on every real cell cost nothing
+    agreeing = torch.where(real.transpose(1, 2), forward.transpose(1, 2), reverse)
+    assert agreement_loss(forward, agreeing, batch.src_ids, batch.tgt_out).item() == 0.0
+
+
+def test_the_agreement_term_compares_with_the_partners_aligner_and_trains_only_this_aligner():
+    model, partner = aligner_model(seed=0), aligner_model(seed=1).requires_grad_(False)
+    batch = collate([[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]], [0, 1], links=[[(0, 0), (2, 1)], [(1, 2)]])
+    objective = Objective(model, 0.1, alignment_weight=0.5, frozen=True, partner=partner, agreement_weight=2.0)
+    total, terms, n_tokens = objective(batch.src_ids, batch.tgt_in, batch.tgt_out, batch.alignment)
+    rev_src, rev_tgt_in = swapped_pair(batch.src_ids, batch.tgt_out)
+    forward = model.aligner_attention(batch.src_ids, batch.tgt_in)  # (2, 4, 4)
+    with torch.no_grad():
+        reverse = partner.aligner_attention(rev_src, rev_tgt_in)  # the partner reads the swapped pair
+    expected = agreement_loss(forward, reverse, batch.src_ids, batch.tgt_out)
+    assert terms.keys() == {"align", "agree"} and n_tokens == 3 + 4
+    assert expected > 0
+    torch.testing.assert_close(terms["agree"], expected)
+    torch.testing.assert_close(total, 0.5 * terms["align"] + 2.0 * expected)
+    total.backward()
+    for name, parameter in model.named_parameters():
+        assert (parameter.grad is not None) == name.startswith("aligner."), name
+    assert all(p.grad is None for p in partner.parameters())
 
 
 def test_null_targets_point_unlinked_real_rows_at_the_source_eos():

@@ -238,6 +238,9 @@ def test_aligner_keys_are_applied_or_refused_never_ignored():
         (["model.aligner.inputs=both_ways"], "model.aligner.inputs"),
         (["experiment=align", "train.init_from=x.pt", "train.alignment_weight=0"], "train.alignment_weight"),
         (["model.aligner.enabled=true", "model.aligner.lexicon=true"], "model.aligner.lexicon"),  # no links to count
+        (["train.agreement_weight=1"], "train.agreement_weight"),  # an aligner stage's term
+        (["experiment=align", "train.init_from=x.pt", "train.agreement_weight=1"], "train.agreement_weight"),  # no partner
+        (["experiment=align", "train.init_from=x.pt", "train.agreement_weight=-1", "train.agreement_with=y"], "train.agreement_weight"),
     ],
 )
 def test_invalid_stage_settings_name_their_key(overrides, key):
@@ -260,3 +263,21 @@ def test_init_from_a_missing_checkpoint_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("mt-train: error: train.init_from: checkpoint ")
     assert "Traceback" not in result.stderr
+
+
+def test_an_agreement_stage_learns_against_the_other_directions_frozen_aligner(base_run):
+    reverse = base_config(base_run, "")
+    reverse.data.src_lang, reverse.data.tgt_lang = "en", "de"
+    train(reverse, base_run / "base-en-de")
+    train(stage_config(base_run, base_run / "base-en-de", max_steps=6, lr=3e-3), base_run / "stage-en-de")
+    stage = stage_config(base_run, base_run / "base", max_steps=6, lr=3e-3, agreement_weight=4.0,
+                         agreement_with=str(base_run / "stage-en-de"))  # fmt: skip
+    train(stage, base_run / "agreement")
+    records = metrics(base_run / "agreement")
+    assert all(r["agree_loss"] > 0 and "align_loss" in r for r in records)
+    assert records[-1]["train_loss"] == pytest.approx(records[-1]["align_loss"] + 4.0 * records[-1]["agree_loss"], rel=1e-4)
+    # a partner of the same direction, or one without an aligner, is refused in one line before training
+    for partner_dir, message in ((base_run / "agreement", "translates de→en, not en→de"), (base_run / "base-en-de", "has no aligner")):
+        stage.train.agreement_with = str(partner_dir)
+        with pytest.raises(ConfigError, match=f"^train.agreement_with={partner_dir}: {message}"):
+            train(stage, base_run / "refused")

@@ -258,19 +258,22 @@ def alignment_loss(attention: torch.Tensor, alignment: torch.Tensor) -> torch.Te
     return -(alignment * attention.clamp_min(1e-9).log()).sum()
 
 
-def swapped_pair(src_ids: torch.Tensor, tgt_out: torch.Tensor, pad_id: int, bos_id: int, eos_id: int):
+def swapped_pair(
+    src_ids: torch.Tensor, tgt_out: torch.Tensor, pad_id: int = Tokenizer.pad_id, bos_id: int = Tokenizer.bos_id,
+    eos_id: int = Tokenizer.eos_id,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch the other direction's model reads for the same pairs.
 
     Args:
         src_ids: (batch, src_len) source pieces + EOS, right-padded.
         tgt_out: (batch, tgt_len) target pieces + EOS, right-padded.
 
-    Returns: (its src_ids, tgt_in, tgt_out): ``tgt_out`` itself (batch, tgt_len); BOS + the
-        source pieces (batch, src_len); ``src_ids`` itself (batch, src_len).
+    Returns: its (src_ids, tgt_in): ``tgt_out`` itself, (batch, tgt_len); BOS + the source
+        pieces, right-padded, (batch, src_len).
     """
     pieces = src_ids.masked_fill(src_ids == eos_id, pad_id)[:, :-1]  # (batch, src_len - 1)
     bos = torch.full_like(src_ids[:, :1], bos_id)
-    return tgt_out, torch.cat([bos, pieces], dim=1), src_ids
+    return tgt_out, torch.cat([bos, pieces], dim=1)
 
 
 @torch.no_grad()
@@ -284,9 +287,7 @@ def partner_alignment(partner: Transformer, src_ids: torch.Tensor, tgt_out: torc
     Returns: (batch, src_len, tgt_len) float32: row s is the alignment of source piece s (EOS
         last) over the target pieces and EOS.
     """
-    rev_src, rev_tgt_in, rev_tgt_out = swapped_pair(src_ids, tgt_out, partner.pad_id, Tokenizer.bos_id, Tokenizer.eos_id)
-    src_states, src_mask, tgt_states = partner.layer_states(rev_src, rev_tgt_in)
-    return partner.aligner(src_states, src_mask, tgt_states, rev_tgt_in != partner.pad_id, rev_src, rev_tgt_out)
+    return partner.aligner_attention(*swapped_pair(src_ids, tgt_out, partner.pad_id))
 
 
 def agreement_loss(
