@@ -273,23 +273,35 @@ def test_best_needs_recorded_scores(capsys, tmp_path, tokenizer):
 
 
 def test_the_trainer_keeps_the_newest_and_the_best_step_checkpoints_and_scores_both_averages(
-    tmp_path, multi30k_mirror, monkeypatch
+    tmp_path, multi30k_mirror, monkeypatch, caplog
 ):
-    """Scripted val BLEU per validation: the newest 2 are steps 10 and 12, the best 2 steps 4 and 8."""
+    """Scripted val BLEU per validation: the newest 2 are steps 10 and 12, the best 2 steps 4 and 8.
+    Scripted test BLEU: best.pt 20, the last 2's average 25, the best 2's 10 (below best.pt: a warning)."""
     from test_resume import _metrics, _smoke_config
 
+    from mt.training import scoring
     from mt.training import train as train_module
 
     scripted = iter([5.0, 9.0, 1.0, 7.0, 2.0, 3.0])  # validations at steps 2, 4, …, 12
     validate = train_module.validate
     monkeypatch.setattr(train_module, "validate", lambda *args: {**validate(*args), "val_bleu": next(scripted)})
+    test_bleu = {"test_2016_flickr.hyp.en": 20.0, "test_2016_flickr.averaged.hyp.en": 25.0,
+                 "test_2016_flickr.averaged_best.hyp.en": 10.0}  # fmt: skip
+    score_checkpoint = scoring.score_checkpoint
+    monkeypatch.setattr(
+        scoring, "score_checkpoint", lambda *args: {**score_checkpoint(*args), "bleu": test_bleu[args[-1].name]}
+    )
     config = _smoke_config(
         tmp_path, multi30k_mirror, "data.max_train_sentences=300", "tokenizer.vocab_size=300",
         "train.batch_tokens=1024", "data.max_valid_sentences=4", "data.max_test_sentences=4", "train.max_steps=12",
         "train.valid_every=2", "train.keep_checkpoints=0", "train.average_last=2", "train.average_best=2",
     )  # fmt: skip
     run = tmp_path / "run"
-    train_module.train(config, run)
+    with caplog.at_level("WARNING", logger="mt.training.scoring"):
+        train_module.train(config, run)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mt.training.scoring"]
+    assert warnings == ["averaged_best.pt (steps 4, 8) scores 10.00 BLEU on test_2016_flickr, below best.pt's 20.00: "
+                        "use best.pt (what mt-translate, mt-align and mt-evaluate read from the run dir)"]  # fmt: skip
 
     assert [r["val_bleu"] for r in _metrics(run)] == [5.0, 9.0, 1.0, 7.0, 2.0, 3.0]
     assert [p.name for p in step_checkpoints(run)] == ["step-4.pt", "step-8.pt", "step-10.pt", "step-12.pt"]
