@@ -5,6 +5,9 @@ Every key the command line gives is applied or refused with one line naming it, 
 the checkpoint fixes the model's shape and its tokenizer, so a ``model.*`` or ``tokenizer.*``
 override that contradicts them is a :class:`~mt.errors.ConfigError`, as is a
 ``model.aligner.*`` override on a model without an aligner.
+
+An aligner stage with ``train.agreement_weight`` also reads a second checkpoint, the other
+direction's stage (:func:`agreement_partner`).
 """
 
 from __future__ import annotations

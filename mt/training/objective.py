@@ -130,16 +130,17 @@ class Objective(torch.nn.Module):
         if self.model.cfg.aligner.null:  # unlinked pieces learn to attend to EOS (NULL)
             alignment = null_targets(alignment, src_mask, real)
         weights = self.model.aligner(src_states, src_mask, tgt_states, tgt_in != self.model.pad_id, src_ids, tgt_out)
-        align = alignment_loss(weights, alignment)
+        terms = {"align": alignment_loss(weights, alignment)}
+        total = self.alignment_weight * terms["align"]
         if self.partner is not None and self.agreement_weight > 0:
-            agree = agreement_loss(weights, partner_alignment(self.partner, src_ids, tgt_out), src_ids, tgt_out)
-            total = self.alignment_weight * align + self.agreement_weight * agree
-            return total, {"align": align, "agree": agree}, int(real.sum())
+            reverse = partner_alignment(self.partner, src_ids, tgt_out)  # (batch, src_len, tgt_len)
+            terms["agree"] = agreement_loss(weights, reverse, src_ids, tgt_out)
+            total = total + self.agreement_weight * terms["agree"]
         if self.frozen:
-            return self.alignment_weight * align, {"align": align}, int(real.sum())
+            return total, terms, int(real.sum())
         hidden = tgt_states[-1]  # (batch, tgt_len, d_model)
         xent = linear_cross_entropy(hidden[real], self.model.output_proj.weight, tgt_out[real], self.label_smoothing)
-        return xent + self.alignment_weight * align, {"xent": xent, "align": align}, int(real.sum())
+        return xent + total, {"xent": xent, **terms}, int(real.sum())
 
 
 def linear_cross_entropy(
