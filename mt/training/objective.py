@@ -101,8 +101,9 @@ class Objective(torch.nn.Module):
 
         Returns: (total, terms, n_tokens): ``total`` the 0-dim float32 tensor to backpropagate;
             ``terms`` ``{"xent": summed cross-entropy in nats}`` and, when guided,
-            ``"align"``: the summed alignment loss (nats); ``n_tokens`` the real target tokens
-            (EOS included).
+            ``"align"``: the summed alignment loss (nats), and with a partner ``"agree"``: the
+            summed squared disagreement (:func:`agreement_loss`); ``n_tokens`` the real target
+            tokens (EOS included).
         """
         guided = self.alignment_weight > 0 and alignment is not None
         real = tgt_out != self.model.pad_id  # (batch, tgt_len)
