@@ -70,11 +70,11 @@ def score_test(run: Run, steps: int, training_seconds: float) -> dict:
         }  # fmt: skip
         log.info("average of the %s %d checkpoints: %s", select, n_average, result[key]["bleu_line"])
         if result[key]["bleu"] < result["bleu"]:  # e.g. a short run whose first validations join the average
-            steps = ", ".join(str(source["step"]) for source in averaged["averaged_from"])
+            averaged_steps = ", ".join(str(source["step"]) for source in averaged["averaged_from"])
             log.warning(
                 "%s.pt (steps %s) scores %.2f BLEU on %s, below best.pt's %.2f: use best.pt "
                 "(what mt-translate, mt-align and mt-evaluate read from the run dir)",
-                key, steps, result[key]["bleu"], cfg.data.test_split, result["bleu"],
+                key, averaged_steps, result[key]["bleu"], cfg.data.test_split, result["bleu"],
             )  # fmt: skip
     result["peak_rss_mb"] = process_memory_mb()["peak_rss_mb"]  # of the whole run, test scoring included
     log.info("peak resident memory of the run: %.0f MB", result["peak_rss_mb"])
